@@ -1,0 +1,560 @@
+//! The decoder: one payload in, one typed value (or an [`Error`]) out.
+//!
+//! It follows Go's `encoding/gob` decoder step by step, so that it accepts what Go accepts:
+//! type definitions are read until a value's type id comes (a "type sequence"); a value
+//! may continue in the next message when an `interface{}` inside it needed a new type
+//! definition (Go's encoder flushes the message there); struct fields are matched by
+//! name, unknown ones skipped; types are checked for compatibility before any value is
+//! read, including fields the data leaves out, as Go compiles its decoder.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::types::*;
+use crate::value::{Kind, Value};
+use crate::wire::Reader;
+
+/// Limits that keep hostile input cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest payload accepted, in bytes (default 1 MiB, NATS's default max payload).
+    pub max_size: usize,
+    /// The deepest nesting of values accepted (default 64).
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_size: 1 << 20, max_depth: 64 }
+    }
+}
+
+/// Decoder state for one payload.
+pub(crate) struct Dec<'a> {
+    pub(crate) r: Reader<'a>,
+    types: HashMap<i64, WireType>,
+    depth: usize,
+    max_depth: usize,
+}
+
+/// A type the decoder can fill: Go's `compatibleType` as [`Decode::check`] and the value
+/// decoding as [`Decode::decode`].
+pub(crate) trait Decode: Sized {
+    /// The Go type, for error messages.
+    fn go_name() -> String;
+    /// Fails unless a value of wire type `id` can be decoded into `Self` (what Go checks
+    /// when it compiles a decoder). `top` is set for the outermost value only.
+    fn check(d: &Dec<'_>, id: i64, top: bool) -> Result<()>;
+    /// Decodes one value of the (checked) wire type `id`.
+    fn decode(d: &mut Dec<'_>, id: i64) -> Result<Self>;
+}
+
+/// Decodes one payload holding one value of a struct type `T`.
+pub(crate) fn decode<T: Decode>(payload: &[u8], limits: &Limits) -> Result<T> {
+    if payload.len() > limits.max_size {
+        return Err(Error::new(0, ErrorKind::TooLarge { size: payload.len(), limit: limits.max_size }));
+    }
+    let mut d = Dec { r: Reader::new(payload), types: HashMap::new(), depth: 0, max_depth: limits.max_depth };
+    let at = d.r.pos();
+    let id = d.type_sequence(false)?;
+    d.check_defined(id, &mut Vec::new()).map_err(|k| Error::new(at, k))?;
+    T::check(&d, id, true)?;
+    T::decode(&mut d, id)
+}
+
+impl<'a> Dec<'a> {
+    fn err(&self, kind: ErrorKind) -> Error {
+        self.r.err(kind)
+    }
+
+    pub(crate) fn wire(&self, id: i64) -> Option<&WireType> {
+        self.types.get(&id)
+    }
+
+    /// A readable name of wire type `id`.
+    pub(crate) fn describe(&self, id: i64) -> String {
+        if let Some(n) = builtin_name(id) {
+            return n.to_owned();
+        }
+        match self.types.get(&id) {
+            Some(wt) if !wt.name().is_empty() => wt.name().to_owned(),
+            Some(WireType::Slice { elem, .. }) => format!("[]{}", self.describe_shallow(*elem)),
+            Some(WireType::Array { elem, len, .. }) => format!("[{len}]{}", self.describe_shallow(*elem)),
+            Some(WireType::Map { key, elem, .. }) => {
+                format!("map[{}]{}", self.describe_shallow(*key), self.describe_shallow(*elem))
+            }
+            Some(_) => format!("type {id}"),
+            None => format!("undefined type {id}"),
+        }
+    }
+
+    fn describe_shallow(&self, id: i64) -> String {
+        builtin_name(id)
+            .map(str::to_owned)
+            .or_else(|| self.types.get(&id).map(|w| w.name().to_owned()).filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| format!("type {id}"))
+    }
+
+    pub(crate) fn mismatch(&self, local: impl Into<String>, id: i64) -> Error {
+        self.err(ErrorKind::TypeMismatch { local: local.into(), remote: self.describe(id) })
+    }
+
+    /// Reads type definitions until a value's type id; Go's `decodeTypeSequence`.
+    pub(crate) fn type_sequence(&mut self, in_interface: bool) -> Result<i64> {
+        loop {
+            if self.r.at_message_end() {
+                self.r.next_message()?;
+            }
+            let at = self.r.pos();
+            let id = self.r.int()?;
+            if id >= 0 {
+                return Ok(id);
+            }
+            let id = id.checked_neg().ok_or_else(|| Error::new(at, ErrorKind::UnknownTypeId(id)))?;
+            if id < FIRST_USER_ID || self.types.contains_key(&id) {
+                return Err(Error::new(at, ErrorKind::DuplicateType(id)));
+            }
+            let wt = parse_wire_type(&mut self.r)?;
+            self.types.insert(id, wt);
+            if !self.r.at_message_end() {
+                if !in_interface {
+                    return Err(self.err(ErrorKind::ExtraData));
+                }
+                // Inside an interface value a delimited value may follow; its count is not needed.
+                self.r.uint()?;
+            }
+        }
+    }
+
+    /// Fails when `id` or any type it refers to is undefined (Go's compile-time check,
+    /// which also covers fields the local type does not have).
+    pub(crate) fn check_defined(&self, id: i64, seen: &mut Vec<i64>) -> Result<(), ErrorKind> {
+        if builtin_name(id).is_some() || seen.contains(&id) {
+            return Ok(());
+        }
+        let wt = self.types.get(&id).ok_or(ErrorKind::UnknownTypeId(id))?;
+        seen.push(id);
+        match wt {
+            WireType::Array { elem, .. } | WireType::Slice { elem, .. } => self.check_defined(*elem, seen),
+            WireType::Map { key, elem, .. } => {
+                self.check_defined(*key, seen)?;
+                self.check_defined(*elem, seen)
+            }
+            WireType::Struct { fields, .. } => {
+                for (name, fid) in fields {
+                    if name.is_empty() {
+                        return Err(ErrorKind::InvalidTypeDefinition("struct field without a name"));
+                    }
+                    self.check_defined(*fid, seen)?;
+                }
+                Ok(())
+            }
+            WireType::Encoded { .. } => Ok(()),
+        }
+    }
+
+    fn enter(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(self.err(ErrorKind::TooDeep(self.max_depth)));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
+    /// Checks a local struct against wire type `id`: it must be a struct, every field both
+    /// sides name must be compatible, and at the top level at least one must match.
+    pub(crate) fn check_struct(
+        &self,
+        id: i64,
+        local: &'static str,
+        fields: &[(&'static str, CheckFn)],
+        top: bool,
+    ) -> Result<()> {
+        let Some(WireType::Struct { fields: wire_fields, .. }) = self.types.get(&id) else {
+            return Err(self.mismatch(local, id));
+        };
+        let mut matched = 0;
+        for (name, fid) in wire_fields {
+            if let Some((_, check)) = fields.iter().find(|(n, _)| n == name) {
+                check(self, *fid, false).map_err(|e| match e.kind {
+                    ErrorKind::TypeMismatch { local: l, remote } => {
+                        self.err(ErrorKind::TypeMismatch { local: format!("{local}.{name} ({l})"), remote })
+                    }
+                    _ => e,
+                })?;
+                matched += 1;
+            }
+        }
+        if top && matched == 0 && !fields.is_empty() && !wire_fields.is_empty() {
+            return Err(self.err(ErrorKind::NoFieldsMatched(local)));
+        }
+        Ok(())
+    }
+
+    /// Decodes the fields of a struct value of wire type `id`: `f(dec, local_name, field_id)`
+    /// for each field the local struct has (by name), skipping the others.
+    pub(crate) fn decode_struct(
+        &mut self,
+        id: i64,
+        local_fields: &[&'static str],
+        mut f: impl FnMut(&mut Self, &'static str, i64) -> Result<()>,
+    ) -> Result<()> {
+        self.enter()?;
+        let nfields = match self.types.get(&id) {
+            Some(WireType::Struct { fields, .. }) => fields.len(),
+            _ => return Err(self.mismatch("struct", id)),
+        };
+        let mut field: i64 = -1;
+        loop {
+            let at = self.r.pos();
+            let delta = self.r.uint()?;
+            if delta == 0 {
+                break;
+            }
+            field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
+            if field >= nfields as i64 {
+                return Err(Error::new(at, ErrorKind::FieldOutOfRange { field, fields: nfields }));
+            }
+            let (local, fid) = match self.types.get(&id) {
+                Some(WireType::Struct { fields, .. }) => {
+                    let (name, fid) = &fields[field as usize];
+                    (local_fields.iter().find(|n| *n == name).copied(), *fid)
+                }
+                _ => unreachable!("checked above"),
+            };
+            match local {
+                Some(name) => f(self, name, fid)?,
+                None => self.skip(fid)?,
+            }
+        }
+        self.leave();
+        Ok(())
+    }
+
+    /// Skips one value of wire type `id` (Go's ignore operations).
+    pub(crate) fn skip(&mut self, id: i64) -> Result<()> {
+        match id {
+            T_BOOL | T_INT | T_UINT | T_FLOAT => self.r.uint().map(drop),
+            T_COMPLEX => {
+                self.r.uint()?;
+                self.r.uint().map(drop)
+            }
+            T_BYTES | T_STRING => self.r.bytes().map(drop),
+            T_INTERFACE => self.skip_interface(),
+            _ => {
+                let wt = self.types.get(&id).cloned().ok_or_else(|| self.err(ErrorKind::UnknownTypeId(id)))?;
+                self.enter()?;
+                match wt {
+                    WireType::Array { elem, len, .. } => {
+                        let got = self.r.uint()?;
+                        if got != len {
+                            return Err(self.err(ErrorKind::ArrayLength { expected: len, got }));
+                        }
+                        if got > self.r.left() as u64 {
+                            return Err(self.err(ErrorKind::LengthTooLarge { len: got, left: self.r.left() }));
+                        }
+                        for _ in 0..got {
+                            self.skip(elem)?;
+                        }
+                    }
+                    WireType::Slice { elem, .. } => {
+                        for _ in 0..self.r.count(1)? {
+                            self.skip(elem)?;
+                        }
+                    }
+                    WireType::Map { key, elem, .. } => {
+                        for _ in 0..self.r.count(2)? {
+                            self.skip(key)?;
+                            self.skip(elem)?;
+                        }
+                    }
+                    WireType::Struct { fields, .. } => {
+                        let mut field: i64 = -1;
+                        loop {
+                            let at = self.r.pos();
+                            let delta = self.r.uint()?;
+                            if delta == 0 {
+                                break;
+                            }
+                            field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
+                            let Some((_, fid)) = usize::try_from(field).ok().and_then(|f| fields.get(f)) else {
+                                return Err(Error::new(at, ErrorKind::FieldOutOfRange { field, fields: fields.len() }));
+                            };
+                            self.skip(*fid)?;
+                        }
+                    }
+                    WireType::Encoded { .. } => {
+                        self.r.bytes()?;
+                    }
+                }
+                self.leave();
+                Ok(())
+            }
+        }
+    }
+
+    /// Skips an `interface{}` value by its byte count, as Go's `ignoreInterface` does.
+    fn skip_interface(&mut self) -> Result<()> {
+        if self.r.bytes()?.is_empty() {
+            return Ok(());
+        }
+        self.type_sequence(true)?;
+        let n = self.r.uint()?;
+        self.r.skip(n)
+    }
+
+    /// Decodes an `interface{}` value into a [`Value`] (Go's `decodeInterface`).
+    pub(crate) fn interface(&mut self) -> Result<Value> {
+        let at = self.r.pos();
+        let name = self.r.bytes()?;
+        if name.is_empty() {
+            return Ok(Value::Nil);
+        }
+        let Some(concrete) = Concrete::from_name(name) else {
+            let name = String::from_utf8_lossy(name).into_owned();
+            return Err(Error::new(at, ErrorKind::UnregisteredInterfaceType(name)));
+        };
+        let id_at = self.r.pos();
+        let id = self.type_sequence(true)?;
+        self.check_defined(id, &mut Vec::new()).map_err(|k| Error::new(id_at, k))?;
+        // The byte count of the value; only needed to skip it.
+        self.r.uint()?;
+        let delta = self.r.uint()?;
+        if delta != 0 {
+            return Err(self.err(ErrorKind::BadSingletonDelta(delta)));
+        }
+        self.enter()?;
+        let v = self.concrete(concrete, id)?;
+        self.leave();
+        Ok(v)
+    }
+
+    fn concrete(&mut self, c: Concrete, id: i64) -> Result<Value> {
+        match c {
+            Concrete::Scalar(k) => {
+                if id != kind_wire_id(k) {
+                    return Err(self.mismatch(k.go_name(), id));
+                }
+                self.scalar(k)
+            }
+            Concrete::Bytes => {
+                if id != T_BYTES {
+                    return Err(self.mismatch("[]uint8", id));
+                }
+                Ok(Value::Bytes(self.r.bytes()?.to_vec()))
+            }
+            Concrete::Slice(k) => match self.types.get(&id) {
+                Some(WireType::Slice { elem, .. }) if *elem == kind_wire_id(k) => {
+                    let n = self.r.count(1)?;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.scalar(k)?);
+                    }
+                    Ok(Value::Slice(k, items))
+                }
+                _ => Err(self.mismatch(k.go_slice_name(), id)),
+            },
+            Concrete::List => match self.types.get(&id) {
+                Some(WireType::Slice { elem: T_INTERFACE, .. }) => {
+                    let n = self.r.count(1)?;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.interface()?);
+                    }
+                    Ok(Value::List(items))
+                }
+                _ => Err(self.mismatch("[]interface {}", id)),
+            },
+            Concrete::Map => match self.types.get(&id) {
+                Some(WireType::Map { key: T_STRING, elem: T_INTERFACE, .. }) => {
+                    let n = self.r.count(2)?;
+                    let mut map = BTreeMap::new();
+                    for _ in 0..n {
+                        let k = self.string()?;
+                        let v = self.interface()?;
+                        map.insert(k, v);
+                    }
+                    Ok(Value::Map(map))
+                }
+                _ => Err(self.mismatch("map[string]interface {}", id)),
+            },
+        }
+    }
+
+    /// One scalar of kind `k` (its wire type already checked), with Go's range checks.
+    fn scalar(&mut self, k: Kind) -> Result<Value> {
+        let at = self.r.pos();
+        let range = |ty: &'static str| Error::new(at, ErrorKind::OutOfRange(ty));
+        Ok(match k {
+            Kind::Bool => Value::Bool(self.r.uint()? != 0),
+            Kind::Int => Value::Int(self.r.int()?),
+            Kind::Int64 => Value::Int64(self.r.int()?),
+            Kind::Int8 => Value::Int8(i8::try_from(self.r.int()?).map_err(|_| range("int8"))?),
+            Kind::Int16 => Value::Int16(i16::try_from(self.r.int()?).map_err(|_| range("int16"))?),
+            Kind::Int32 => Value::Int32(i32::try_from(self.r.int()?).map_err(|_| range("int32"))?),
+            Kind::Uint => Value::Uint(self.r.uint()?),
+            Kind::Uint64 => Value::Uint64(self.r.uint()?),
+            Kind::Uintptr => Value::Uintptr(self.r.uint()?),
+            Kind::Uint8 => Value::Uint8(u8::try_from(self.r.uint()?).map_err(|_| range("uint8"))?),
+            Kind::Uint16 => Value::Uint16(u16::try_from(self.r.uint()?).map_err(|_| range("uint16"))?),
+            Kind::Uint32 => Value::Uint32(u32::try_from(self.r.uint()?).map_err(|_| range("uint32"))?),
+            Kind::Float64 => Value::Float64(self.r.float()?),
+            Kind::Float32 => Value::Float32(float32(self.r.float()?).ok_or_else(|| range("float32"))?),
+            Kind::Complex128 => Value::Complex128(self.r.float()?, self.r.float()?),
+            Kind::Complex64 => {
+                let re = float32(self.r.float()?).ok_or_else(|| range("complex64"))?;
+                let im = float32(self.r.float()?).ok_or_else(|| range("complex64"))?;
+                Value::Complex64(re, im)
+            }
+            Kind::String => Value::String(self.string()?),
+        })
+    }
+
+    /// A Go string. Go does not require UTF-8; invalid sequences become U+FFFD here.
+    pub(crate) fn string(&mut self) -> Result<String> {
+        let b = self.r.bytes()?;
+        Ok(match std::str::from_utf8(b) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(b).into_owned(),
+        })
+    }
+}
+
+/// Go's float64-to-float32 conversion check: finite values beyond float32's range fail.
+fn float32(v: f64) -> Option<f32> {
+    if v.is_finite() && v.abs() > f64::from(f32::MAX) { None } else { Some(v as f32) }
+}
+
+/// The predefined wire type of a scalar kind.
+pub(crate) fn kind_wire_id(k: Kind) -> i64 {
+    match k {
+        Kind::Bool => T_BOOL,
+        Kind::Int | Kind::Int8 | Kind::Int16 | Kind::Int32 | Kind::Int64 => T_INT,
+        Kind::Uint | Kind::Uint8 | Kind::Uint16 | Kind::Uint32 | Kind::Uint64 | Kind::Uintptr => T_UINT,
+        Kind::Float32 | Kind::Float64 => T_FLOAT,
+        Kind::Complex64 | Kind::Complex128 => T_COMPLEX,
+        Kind::String => T_STRING,
+    }
+}
+
+/// The Go types an `interface{}` may hold here, by registered name.
+#[derive(Clone, Copy)]
+enum Concrete {
+    Scalar(Kind),
+    Bytes,
+    Slice(Kind),
+    List,
+    Map,
+}
+
+impl Concrete {
+    fn from_name(name: &[u8]) -> Option<Concrete> {
+        let name = std::str::from_utf8(name).ok()?;
+        match name {
+            "[]uint8" => return Some(Concrete::Bytes),
+            "[]interface {}" => return Some(Concrete::List),
+            "map[string]interface {}" => return Some(Concrete::Map),
+            _ => {}
+        }
+        Kind::ALL.iter().find_map(|&k| {
+            if k.go_name() == name {
+                Some(Concrete::Scalar(k))
+            } else if k.go_slice_name() == name {
+                Some(Concrete::Slice(k))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// A compatibility check for one local field type.
+pub(crate) type CheckFn = fn(&Dec<'_>, i64, bool) -> Result<()>;
+
+impl Decode for String {
+    fn go_name() -> String {
+        "string".into()
+    }
+    fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
+        if id == T_STRING { Ok(()) } else { Err(d.mismatch("string", id)) }
+    }
+    fn decode(d: &mut Dec<'_>, _: i64) -> Result<Self> {
+        d.string()
+    }
+}
+
+impl Decode for bool {
+    fn go_name() -> String {
+        "bool".into()
+    }
+    fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
+        if id == T_BOOL { Ok(()) } else { Err(d.mismatch("bool", id)) }
+    }
+    fn decode(d: &mut Dec<'_>, _: i64) -> Result<Self> {
+        Ok(d.r.uint()? != 0)
+    }
+}
+
+impl Decode for Value {
+    fn go_name() -> String {
+        "interface {}".into()
+    }
+    fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
+        if id == T_INTERFACE { Ok(()) } else { Err(d.mismatch("interface {}", id)) }
+    }
+    fn decode(d: &mut Dec<'_>, _: i64) -> Result<Self> {
+        d.interface()
+    }
+}
+
+impl<V: Decode> Decode for BTreeMap<String, V> {
+    fn go_name() -> String {
+        format!("map[string]{}", V::go_name())
+    }
+    fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
+        match d.wire(id) {
+            Some(WireType::Map { key, elem, .. }) if *key == T_STRING => V::check(d, *elem, false),
+            _ => Err(d.mismatch(Self::go_name(), id)),
+        }
+    }
+    fn decode(d: &mut Dec<'_>, id: i64) -> Result<Self> {
+        let Some(&WireType::Map { elem, .. }) = d.wire(id) else { return Err(d.mismatch(Self::go_name(), id)) };
+        d.enter()?;
+        let n = d.r.count(2)?;
+        let mut map = BTreeMap::new();
+        for _ in 0..n {
+            let k = d.string()?;
+            let v = V::decode(d, elem)?;
+            map.insert(k, v);
+        }
+        d.leave();
+        Ok(map)
+    }
+}
+
+impl<T: Decode> Decode for Vec<T> {
+    fn go_name() -> String {
+        format!("[]{}", T::go_name())
+    }
+    fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
+        match d.wire(id) {
+            Some(WireType::Slice { elem, .. }) => T::check(d, *elem, false),
+            _ => Err(d.mismatch(Self::go_name(), id)),
+        }
+    }
+    fn decode(d: &mut Dec<'_>, id: i64) -> Result<Self> {
+        let Some(&WireType::Slice { elem, .. }) = d.wire(id) else { return Err(d.mismatch(Self::go_name(), id)) };
+        d.enter()?;
+        let n = d.r.count(1)?;
+        let mut items = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            items.push(T::decode(d, elem)?);
+        }
+        d.leave();
+        Ok(items)
+    }
+}

@@ -1,0 +1,7 @@
+//! Codec tests against Go's own bytes: the golden vectors, ionpeer both ways, property
+//! tests and hostile input.
+
+mod golden;
+mod hostile;
+mod props;
+mod typed;

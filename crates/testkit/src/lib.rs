@@ -1,0 +1,584 @@
+//! Test support for islb: real servers, real peers, real processes.
+//!
+//! Every integration test that needs NATS or Redis starts its own server through this
+//! crate, on a free loopback port (never a fixed port, never the machine's own 4222 or
+//! 6379), waits until it accepts connections, and kills it and removes its files on drop,
+//! also when the test panics. A missing binary is a test failure with an install hint,
+//! never a silent skip.
+//!
+//! - [`NatsServer`]: `nats-server -p -1 --ports_file_dir <tmp>`; the port is read from the
+//!   ports file the server writes.
+//! - [`RedisServer`]: `redis-server` on a port found by binding `127.0.0.1:0` (retried if
+//!   another process takes the port first); can be stopped, restarted on the same port,
+//!   and paused with SIGSTOP to play a store that hangs.
+//! - [`ionpeer`]: the Go reference peer built by `../shared/ionpeer/build.sh`.
+//! - [`Proc`]: any child process (islb itself, ionpeer watch...) whose output goes to a log
+//!   file, killed on drop, with helpers to wait for a log line and to stop it with a signal.
+//!
+//! This crate is synchronous and std-only, so it fits plain and tokio tests alike.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a server may take to accept connections before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The workspace root (the directory with the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .nth(2)
+        .expect("crates/testkit sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// Finds a binary on `PATH` (or at an absolute path), failing with an install hint.
+fn require_binary(name: &str, hint: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()))
+    {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed; {hint} (or run scripts/test, which installs it)");
+}
+
+/// A free TCP port on 127.0.0.1 at the moment of the call (the caller must cope with a
+/// race: another process may take it before it is used).
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// Sets up a child so that it dies with the test process (Linux `PR_SET_PDEATHSIG`), even
+/// when the test runner kills the test with SIGKILL and no destructor runs.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and the closure touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn send_signal(child: &Child, sig: libc::c_int) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill_and_reap(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+fn wait_for_tcp(addr: SocketAddr, what: &str, log: &Path) {
+    let end = Instant::now() + START_TIMEOUT;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{what} did not accept connections on {addr} within {START_TIMEOUT:?}; its log:\n{}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A real `nats-server` for one test, on a free loopback port.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts a server on a port the server itself picks (`-p -1`), and waits until it
+    /// accepts connections.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
+        let mut server = NatsServer { child: None, dir, port: 0 };
+        server.spawn(None);
+        server
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        let bin = require_binary("nats-server", "install it with `apt-get install nats-server`");
+        let ports_dir = self.dir.path().join("ports");
+        let _ = fs::remove_dir_all(&ports_dir);
+        fs::create_dir_all(&ports_dir).expect("ports dir");
+        let log = self.log_path();
+        let mut cmd = Command::new(bin);
+        cmd.args(["-a", "127.0.0.1", "-p"])
+            .arg(port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into()))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawning nats-server");
+        let end = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            if let Some(p) = read_ports_file(&ports_dir) {
+                break p;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "nats-server wrote no ports file within {START_TIMEOUT:?}; its log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.port = port;
+        self.child = Some(child);
+        wait_for_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "nats-server", &log);
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    /// Stops the server (clients see the connection drop).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_and_reap(&mut c);
+        }
+    }
+
+    /// Starts the server again on the same port after [`NatsServer::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        self.spawn(Some(port));
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_ports_file(dir: &Path) -> Option<u16> {
+    let entry = fs::read_dir(dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let text = fs::read_to_string(entry.path()).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = json.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// A real `redis-server` for one test, on a free loopback port, keeping nothing on disk.
+pub struct RedisServer {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts a server without authentication.
+    pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// Starts a server that requires `AUTH <password>` when `password` is given.
+    pub fn start_with_password(password: Option<&str>) -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-redis-").tempdir().expect("temp dir");
+        let mut server = RedisServer { child: None, dir, port: 0, password: password.map(str::to_owned) };
+        for attempt in 0.. {
+            let port = free_port();
+            match server.spawn(port) {
+                Ok(()) => break,
+                Err(log) if attempt < 5 => {
+                    eprintln!("redis-server could not start on port {port} (retrying): {log}");
+                }
+                Err(log) => panic!("redis-server did not start; its log:\n{log}"),
+            }
+        }
+        server
+    }
+
+    fn spawn(&mut self, port: u16) -> Result<(), String> {
+        let bin = require_binary("redis-server", "install it with `apt-get install redis-server`");
+        let log = self.dir.path().join("redis.log");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log);
+        if let Some(pw) = &self.password {
+            cmd.arg("--requirepass").arg(pw);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("spawning redis-server");
+        let end = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(fs::read_to_string(&log).unwrap_or_default());
+            }
+            if redis_ping(port, self.password.as_deref()) {
+                self.port = port;
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                kill_and_reap(&mut child);
+                return Err(fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` (with the password when one is set).
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `127.0.0.1:<port>`, as ion's `[redis] addrs` expects.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server; its data is gone (it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(&c, libc::SIGCONT);
+            kill_and_reap(&mut c);
+        }
+    }
+
+    /// Starts the server again on the same port after [`RedisServer::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        if let Err(log) = self.spawn(port) {
+            panic!("redis-server did not restart on port {port}; its log:\n{log}");
+        }
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open but nothing is answered.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            send_signal(c, libc::SIGSTOP);
+        }
+    }
+
+    /// Thaws a server frozen by [`RedisServer::pause`].
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            send_signal(c, libc::SIGCONT);
+        }
+    }
+
+    /// Runs one command with the RESP protocol and returns the raw reply (for tests that
+    /// inspect the key layout without a Redis client library).
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis-server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut req = Vec::new();
+        if let Some(pw) = &self.password {
+            req.extend(resp(&["AUTH", pw]));
+        }
+        req.extend(resp(args));
+        s.write_all(&req).expect("writing to redis-server");
+        let mut reader = BufReader::new(s);
+        if self.password.is_some() {
+            read_resp(&mut reader);
+        }
+        read_resp(&mut reader)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+    }
+    out
+}
+
+/// Reads one RESP reply and renders it as text: bulk strings as is, arrays one item per
+/// line, nil as `(nil)`, errors as `ERR ...`.
+fn read_resp(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("reading from redis-server");
+    let line = line.trim_end();
+    let (kind, rest) = line.split_at(1);
+    match kind {
+        "+" | ":" => rest.to_owned(),
+        "-" => format!("ERR {rest}"),
+        "$" => {
+            let n: i64 = rest.parse().expect("bulk length");
+            if n < 0 {
+                return "(nil)".into();
+            }
+            let mut buf = vec![0; n as usize + 2];
+            r.read_exact(&mut buf).expect("bulk body");
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+        }
+        "*" => {
+            let n: i64 = rest.parse().expect("array length");
+            (0..n.max(0)).map(|_| read_resp(r)).collect::<Vec<_>>().join("\n")
+        }
+        other => panic!("unexpected RESP reply kind {other:?}"),
+    }
+}
+
+fn redis_ping(port: u16, password: Option<&str>) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let mut req = Vec::new();
+    if let Some(pw) = password {
+        req.extend(resp(&["AUTH", pw]));
+    }
+    req.extend(resp(&["PING"]));
+    if s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut reader = BufReader::new(s);
+    if password.is_some() && read_resp_safe(&mut reader).as_deref() != Some("OK") {
+        return false;
+    }
+    read_resp_safe(&mut reader).as_deref() == Some("PONG")
+}
+
+fn read_resp_safe(r: &mut impl BufRead) -> Option<String> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    line.strip_prefix('+').map(|s| s.trim_end().to_owned())
+}
+
+/// The path of the Go reference peer, `target/ionpeer`, or the `IONPEER` environment
+/// variable. Fails with the build command when it is missing.
+pub fn ionpeer() -> PathBuf {
+    let path = std::env::var_os("IONPEER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/ionpeer"));
+    if !path.is_file() {
+        panic!(
+            "ionpeer is missing at {}; build it with `bash ../shared/ionpeer/build.sh target/ionpeer` \
+             from the workspace root (scripts/test does this)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Runs `ionpeer ARGS` to completion, feeding `stdin`, and returns its output.
+pub fn ionpeer_run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(ionpeer());
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().expect("spawning ionpeer");
+    let mut input = child.stdin.take().expect("ionpeer stdin");
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("waiting for ionpeer");
+    let _ = feeder.join();
+    out
+}
+
+/// A child process whose stdout and stderr go to a log file, killed on drop.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+    name: String,
+}
+
+impl Proc {
+    /// Spawns `cmd` with its output redirected to a fresh log file.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-proc-").tempdir().expect("temp dir");
+        let log = dir.path().join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc { child, log, _dir: dir, name: name.to_owned() }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process has written so far.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the output contains `needle`; returns the first line containing it.
+    /// Fails the test (with the output) after `timeout` or if the process exits first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if let Some(line) = out.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) before printing {needle:?}; output:\n{out}", self.name);
+            }
+            if Instant::now() >= end {
+                panic!("{} did not print {needle:?} within {timeout:?}; output:\n{out}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, sig: i32) {
+        send_signal(&self.child, sig);
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match wait_with_timeout(&mut self.child, timeout) {
+            Some(s) => s,
+            None => panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output()),
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("--- output of {} ---\n{}\n--- end of {} ---", self.name, self.output(), self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_server_starts_on_a_free_port_and_stops() {
+        let mut nats = NatsServer::start();
+        assert_ne!(nats.port(), 4222, "never the machine's own NATS port");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, nats.port()));
+        let mut s = TcpStream::connect(addr).expect("nats accepts connections");
+        let mut info = [0u8; 4];
+        s.read_exact(&mut info).unwrap();
+        assert_eq!(&info, b"INFO");
+        nats.stop();
+        assert!(TcpStream::connect(addr).is_err(), "stopped server must not accept");
+        nats.restart();
+        assert!(TcpStream::connect(addr).is_ok(), "restarted on the same port");
+    }
+
+    #[test]
+    fn redis_server_starts_answers_and_pauses() {
+        let redis = RedisServer::start();
+        assert_ne!(redis.port(), 6379, "never the machine's own Redis port");
+        assert_eq!(redis.command(&["SET", "k", "v"]), "OK");
+        assert_eq!(redis.command(&["GET", "k"]), "v");
+        redis.pause();
+        assert!(!redis_ping(redis.port(), None), "a paused server answers nothing");
+        redis.resume();
+        assert!(redis_ping(redis.port(), None));
+    }
+
+    #[test]
+    fn redis_server_with_password_requires_auth() {
+        let redis = RedisServer::start_with_password(Some("s3cret"));
+        assert!(!redis_ping(redis.port(), None));
+        assert!(redis_ping(redis.port(), Some("s3cret")));
+        assert!(redis.url().contains(":s3cret@"));
+    }
+
+    #[test]
+    fn proc_captures_output_and_reports_exit() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo hello-from-child; sleep 0.1; echo done"]);
+        let mut p = Proc::spawn("sh", cmd);
+        assert_eq!(p.wait_for("hello", Duration::from_secs(5)), "hello-from-child");
+        assert!(p.wait_exit(Duration::from_secs(5)).success());
+        assert!(p.output().contains("done"));
+    }
+}
