@@ -310,7 +310,6 @@ impl serde::Serialize for Value {
     /// Plain JSON, as Go's `encoding/json` writes an `interface{}` (bytes as base64 are
     /// written as an array of numbers here; complex numbers as `[re, im]`).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::Serialize as _;
         match self {
             Value::Nil => s.serialize_none(),
             Value::Bool(b) => s.serialize_bool(*b),

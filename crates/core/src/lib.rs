@@ -1,0 +1,18 @@
+//! islb's functional core: what the registry decides, as pure data transformations.
+//!
+//! Nothing here does I/O, spawns a task, sleeps or reads a clock: the time is an argument
+//! ([`Timestamp`]) and so is any randomness. The imperative shell (`islb-server`) feeds
+//! decoded requests in and carries the decisions out (replies, events, store writes).
+//!
+//! - [`command`]: a decoded discovery request becomes a validated [`Command`] or a
+//!   [`Rejection`] whose text goes back to the requester.
+//! - [`registry`]: the live nodes with their deadlines; writes, departures and expiry
+//!   turn into [`Event`]s; `get` answers.
+
+pub mod command;
+pub mod registry;
+pub mod time;
+
+pub use command::{Command, Lookup, Rejection, WriteAction};
+pub use registry::{Departure, Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key};
+pub use time::Timestamp;

@@ -1,0 +1,270 @@
+//! The command line: every option of `islb serve` is defined here once, with its flag,
+//! its environment variable and its help; the same names are the config file's keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use islb_server::Overrides;
+use islb_server::config::parse_duration;
+
+/// islb: ion's ISLB in Rust, the node registry and load balancer of an ion SFU cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "islb",
+    version,
+    about = "ion's ISLB in Rust: the node registry and load balancer of an ion WebRTC SFU cluster",
+    long_about = "ion's ISLB in Rust: the node registry and load balancer of an ion WebRTC SFU cluster.\n\n\
+                  Unchanged Go ion nodes register, keep alive and look each other up through it over NATS. \
+                  Without a subcommand, islb runs `serve` (so `islb -c islb.toml` works as ion's islb did).",
+    args_conflicts_with_subcommands = true
+)]
+pub(crate) struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// Options of `serve`, when no subcommand is given.
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the registry and load balancer.
+    Serve(ServeArgs),
+    /// List the nodes registered in a running cluster (over NATS).
+    Nodes(NodesArgs),
+    /// Print node events (up, changed, down) as they happen (over NATS).
+    Watch(WatchArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `islb config ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets masked).
+    Check(ServeArgs),
+    /// Print the configuration reference (Markdown) for the documentation.
+    Reference,
+}
+
+/// Options of `islb serve`. Precedence: flags > environment > config file > defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML config file (islb's keys and ion's islb.toml keys)
+    #[arg(short = 'c', long, env = "ISLB_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]
+    #[arg(long, env = "ISLB_NATS_URL", value_name = "URL")]
+    pub(crate) nats_url: Option<String>,
+    /// Data centre of this islb [default: dc1]
+    #[arg(long, env = "ISLB_DC", value_name = "DC")]
+    pub(crate) dc: Option<String>,
+    /// Node id of this islb [default: islb- and 6 random letters or digits]
+    #[arg(long, env = "ISLB_NID", value_name = "NID")]
+    pub(crate) nid: Option<String>,
+    /// Where state lives: memory, file:PATH, redis://... or rediss://... [default: memory]
+    #[arg(long, env = "ISLB_STORE", value_name = "STORE")]
+    pub(crate) store: Option<String>,
+    /// Key prefix in a shared store [default: islb]
+    #[arg(long, env = "ISLB_STORE_PREFIX", value_name = "PREFIX")]
+    pub(crate) store_prefix: Option<String>,
+    /// Bound on every store call; past it islb serves from memory [default: 1s]
+    #[arg(long, env = "ISLB_STORE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) store_timeout: Option<Duration>,
+    /// How long a node lives after its last keep-alive [default: 5s]
+    #[arg(long, env = "ISLB_EXPIRE", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) expire: Option<Duration>,
+    /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free port [default: 127.0.0.1:8088]
+    #[arg(long, env = "ISLB_HTTP_ADDR", value_name = "ADDR")]
+    pub(crate) http_addr: Option<SocketAddr>,
+    /// Log filter: trace, debug, info, warn, error, or directives like info,islb_server=debug [default: info]
+    #[arg(long, env = "ISLB_LOG_LEVEL", value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "ISLB_LOG_FORMAT", value_name = "FORMAT")]
+    pub(crate) log_format: Option<String>,
+    /// How long to keep retrying NATS at start before giving up [default: 30s]
+    #[arg(long, env = "ISLB_NATS_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) nats_connect_timeout: Option<Duration>,
+    /// Time allowed at shutdown to answer in-flight requests and deregister [default: 10s]
+    #[arg(long, env = "ISLB_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) shutdown_grace: Option<Duration>,
+    /// Largest request accepted, in bytes [default: 1048576]
+    #[arg(long, env = "ISLB_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub(crate) max_message_size: Option<usize>,
+    /// Period of islb's own keep-alive [default: 2s]
+    #[arg(long, env = "ISLB_KEEPALIVE_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) keepalive_interval: Option<Duration>,
+    /// Services placed per session, comma-separated; empty for Go's behaviour (file: [placement] services) [default: rtc]
+    #[arg(long, env = "ISLB_PLACEMENT_SERVICES", value_name = "LIST")]
+    pub(crate) placement_services: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flag and environment layer of the configuration.
+    pub(crate) fn overrides(&self) -> Overrides {
+        Overrides {
+            nats_url: self.nats_url.clone(),
+            dc: self.dc.clone(),
+            nid: self.nid.clone(),
+            store: self.store.clone(),
+            store_prefix: self.store_prefix.clone(),
+            store_timeout: self.store_timeout,
+            expire: self.expire,
+            http_addr: self.http_addr,
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+            nats_connect_timeout: self.nats_connect_timeout,
+            shutdown_grace: self.shutdown_grace,
+            max_message_size: self.max_message_size,
+            keepalive_interval: self.keepalive_interval,
+            placement_services: self.placement_services.clone(),
+        }
+    }
+}
+
+/// Where a client subcommand finds the cluster.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClusterArgs {
+    /// NATS server URL(s) of the cluster
+    #[arg(long, env = "ISLB_NATS_URL", value_name = "URL", default_value = islb_server::config::DEFAULT_NATS_URL)]
+    pub(crate) nats_url: String,
+    /// How long to wait for the cluster
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub(crate) timeout: Duration,
+}
+
+/// `islb nodes`
+#[derive(Debug, Args)]
+pub(crate) struct NodesArgs {
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+    /// Only this service (`*`: all, placed services included)
+    #[arg(long, short, default_value = "*")]
+    pub(crate) service: String,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `islb watch`
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+    /// Only events of this service (`*`: all)
+    #[arg(long, short, default_value = "*")]
+    pub(crate) service: String,
+    /// Print one JSON object per event instead of a line of text
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The configuration reference as a Markdown table, generated from the definitions above
+/// (docs and README embed it; a test keeps them in sync).
+pub(crate) fn reference() -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let serve = cmd.find_subcommand("serve").expect("serve subcommand");
+    let mut out = String::from(
+        "| flag | environment | config file key | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let (meaning, default) = split_default(&help);
+        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+        let key = match long {
+            "config" => "(command line only)".to_owned(),
+            "placement-services" => "`[placement] services`".to_owned(),
+            other => format!("`{other}`"),
+        };
+        let default = default.map(|d| format!("`{d}`")).unwrap_or_else(|| "-".into());
+        let meaning = meaning.replace(" (file: [placement] services)", "");
+        out.push_str(&format!("| `--{long}` | {env} | {key} | {default} | {meaning} |\n"));
+    }
+    out
+}
+
+/// Splits "text [default: X]" into ("text", Some("X")).
+pub(crate) fn split_default(help: &str) -> (String, Option<String>) {
+    match help.rsplit_once(" [default: ") {
+        Some((text, rest)) => (text.to_owned(), Some(rest.trim_end_matches(']').to_owned())),
+        None => (help.to_owned(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The default each help text states is the default the code uses.
+    #[test]
+    fn documented_defaults_are_the_real_ones() {
+        let defaults = islb_server::Config::defaults().describe();
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let (_, Some(stated)) = split_default(&help) else { continue };
+            if long == "nid" {
+                continue; // random
+            }
+            let real = defaults.iter().find(|(k, _)| *k == long).map(|(_, v)| v.clone());
+            assert_eq!(real.as_deref(), Some(stated.as_str()), "--{long}: help says [default: {stated}]");
+            checked += 1;
+        }
+        assert!(checked >= 12, "only {checked} defaults checked");
+    }
+
+    #[test]
+    fn every_serve_option_reaches_the_config() {
+        let args = Cli::try_parse_from([
+            "islb", "serve", "--nats-url", "nats://x:1", "--dc", "d", "--nid", "n", "--store", "memory",
+            "--store-prefix", "p", "--store-timeout", "2s", "--expire", "3s", "--http-addr", "127.0.0.1:0",
+            "--log-level", "debug", "--log-format", "json", "--nats-connect-timeout", "4s", "--shutdown-grace", "5s",
+            "--max-message-size", "2048", "--keepalive-interval", "1s", "--placement-services", "rtc,room",
+        ])
+        .unwrap();
+        let Some(Command::Serve(serve)) = args.command else { panic!() };
+        let c = islb_server::Config::load(None, &serve.overrides()).unwrap();
+        let described: std::collections::BTreeMap<_, _> = c.describe().into_iter().collect();
+        assert_eq!(described["nats-url"], "nats://x:1");
+        assert_eq!(described["dc"], "d");
+        assert_eq!(described["nid"], "n");
+        assert_eq!(described["store-prefix"], "p");
+        assert_eq!(described["store-timeout"], "2s");
+        assert_eq!(described["expire"], "3s");
+        assert_eq!(described["http-addr"], "127.0.0.1:0");
+        assert_eq!(described["log-level"], "debug");
+        assert_eq!(described["log-format"], "json");
+        assert_eq!(described["nats-connect-timeout"], "4s");
+        assert_eq!(described["shutdown-grace"], "5s");
+        assert_eq!(described["max-message-size"], "2048");
+        assert_eq!(described["keepalive-interval"], "1s");
+        assert_eq!(described["placement-services"], "room,rtc");
+    }
+
+    #[test]
+    fn a_bare_config_flag_runs_serve_like_ions_islb() {
+        let args = Cli::try_parse_from(["islb", "-c", "islb.toml"]).unwrap();
+        assert!(args.command.is_none());
+        assert_eq!(args.serve.config, Some(PathBuf::from("islb.toml")));
+    }
+}

@@ -1,0 +1,106 @@
+//! The `islb` binary: command line, logging, signals and exit codes around
+//! `islb_server`.
+//!
+//! Exit codes: 0 after a clean shutdown; 64 for a bad configuration (before anything
+//! starts); 69 when NATS cannot be reached within `nats-connect-timeout`; 1 otherwise.
+
+mod cli;
+mod client;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command, ConfigCommand, ServeArgs};
+use islb_server::Config;
+
+const EX_CONFIG: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Config(ConfigCommand::Check(args))) => match load(&args) {
+            Ok(cfg) => {
+                for (k, v) in cfg.describe() {
+                    println!("{k} = {v}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Config(ConfigCommand::Reference)) => {
+            print!("{}", cli::reference());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Nodes(args)) => run_client(client::nodes(args)),
+        Some(Command::Watch(args)) => run_client(client::watch(args)),
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    Config::load(args.config.as_deref(), &args.overrides()).map_err(|e| {
+        eprintln!("islb: config error: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn run_client(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match runtime().block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("islb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let cfg = match load(&args) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    islb_server::telemetry::init_logging(&cfg.log_level, cfg.log_format);
+    runtime().block_on(async move {
+        let running = match islb_server::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("islb: {e:#}");
+                let unreachable = e.downcast_ref::<islb_server::nats::NatsError>().is_some();
+                return ExitCode::from(if unreachable { EX_UNAVAILABLE } else { 1 });
+            }
+        };
+        let stop = running.stop_token();
+        tokio::spawn(async move {
+            let signal = wait_for_signal().await;
+            tracing::info!(signal, "signal received; shutting down (send it again to exit at once)");
+            stop.cancel();
+            let again = wait_for_signal().await;
+            tracing::warn!(signal = again, "second signal: exiting now");
+            std::process::exit(130);
+        });
+        match running.wait().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("islb: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,187 @@
+//! islb's imperative shell: everything that touches the outside world.
+//!
+//! [`start`] takes a validated [`Config`], binds the admin HTTP listener, connects to
+//! NATS (retrying), opens the store, loads what it remembers, subscribes to the registry
+//! subjects and spawns the tasks below; it returns a [`Running`] handle that reports the
+//! bound addresses and shuts everything down in order.
+//!
+//! | task | module |
+//! |---|---|
+//! | registry requests on `node.publish.>` (queue group `islb`) | [`discovery`] |
+//! | expiry timer, batched keep-alive writes | [`discovery`] |
+//! | islb's own registration and its watched view of the cluster | [`selfreg`] |
+//! | admin HTTP (`/healthz`, `/readyz`, `/metrics`, `/v1/...`) | [`admin`] |
+//!
+//! Shutdown order ([`Running::shutdown`]): readiness turns false; the request subscription
+//! is drained (no new requests; those received are answered); islb deregisters itself
+//! (its `delete` event goes out); timers stop after a last flush of keep-alive deadlines
+//! to the store; NATS is flushed; the HTTP server stops. The whole sequence is bounded by
+//! `shutdown-grace`.
+
+pub mod admin;
+pub mod config;
+pub mod discovery;
+pub mod nats;
+pub mod selfreg;
+pub mod telemetry;
+mod throttle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use islb_core::{Registry, RegistryConfig};
+use islb_store::{MemoryStore, Store};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::{Config, ConfigError, LogFormat, Overrides, StoreSpec};
+use discovery::{Discovery, QUEUE_GROUP, REQUEST_SUBJECT};
+
+/// A running islb.
+pub struct Running {
+    http_addr: SocketAddr,
+    nid: String,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// The admin HTTP address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// This islb's NID.
+    pub fn nid(&self) -> &str {
+        &self.nid
+    }
+
+    /// Starts the orderly shutdown (returns at once; see [`Running::wait`]).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// A token that starts the shutdown when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Waits until islb has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("the supervisor task failed")?
+    }
+}
+
+/// Opens the configured store.
+async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match &cfg.store {
+        StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
+        other => anyhow::bail!("store {other} is not available in this build (use --store memory)"),
+    }
+}
+
+/// Starts islb with `cfg`.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    info!(version = env!("CARGO_PKG_VERSION"), nid = %cfg.nid, dc = %cfg.dc, "islb starting");
+    for (key, value) in cfg.describe() {
+        info!("config {key} = {value}");
+    }
+    let metrics = telemetry::metrics_handle();
+    metrics::gauge!("islb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (http-addr)", cfg.http_addr))?;
+    let http_addr = listener.local_addr()?;
+
+    let client = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
+    let store = open_store(&cfg).await?;
+    let registry = Registry::new(RegistryConfig {
+        expire_ms: u64::try_from(cfg.expire.as_millis()).unwrap_or(u64::MAX),
+        placed: cfg.placement_services.clone(),
+    });
+    let discovery = Arc::new(Discovery::new(client.clone(), registry, store.clone(), cfg.max_message_size, cfg.store_timeout));
+    match discovery.load_from_store().await {
+        Ok(0) => {}
+        Ok(n) => info!(nodes = n, store = store.kind(), "nodes restored from the store"),
+        Err(e) => warn!(error = %e, "could not load nodes from the store; starting empty"),
+    }
+    let sub = client
+        .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())
+        .await
+        .context("cannot subscribe to node.publish.>")?;
+    client.flush().await.context("NATS flush after subscribing")?;
+    info!(subject = REQUEST_SUBJECT, queue = QUEUE_GROUP, "registry listening");
+
+    let stop = CancellationToken::new();
+    let requests_stop = CancellationToken::new();
+    let tasks_stop = CancellationToken::new();
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let watched = selfreg::WatchedView::default();
+    let me = selfreg::self_node(&cfg.dc, &cfg.nid, &cfg.nats_url);
+
+    let mut tasks = JoinSet::new();
+    let requests = tokio::spawn(discovery.clone().serve(sub, requests_stop.clone()));
+    tasks.spawn(discovery.clone().expiry_loop(tasks_stop.clone()));
+    tasks.spawn(discovery.clone().flush_loop(tasks_stop.clone()));
+    tasks.spawn(selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()));
+    tasks.spawn(watched.clone().run(client.clone(), tasks_stop.clone()));
+
+    let http_stop = CancellationToken::new();
+    let app = admin::router(admin::AdminState {
+        discovery: discovery.clone(),
+        client: client.clone(),
+        shutting_down: shutting_down.clone(),
+        metrics,
+        watched,
+        nid: cfg.nid.clone(),
+        dc: cfg.dc.clone(),
+        started,
+    });
+    let http = {
+        let http_stop = http_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).await
+        })
+    };
+    info!(addr = %http_addr, "admin HTTP listening");
+    info!(nid = %cfg.nid, elapsed_ms = started.elapsed().as_millis() as u64, "islb ready");
+
+    let supervisor = {
+        let stop = stop.clone();
+        let grace = cfg.shutdown_grace;
+        async move {
+            stop.cancelled().await;
+            info!("shutting down");
+            shutting_down.store(true, Ordering::Relaxed);
+            let sequence = async {
+                requests_stop.cancel();
+                let _ = requests.await;
+                discovery.deregister(me).await;
+                info!("deregistered");
+                tasks_stop.cancel();
+                while tasks.join_next().await.is_some() {}
+                if let Err(e) = client.flush().await {
+                    warn!(error = %e, "NATS flush at shutdown failed");
+                }
+            };
+            if tokio::time::timeout(grace, sequence).await.is_err() {
+                warn!(grace = ?grace, "shutdown grace period ran out; stopping anyway");
+            }
+            http_stop.cancel();
+            match tokio::time::timeout(std::time::Duration::from_secs(2), http).await {
+                Ok(Ok(Err(e))) => warn!(error = %e, "admin HTTP server error"),
+                Err(_) => warn!("admin HTTP server did not stop in time"),
+                _ => {}
+            }
+            info!("islb stopped");
+            Ok(())
+        }
+    };
+    Ok(Running { http_addr, nid: cfg.nid.clone(), stop, done: tokio::spawn(supervisor) })
+}

@@ -1,0 +1,118 @@
+//! The NATS connection: connect with retry and backoff at start (ion's nodes just die,
+//! ion#579), then reconnect forever; log every connection event.
+
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::{Config, mask_url};
+
+/// Could not reach NATS within the configured time.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The URL does not parse.
+    #[error("invalid NATS URL {url:?}: {why}")]
+    BadUrl {
+        /// The URL as configured.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// Every attempt failed until the timeout.
+    #[error("NATS at {url} not reachable after {attempts} attempts in {waited}: {last}")]
+    Unreachable {
+        /// The URL(s), secrets masked.
+        url: String,
+        /// How many attempts.
+        attempts: u32,
+        /// How long it tried.
+        waited: String,
+        /// The last error.
+        last: String,
+    },
+}
+
+/// Parses a comma-separated list of NATS URLs.
+pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| NatsError::BadUrl { url: mask_url(u), why: e.to_string() }))
+        .collect()
+}
+
+/// Connects to NATS, retrying with exponential backoff (100 ms doubling to 2 s) until
+/// `cfg.nats_connect_timeout`, logging each failed attempt. The client then reconnects
+/// by itself forever.
+pub async fn connect(cfg: &Config, name: &str) -> Result<Client, NatsError> {
+    let addrs = parse_urls(&cfg.nats_url)?;
+    let masked = mask_url(&cfg.nats_url);
+    let start = Instant::now();
+    let deadline = start + cfg.nats_connect_timeout;
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let url_for_events = masked.clone();
+        let opts = ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .connection_timeout(left.clamp(Duration::from_millis(100), Duration::from_secs(5)))
+            .event_callback(move |event| {
+                let url = url_for_events.clone();
+                async move { log_event(&url, event) }
+            });
+        match opts.connect(addrs.clone()).await {
+            Ok(client) => {
+                info!(url = %masked, attempts = attempt, "connected to NATS");
+                return Ok(client);
+            }
+            Err(e) => {
+                if Instant::now() + delay >= deadline {
+                    return Err(NatsError::Unreachable {
+                        url: masked,
+                        attempts: attempt,
+                        waited: humantime::format_duration(Duration::from_millis(start.elapsed().as_millis() as u64)).to_string(),
+                        last: e.to_string(),
+                    });
+                }
+                warn!(url = %masked, attempt, error = %e, retry_in = ?delay, "NATS not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn log_event(url: &str, event: Event) {
+    match event {
+        Event::Connected => {
+            metrics::counter!("islb_nats_connects_total").increment(1);
+            info!(url, "NATS connection (re)established");
+        }
+        Event::Disconnected => warn!(url, "NATS connection lost; reconnecting"),
+        Event::LameDuckMode => warn!(url, "NATS server entering lame duck mode"),
+        Event::SlowConsumer(sid) => {
+            metrics::counter!("islb_nats_slow_consumer_total").increment(1);
+            warn!(url, sid, "NATS slow consumer: messages dropped")
+        }
+        Event::ServerError(e) => warn!(url, error = %e, "NATS server error"),
+        Event::ClientError(e) => warn!(url, error = %e, "NATS client error"),
+        Event::Draining | Event::Closed => info!(url, event = %event, "NATS connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_lists_parse_and_bad_urls_are_named() {
+        assert_eq!(parse_urls("nats://a:4222, nats://b:4222").unwrap().len(), 2);
+        let err = parse_urls("nats://u:pw@a:notaport").unwrap_err().to_string();
+        assert!(err.contains("nats://u:***@a:notaport") && !err.contains("pw"), "{err}");
+    }
+}
