@@ -53,12 +53,28 @@ pub(crate) fn builtin_name(id: i64) -> Option<&'static str> {
 /// A type definition received on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WireType {
-    Array { name: String, elem: i64, len: u64 },
-    Slice { name: String, elem: i64 },
-    Struct { name: String, fields: Vec<(String, i64)> },
-    Map { name: String, key: i64, elem: i64 },
+    Array {
+        name: String,
+        elem: i64,
+        len: u64,
+    },
+    Slice {
+        name: String,
+        elem: i64,
+    },
+    Struct {
+        name: String,
+        fields: Vec<(String, i64)>,
+    },
+    Map {
+        name: String,
+        key: i64,
+        elem: i64,
+    },
     /// A GobEncoder, BinaryMarshaler or TextMarshaler: its value is a byte string.
-    Encoded { name: String },
+    Encoded {
+        name: String,
+    },
 }
 
 impl WireType {
@@ -89,7 +105,10 @@ pub(crate) fn walk_struct(
         }
         field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
         if field >= fields as i64 {
-            return Err(crate::Error::new(at, ErrorKind::FieldOutOfRange { field, fields }));
+            return Err(crate::Error::new(
+                at,
+                ErrorKind::FieldOutOfRange { field, fields },
+            ));
         }
         f(r, field as usize)?;
     }
@@ -134,8 +153,9 @@ pub(crate) fn parse_wire_type(r: &mut Reader<'_>) -> Result<WireType> {
                     }
                     Ok(())
                 })?;
-                let len = u64::try_from(len)
-                    .map_err(|_| r.err(ErrorKind::InvalidTypeDefinition("negative array length")))?;
+                let len = u64::try_from(len).map_err(|_| {
+                    r.err(ErrorKind::InvalidTypeDefinition("negative array length"))
+                })?;
                 WireType::Array { name, elem, len }
             }
             1 => {
@@ -199,7 +219,13 @@ pub(crate) fn parse_wire_type(r: &mut Reader<'_>) -> Result<WireType> {
     })?;
     match (found, kinds) {
         (Some(wt), 1) => Ok(wt),
-        (None, _) => Err(crate::Error::new(start, ErrorKind::InvalidTypeDefinition("no kind of type given"))),
-        _ => Err(crate::Error::new(start, ErrorKind::InvalidTypeDefinition("more than one kind of type given"))),
+        (None, _) => Err(crate::Error::new(
+            start,
+            ErrorKind::InvalidTypeDefinition("no kind of type given"),
+        )),
+        _ => Err(crate::Error::new(
+            start,
+            ErrorKind::InvalidTypeDefinition("more than one kind of type given"),
+        )),
     }
 }

@@ -33,7 +33,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the registry and load balancer.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List the nodes registered in a running cluster (over NATS).
     Nodes(NodesArgs),
     /// Print node events (up, changed, down) as they happen (over NATS).
@@ -47,7 +47,7 @@ pub(crate) enum Command {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
     /// Validate the configuration and print the effective values (secrets masked).
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
     /// Print the configuration reference (Markdown) for the documentation.
     Reference,
 }
@@ -181,15 +181,22 @@ pub(crate) fn reference() -> String {
         }
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         let (meaning, default) = split_default(&help);
-        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
         let key = match long {
             "config" => "(command line only)".to_owned(),
             "placement-services" => "`[placement] services`".to_owned(),
             other => format!("`{other}`"),
         };
-        let default = default.map(|d| format!("`{d}`")).unwrap_or_else(|| "-".into());
+        let default = default
+            .map(|d| format!("`{d}`"))
+            .unwrap_or_else(|| "-".into());
         let meaning = meaning.replace(" (file: [placement] services)", "");
-        out.push_str(&format!("| `--{long}` | {env} | {key} | {default} | {meaning} |\n"));
+        out.push_str(&format!(
+            "| `--{long}` | {env} | {key} | {default} | {meaning} |\n"
+        ));
     }
     out
 }
@@ -222,12 +229,21 @@ mod tests {
         for arg in serve.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            let (_, Some(stated)) = split_default(&help) else { continue };
+            let (_, Some(stated)) = split_default(&help) else {
+                continue;
+            };
             if long == "nid" {
                 continue; // random
             }
-            let real = defaults.iter().find(|(k, _)| *k == long).map(|(_, v)| v.clone());
-            assert_eq!(real.as_deref(), Some(stated.as_str()), "--{long}: help says [default: {stated}]");
+            let real = defaults
+                .iter()
+                .find(|(k, _)| *k == long)
+                .map(|(_, v)| v.clone());
+            assert_eq!(
+                real.as_deref(),
+                Some(stated.as_str()),
+                "--{long}: help says [default: {stated}]"
+            );
             checked += 1;
         }
         assert!(checked >= 12, "only {checked} defaults checked");
@@ -236,13 +252,43 @@ mod tests {
     #[test]
     fn every_serve_option_reaches_the_config() {
         let args = Cli::try_parse_from([
-            "islb", "serve", "--nats-url", "nats://x:1", "--dc", "d", "--nid", "n", "--store", "memory",
-            "--store-prefix", "p", "--store-timeout", "2s", "--expire", "3s", "--http-addr", "127.0.0.1:0",
-            "--log-level", "debug", "--log-format", "json", "--nats-connect-timeout", "4s", "--shutdown-grace", "5s",
-            "--max-message-size", "2048", "--keepalive-interval", "1s", "--placement-services", "rtc,room",
+            "islb",
+            "serve",
+            "--nats-url",
+            "nats://x:1",
+            "--dc",
+            "d",
+            "--nid",
+            "n",
+            "--store",
+            "memory",
+            "--store-prefix",
+            "p",
+            "--store-timeout",
+            "2s",
+            "--expire",
+            "3s",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+            "--nats-connect-timeout",
+            "4s",
+            "--shutdown-grace",
+            "5s",
+            "--max-message-size",
+            "2048",
+            "--keepalive-interval",
+            "1s",
+            "--placement-services",
+            "rtc,room",
         ])
         .unwrap();
-        let Some(Command::Serve(serve)) = args.command else { panic!() };
+        let Some(Command::Serve(serve)) = args.command else {
+            panic!()
+        };
         let c = islb_server::Config::load(None, &serve.overrides()).unwrap();
         let described: std::collections::BTreeMap<_, _> = c.describe().into_iter().collect();
         assert_eq!(described["nats-url"], "nats://x:1");

@@ -1,0 +1,277 @@
+//! The ground: islb starts, answers on NATS, is healthy, shuts down cleanly, and refuses
+//! bad configuration in one line.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use islb_testkit::{NatsServer, Proc, free_port, ionpeer, workspace_root};
+
+use crate::harness::{ISLB, Islb, Peer};
+
+fn watch(nats: &NatsServer, service: &str) -> Proc {
+    let mut cmd = Command::new(ionpeer());
+    cmd.args(["watch", "-url", &nats.url(), "-service", service]);
+    let p = Proc::spawn("ionpeer-watch", cmd);
+    std::thread::sleep(Duration::from_millis(300)); // let it subscribe
+    p
+}
+
+/// (Action, NID) of every event a Go watcher printed.
+pub(crate) fn watched_events(p: &Proc) -> Vec<(String, String)> {
+    p.output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["Action"].as_str().unwrap_or("?").to_owned(),
+                v["Node"]["NID"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn islb_registers_itself_for_go_watchers_and_exits_cleanly_on_sigterm() {
+    let nats = NatsServer::start();
+    let mut watcher = watch(&nats, "islb");
+    let mut islb = Islb::start(&nats, &[]);
+    let up = format!("\"NID\":\"{}\"", islb.nid);
+    let line = watcher.wait_for(&up, Duration::from_secs(10));
+    assert!(
+        line.contains("\"Action\":\"save\"") && line.contains("\"Service\":\"islb\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"Protocol\":\"nats-grpc\"") && line.contains(&nats.url()),
+        "RPC as ion registers: {line}"
+    );
+
+    assert_eq!(islb.http_get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(islb.http_get("/readyz").0, 200);
+    let (status, metrics) = islb.http_get("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("islb_build_info"), "{metrics}");
+
+    let status = islb.stop();
+    assert!(status.success(), "exit status {status}");
+    let events = watched_events(&watcher);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(_, nid)| *nid == islb.nid)
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["save", "delete"],
+        "Go watcher saw {events:?}"
+    );
+    let out = islb.proc.output();
+    for step in [
+        "shutting down",
+        "request loop stopped",
+        "deregistered",
+        "islb stopped",
+    ] {
+        assert!(out.contains(step), "log lacks {step:?}:\n{out}");
+    }
+}
+
+#[test]
+fn every_listen_address_accepts_port_0_and_logs_the_bound_one() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &[]);
+    assert_ne!(islb.http.port(), 0);
+    assert_eq!(islb.http_get("/healthz").0, 200);
+}
+
+fn run_islb(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(ISLB);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running islb")
+}
+
+#[test]
+fn an_unknown_config_key_is_one_line_naming_file_and_line_and_exit_64() {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(f.path(), "[global]\ndc = \"dc1\"\nexpiry = \"5s\"\n").unwrap();
+    let out = run_islb(&["serve", "--config", f.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(&format!(
+            "islb: config error: {}:3:1: unknown field `expiry`",
+            f.path().display()
+        )),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_bad_duration_from_env_or_flag_is_one_line_and_exit_64() {
+    let out = run_islb(&["serve"], &[("ISLB_EXPIRE", "5 parsecs")]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("5 parsecs") && err.contains("--expire"),
+        "{err}"
+    );
+    let out = run_islb(&["config", "check", "--expire", "soon"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration \"soon\""));
+}
+
+#[test]
+fn precedence_is_flags_over_env_over_file_over_defaults() {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        f.path(),
+        "dc = \"file-dc\"\nnid = \"file-nid\"\nexpire = \"7s\"\nstore-prefix = \"file\"\n",
+    )
+    .unwrap();
+    let path = f.path().to_str().unwrap();
+    let check = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut all = vec!["config", "check", "--config", path];
+        all.extend_from_slice(args);
+        let out = run_islb(&all, envs);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = check(
+        &["--dc", "flag-dc"],
+        &[("ISLB_DC", "env-dc"), ("ISLB_NID", "env-nid")],
+    );
+    assert!(out.contains("dc = flag-dc\n"), "{out}");
+    assert!(out.contains("nid = env-nid\n"), "{out}");
+    assert!(out.contains("expire = 7s\n"), "{out}");
+    assert!(out.contains("store-prefix = file\n"), "{out}");
+    assert!(out.contains("nats-url = nats://127.0.0.1:4222\n"), "{out}");
+}
+
+#[test]
+fn nats_unreachable_at_start_is_retried_then_one_line_and_exit_69() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = run_islb(
+        &[
+            "serve",
+            "--nats-url",
+            &url,
+            "--nats-connect-timeout",
+            "1500ms",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let attempts = err
+        .lines()
+        .filter(|l| l.contains("NATS not reachable yet"))
+        .count();
+    assert!(attempts >= 2, "each attempt is logged:\n{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("islb: NATS at ") && last.contains("not reachable after"),
+        "{last}"
+    );
+}
+
+#[test]
+fn islb_waits_for_a_nats_that_comes_up_late() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    nats.stop();
+    let mut cmd = Command::new(ISLB);
+    cmd.args([
+        "serve",
+        "--nats-url",
+        &url,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    let mut islb = Proc::spawn("islb", cmd);
+    islb.wait_for("NATS not reachable yet", Duration::from_secs(10));
+    nats.restart();
+    islb.wait_for("\"islb ready\"", Duration::from_secs(15));
+    islb.signal(libc::SIGTERM);
+    assert!(islb.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn islb_reconnects_after_nats_restarts_and_readiness_follows() {
+    let mut nats = NatsServer::start();
+    let islb = Islb::start(&nats, &[]);
+    nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while islb.http_get("/readyz").0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never turned false without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        islb.http_get("/readyz").1.contains("nats"),
+        "{:?}",
+        islb.http_get("/readyz")
+    );
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while islb.http_get("/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never came back: {:?}",
+            islb.http_get("/readyz")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peer = Peer::connect(&nats).await;
+    assert!(
+        peer.send("save", &crate::harness::ion_node("signal", "sig-after"))
+            .await
+            .success
+    );
+}
+
+#[test]
+fn the_readme_carries_the_generated_config_reference() {
+    let out = run_islb(&["config", "reference"], &[]);
+    assert!(out.status.success());
+    let reference = String::from_utf8(out.stdout).unwrap();
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- config-reference:start -->")
+        .expect("start marker in README.md");
+    let end = readme
+        .find("<!-- config-reference:end -->")
+        .expect("end marker in README.md");
+    let embedded = readme[start..end]
+        .trim_start_matches("<!-- config-reference:start -->")
+        .trim();
+    assert_eq!(
+        embedded,
+        reference.trim(),
+        "README.md's config reference is stale: run `islb config reference`"
+    );
+}

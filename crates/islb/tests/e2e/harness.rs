@@ -1,0 +1,189 @@
+//! Runs the real `islb` binary against a real nats-server, and talks to it as ion nodes
+//! do (gob over NATS) and as operators do (HTTP, CLI).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use islb_gob::{GetResponse, Message as _, Node, Request, Response, Rpc, Value};
+use islb_testkit::{NatsServer, Proc};
+
+pub(crate) const ISLB: &str = env!("CARGO_BIN_EXE_islb");
+
+/// A running `islb serve`.
+pub(crate) struct Islb {
+    pub(crate) proc: Proc,
+    pub(crate) http: SocketAddr,
+    pub(crate) nid: String,
+}
+
+impl Islb {
+    /// Starts `islb serve` on `nats` with JSON logs, a free admin port, and `extra` args;
+    /// waits until it is ready.
+    pub(crate) fn start(nats: &NatsServer, extra: &[&str]) -> Islb {
+        Self::start_url(&nats.url(), extra)
+    }
+
+    pub(crate) fn start_url(url: &str, extra: &[&str]) -> Islb {
+        let nid = format!("islb-t{}", std::process::id() % 100_000 + rand_suffix());
+        let mut cmd = Command::new(ISLB);
+        cmd.args([
+            "serve",
+            "--nats-url",
+            url,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--nid",
+            &nid,
+        ])
+        .args(extra)
+        .env_remove("ISLB_CONFIG");
+        let mut proc = Proc::spawn("islb", cmd);
+        proc.wait_for("\"islb ready\"", Duration::from_secs(30));
+        let line = proc.wait_for("admin HTTP listening", Duration::from_secs(1));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        let http = v["addr"]
+            .as_str()
+            .expect("addr field")
+            .parse()
+            .expect("socket address");
+        Islb { proc, http, nid }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(crate) fn stop(&mut self) -> ExitStatus {
+        self.proc.signal(libc::SIGTERM);
+        self.proc.wait_exit(Duration::from_secs(15))
+    }
+
+    /// `GET path` on the admin server: (status, body).
+    pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path)
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed) * 100_000
+}
+
+/// A minimal HTTP/1.1 GET.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("admin HTTP reachable");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: good enough to search in; strip chunk size lines when present.
+    (status, dechunk(&body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 {
+            return out;
+        }
+        if after.len() < n {
+            return body.to_owned();
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// A node as ion registers one.
+pub(crate) fn ion_node(service: &str, nid: &str) -> Node {
+    Node {
+        dc: "dc1".into(),
+        service: service.into(),
+        nid: nid.into(),
+        rpc: Rpc {
+            protocol: "nats-grpc".into(),
+            addr: "nats://127.0.0.1:4222".into(),
+            ..Rpc::default()
+        },
+        ..Node::default()
+    }
+}
+
+/// An ion-style peer on NATS.
+pub(crate) struct Peer {
+    pub(crate) client: async_nats::Client,
+}
+
+impl Peer {
+    pub(crate) async fn connect(nats: &NatsServer) -> Peer {
+        Peer {
+            client: async_nats::connect(nats.url())
+                .await
+                .expect("NATS connection"),
+        }
+    }
+
+    /// save/update/delete: the registry's Response.
+    pub(crate) async fn send(&self, action: &str, node: &Node) -> Response {
+        let req = Request {
+            action: action.into(),
+            node: node.clone(),
+            ..Request::default()
+        };
+        let subject = format!("node.publish.{}.{}.{}", node.service, node.dc, node.nid);
+        self.raw(&subject, req.to_gob())
+            .await
+            .map(|p| Response::from_gob(&p).expect("a Response"))
+            .expect("a reply")
+    }
+
+    /// get: the nodes listed.
+    pub(crate) async fn get(&self, service: &str, params: &[(&str, Value)]) -> Vec<Node> {
+        let mut req = Request {
+            action: "get".into(),
+            service: service.into(),
+            ..Request::default()
+        };
+        for (k, v) in params {
+            req.params.insert((*k).into(), v.clone());
+        }
+        let payload = self
+            .raw(&format!("node.publish.{service}"), req.to_gob())
+            .await
+            .expect("a reply");
+        GetResponse::from_gob(&payload)
+            .expect("a GetResponse")
+            .nodes
+    }
+
+    /// A request with any payload: the reply payload, or `None` without an answer in 2 s.
+    pub(crate) async fn raw(&self, subject: &str, payload: Vec<u8>) -> Option<Vec<u8>> {
+        let fut = self.client.request(subject.to_owned(), payload.into());
+        match tokio::time::timeout(Duration::from_secs(2), fut).await {
+            Ok(Ok(msg)) => Some(msg.payload.to_vec()),
+            _ => None,
+        }
+    }
+}

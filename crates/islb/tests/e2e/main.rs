@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `islb` binary, a real nats-server per test, ionpeer (Go's
+//! own gob and nats.go) as the peer.
+
+mod foundation;
+mod harness;
+mod registry;
