@@ -111,14 +111,8 @@ fn check_token(field: &'static str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::EmptyField(field));
     }
-    if value
-        .chars()
-        .any(|c| c.is_whitespace() || c == '*' || c == '>' || c.is_control())
-    {
-        return Err(Rejection::BadToken {
-            field,
-            value: value.to_owned(),
-        });
+    if value.chars().any(|c| c.is_whitespace() || c == '*' || c == '>' || c.is_control()) {
+        return Err(Rejection::BadToken { field, value: value.to_owned() });
     }
     Ok(())
 }
@@ -137,10 +131,7 @@ pub fn param_string(params: &ValueMap, name: &'static str) -> Result<Option<Stri
         None | Some(Value::Nil) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(v @ (Value::Bytes(_) | Value::Slice(..) | Value::List(_) | Value::Map(_))) => {
-            Err(Rejection::BadParam {
-                name,
-                go_type: v.go_type(),
-            })
+            Err(Rejection::BadParam { name, go_type: v.go_type() })
         }
         Some(v) => Ok(Some(v.to_string())),
     }
@@ -152,15 +143,8 @@ impl Command {
         match req.action.as_str() {
             "save" | "update" => {
                 check_node(&req.node)?;
-                let action = if req.action == "save" {
-                    WriteAction::Save
-                } else {
-                    WriteAction::Update
-                };
-                Ok(Command::Write {
-                    action,
-                    node: req.node,
-                })
+                let action = if req.action == "save" { WriteAction::Save } else { WriteAction::Update };
+                Ok(Command::Write { action, node: req.node })
             }
             "delete" => {
                 check_node(&req.node)?;
@@ -168,11 +152,7 @@ impl Command {
             }
             "get" => {
                 let nid = param_string(&req.params, "nid")?.filter(|n| n != "*" && !n.is_empty());
-                Ok(Command::Get(Lookup {
-                    service: req.service,
-                    nid,
-                    params: req.params,
-                }))
+                Ok(Command::Get(Lookup { service: req.service, nid, params: req.params }))
             }
             other => Err(Rejection::UnknownAction(other.to_owned())),
         }
@@ -184,48 +164,23 @@ mod tests {
     use super::*;
 
     fn node(dc: &str, svc: &str, nid: &str) -> Node {
-        Node {
-            dc: dc.into(),
-            service: svc.into(),
-            nid: nid.into(),
-            ..Node::default()
-        }
+        Node { dc: dc.into(), service: svc.into(), nid: nid.into(), ..Node::default() }
     }
 
     fn req(action: &str, node: Node) -> Request {
-        Request {
-            action: action.into(),
-            node,
-            ..Request::default()
-        }
+        Request { action: action.into(), node, ..Request::default() }
     }
 
     #[test]
     fn actions_map_to_commands() {
         let n = node("dc1", "rtc", "sfu-1");
-        assert!(matches!(
-            Command::parse(req("save", n.clone())),
-            Ok(Command::Write {
-                action: WriteAction::Save,
-                ..
-            })
-        ));
+        assert!(matches!(Command::parse(req("save", n.clone())), Ok(Command::Write { action: WriteAction::Save, .. })));
         assert!(matches!(
             Command::parse(req("update", n.clone())),
-            Ok(Command::Write {
-                action: WriteAction::Update,
-                ..
-            })
+            Ok(Command::Write { action: WriteAction::Update, .. })
         ));
-        assert!(matches!(
-            Command::parse(req("delete", n)),
-            Ok(Command::Delete { .. })
-        ));
-        let get = Request {
-            action: "get".into(),
-            service: "rtc".into(),
-            ..Request::default()
-        };
+        assert!(matches!(Command::parse(req("delete", n)), Ok(Command::Delete { .. })));
+        let get = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
         assert!(
             matches!(Command::parse(get), Ok(Command::Get(Lookup { ref service, nid: None, .. })) if service == "rtc")
         );
@@ -234,36 +189,18 @@ mod tests {
     #[test]
     fn unknown_actions_and_empty_ids_are_rejected_with_a_reason() {
         let err = Command::parse(req("explode", node("dc1", "rtc", "a"))).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown action \"explode\" (expected save, update, delete or get)"
-        );
-        assert_eq!(
-            Command::parse(req("save", node("dc1", "rtc", ""))).unwrap_err(),
-            Rejection::EmptyField("NID")
-        );
-        assert_eq!(
-            Command::parse(req("save", node("", "rtc", "a"))).unwrap_err(),
-            Rejection::EmptyField("DC")
-        );
-        assert_eq!(
-            Command::parse(req("delete", node("dc1", "", "a"))).unwrap_err(),
-            Rejection::EmptyField("Service")
-        );
-        assert_eq!(
-            Command::parse(req("", Node::default())).unwrap_err(),
-            Rejection::UnknownAction(String::new())
-        );
+        assert_eq!(err.to_string(), "unknown action \"explode\" (expected save, update, delete or get)");
+        assert_eq!(Command::parse(req("save", node("dc1", "rtc", ""))).unwrap_err(), Rejection::EmptyField("NID"));
+        assert_eq!(Command::parse(req("save", node("", "rtc", "a"))).unwrap_err(), Rejection::EmptyField("DC"));
+        assert_eq!(Command::parse(req("delete", node("dc1", "", "a"))).unwrap_err(), Rejection::EmptyField("Service"));
+        assert_eq!(Command::parse(req("", Node::default())).unwrap_err(), Rejection::UnknownAction(String::new()));
     }
 
     #[test]
     fn ids_that_would_break_subjects_are_rejected() {
         for bad in ["a b", "a*", "x>", "tab\t", "nl\n"] {
             let err = Command::parse(req("save", node("dc1", "rtc", bad))).unwrap_err();
-            assert!(
-                matches!(err, Rejection::BadToken { field: "NID", .. }),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, Rejection::BadToken { field: "NID", .. }), "{bad:?}: {err}");
         }
         // Dots are fine: a NID may span subject tokens, watchers use `>`.
         assert!(Command::parse(req("save", node("dc1", "rtc", "sfu.1"))).is_ok());
@@ -273,57 +210,26 @@ mod tests {
     fn get_params_sid_and_nid_accept_any_scalar_and_refuse_containers() {
         let mut params = ValueMap::new();
         params.insert("nid".into(), Value::Int64(7));
-        let get = Request {
-            action: "get".into(),
-            service: "rtc".into(),
-            params,
-            ..Request::default()
-        };
-        let Ok(Command::Get(lookup)) = Command::parse(get) else {
-            panic!()
-        };
+        let get = Request { action: "get".into(), service: "rtc".into(), params, ..Request::default() };
+        let Ok(Command::Get(lookup)) = Command::parse(get) else { panic!() };
         assert_eq!(lookup.nid.as_deref(), Some("7"));
 
         let mut params = ValueMap::new();
         params.insert("nid".into(), Value::List(vec![]));
-        let get = Request {
-            action: "get".into(),
-            service: "rtc".into(),
-            params,
-            ..Request::default()
-        };
-        assert_eq!(
-            Command::parse(get).unwrap_err(),
-            Rejection::BadParam {
-                name: "nid",
-                go_type: "[]interface {}"
-            }
-        );
+        let get = Request { action: "get".into(), service: "rtc".into(), params, ..Request::default() };
+        assert_eq!(Command::parse(get).unwrap_err(), Rejection::BadParam { name: "nid", go_type: "[]interface {}" });
 
         let mut params = ValueMap::new();
         params.insert("nid".into(), "*".into());
-        let get = Request {
-            action: "get".into(),
-            service: "rtc".into(),
-            params,
-            ..Request::default()
-        };
-        assert!(matches!(
-            Command::parse(get),
-            Ok(Command::Get(Lookup { nid: None, .. }))
-        ));
+        let get = Request { action: "get".into(), service: "rtc".into(), params, ..Request::default() };
+        assert!(matches!(Command::parse(get), Ok(Command::Get(Lookup { nid: None, .. }))));
     }
 
     #[test]
     fn include_placed_reads_true_ish_values() {
-        let mut l = Lookup {
-            service: "*".into(),
-            nid: None,
-            params: ValueMap::new(),
-        };
+        let mut l = Lookup { service: "*".into(), nid: None, params: ValueMap::new() };
         assert!(!l.include_placed());
-        l.params
-            .insert(PARAM_INCLUDE_PLACED.into(), Value::Bool(true));
+        l.params.insert(PARAM_INCLUDE_PLACED.into(), Value::Bool(true));
         assert!(l.include_placed());
         l.params.insert(PARAM_INCLUDE_PLACED.into(), "true".into());
         assert!(l.include_placed());

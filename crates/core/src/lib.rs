@@ -14,7 +14,5 @@ pub mod registry;
 pub mod time;
 
 pub use command::{Command, Lookup, Rejection, WriteAction};
-pub use registry::{
-    Departure, Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key,
-};
+pub use registry::{Departure, Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key};
 pub use time::Timestamp;

@@ -35,10 +35,7 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig {
-            expire_ms: 5_000,
-            placed: BTreeSet::new(),
-        }
+        RegistryConfig { expire_ms: 5_000, placed: BTreeSet::new() }
     }
 }
 
@@ -105,10 +102,7 @@ pub struct Event {
 impl Event {
     /// The NATS subject of this event.
     pub fn subject(&self) -> String {
-        format!(
-            "node.discovery.{}.{}.{}",
-            self.node.service, self.node.dc, self.node.nid
-        )
+        format!("node.discovery.{}.{}.{}", self.node.service, self.node.dc, self.node.nid)
     }
 }
 
@@ -131,10 +125,7 @@ struct Service {
 impl Registry {
     /// An empty registry.
     pub fn new(config: RegistryConfig) -> Self {
-        Registry {
-            config,
-            ..Registry::default()
-        }
+        Registry { config, ..Registry::default() }
     }
 
     /// The settings.
@@ -188,12 +179,7 @@ impl Registry {
     /// the action (an `update` of an unknown node, after a registry restart, is a node
     /// coming up for watchers); new data for a known node is announced with `update`;
     /// an unchanged keep-alive is silent. Placed services are never announced.
-    pub fn apply_write(
-        &mut self,
-        node: Arc<Node>,
-        deadline: Timestamp,
-        verdict: Verdict,
-    ) -> Vec<Event> {
+    pub fn apply_write(&mut self, node: Arc<Node>, deadline: Timestamp, verdict: Verdict) -> Vec<Event> {
         let placed = self.is_placed(&node.service);
         self.upsert(node.clone(), deadline);
         let kind = match verdict {
@@ -209,21 +195,13 @@ impl Registry {
 
     /// Removes a node that left (`existed`: whether the shared state still had it, so that
     /// exactly one replica announces it); returns the delete event, placed services too.
-    pub fn apply_departure(
-        &mut self,
-        key: &str,
-        existed: bool,
-        fallback: Option<Arc<Node>>,
-    ) -> Vec<Event> {
+    pub fn apply_departure(&mut self, key: &str, existed: bool, fallback: Option<Arc<Node>>) -> Vec<Event> {
         let removed = self.remove(key);
         if !existed {
             return Vec::new();
         }
         match removed.map(|e| e.node).or(fallback) {
-            Some(node) => vec![Event {
-                kind: EventKind::Delete,
-                node,
-            }],
+            Some(node) => vec![Event { kind: EventKind::Delete, node }],
             None => Vec::new(),
         }
     }
@@ -280,11 +258,7 @@ impl Registry {
     }
 
     fn index(&mut self, service: &str, key: NodeKey) {
-        self.services
-            .entry(service.to_owned())
-            .or_default()
-            .keys
-            .insert(key);
+        self.services.entry(service.to_owned()).or_default().keys.insert(key);
     }
 
     fn unindex(&mut self, service: &str, key: &str) {
@@ -303,11 +277,7 @@ impl Registry {
     /// A number that changes whenever the answer to a parameterless `get service` may
     /// change (for caching encoded replies).
     pub fn generation(&self, service: &str) -> u64 {
-        if service == "*" {
-            self.generation
-        } else {
-            self.services.get(service).map_or(0, |s| s.generation)
-        }
+        if service == "*" { self.generation } else { self.services.get(service).map_or(0, |s| s.generation) }
     }
 
     /// The earliest deadline, if any node is registered.
@@ -317,20 +287,13 @@ impl Registry {
 
     /// Keys of the nodes whose deadline is at or before `now`, earliest first.
     pub fn due(&self, now: Timestamp) -> Vec<NodeKey> {
-        self.deadlines
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, k)| k.clone())
-            .collect()
+        self.deadlines.iter().take_while(|(t, _)| *t <= now).map(|(_, k)| k.clone()).collect()
     }
 
     /// Expires every due node at once (single replica: nobody else to ask); returns the
     /// delete events.
     pub fn expire_due(&mut self, now: Timestamp) -> Vec<Event> {
-        self.due(now)
-            .iter()
-            .flat_map(|k| self.apply_departure(k, true, None))
-            .collect()
+        self.due(now).iter().flat_map(|k| self.apply_departure(k, true, None)).collect()
     }
 
     /// The nodes a `get` lists, in key order: one service (or `*`: every service except
@@ -370,27 +333,15 @@ mod tests {
     use islb_gob::{Value, ValueMap};
 
     fn node(svc: &str, nid: &str) -> Arc<Node> {
-        Arc::new(Node {
-            dc: "dc1".into(),
-            service: svc.into(),
-            nid: nid.into(),
-            ..Node::default()
-        })
+        Arc::new(Node { dc: "dc1".into(), service: svc.into(), nid: nid.into(), ..Node::default() })
     }
 
     fn lookup(service: &str) -> Lookup {
-        Lookup {
-            service: service.into(),
-            nid: None,
-            params: ValueMap::new(),
-        }
+        Lookup { service: service.into(), nid: None, params: ValueMap::new() }
     }
 
     fn reg() -> Registry {
-        Registry::new(RegistryConfig {
-            expire_ms: 5_000,
-            placed: ["rtc".to_owned()].into(),
-        })
+        Registry::new(RegistryConfig { expire_ms: 5_000, placed: ["rtc".to_owned()].into() })
     }
 
     const T0: Timestamp = Timestamp::from_ms(1_000_000);
@@ -402,13 +353,7 @@ mod tests {
         for _ in 0..2 {
             let mut r2 = reg();
             let ev = r2.apply_write(n.clone(), T0, r2.classify(&n));
-            assert_eq!(
-                ev,
-                vec![Event {
-                    kind: EventKind::Save,
-                    node: n.clone()
-                }]
-            );
+            assert_eq!(ev, vec![Event { kind: EventKind::Save, node: n.clone() }]);
         }
         assert_eq!(r.classify(&n), Verdict::Created);
         r.apply_write(n.clone(), T0, Verdict::Created);
@@ -422,10 +367,7 @@ mod tests {
         let n = node("signal", "sig-1");
         r.apply_write(n.clone(), T0, Verdict::Created);
         let later = r.deadline(T0.plus_ms(2_000));
-        assert!(
-            r.apply_write(n.clone(), later, Verdict::Unchanged)
-                .is_empty()
-        );
+        assert!(r.apply_write(n.clone(), later, Verdict::Unchanged).is_empty());
         assert_eq!(r.lookup("dc1.sig-1").unwrap().deadline, later);
         assert_eq!(r.next_deadline(), Some(later));
         // A save of a known node also refreshes it (Go's does not).
@@ -440,19 +382,11 @@ mod tests {
         let n = node("signal", "sig-1");
         r.apply_write(n.clone(), T0, Verdict::Created);
         let mut changed = (*n).clone();
-        changed
-            .extra_info
-            .insert("load".into(), Value::Float64(0.5));
+        changed.extra_info.insert("load".into(), Value::Float64(0.5));
         let changed = Arc::new(changed);
         assert_eq!(r.classify(&changed), Verdict::Changed);
         let ev = r.apply_write(changed.clone(), T0, Verdict::Changed);
-        assert_eq!(
-            ev,
-            vec![Event {
-                kind: EventKind::Update,
-                node: changed.clone()
-            }]
-        );
+        assert_eq!(ev, vec![Event { kind: EventKind::Update, node: changed.clone() }]);
         assert_eq!(r.get(&lookup("signal")), vec![changed]);
     }
 
@@ -463,10 +397,7 @@ mod tests {
         assert!(r.apply_write(sfu.clone(), T0, Verdict::Created).is_empty());
         let mut changed = (*sfu).clone();
         changed.rpc.addr = "nats://other".into();
-        assert!(
-            r.apply_write(Arc::new(changed), T0, Verdict::Changed)
-                .is_empty()
-        );
+        assert!(r.apply_write(Arc::new(changed), T0, Verdict::Changed).is_empty());
         let ev = r.apply_departure("dc1.sfu-1", true, None);
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].kind, EventKind::Delete);
@@ -476,12 +407,7 @@ mod tests {
     #[test]
     fn get_star_hides_placed_services_unless_asked_and_get_service_lists_them() {
         let mut r = reg();
-        for n in [
-            node("rtc", "sfu-b"),
-            node("rtc", "sfu-a"),
-            node("signal", "sig-1"),
-            node("room", "room-1"),
-        ] {
+        for n in [node("rtc", "sfu-b"), node("rtc", "sfu-a"), node("signal", "sig-1"), node("room", "room-1")] {
             r.apply_write(n, T0, Verdict::Created);
         }
         let ids = |v: Vec<Arc<Node>>| v.iter().map(|n| n.nid.clone()).collect::<Vec<_>>();
@@ -503,13 +429,7 @@ mod tests {
         // Known to the shared state but not to this replica: announced with the sent node.
         let n = node("signal", "sig-9");
         let ev = r.apply_departure("dc1.sig-9", true, Some(n.clone()));
-        assert_eq!(
-            ev,
-            vec![Event {
-                kind: EventKind::Delete,
-                node: n
-            }]
-        );
+        assert_eq!(ev, vec![Event { kind: EventKind::Delete, node: n }]);
     }
 
     #[test]
@@ -522,13 +442,7 @@ mod tests {
         assert_eq!(r.next_deadline(), Some(T0.plus_ms(5_000)));
         assert!(r.expire_due(T0.plus_ms(4_999)).is_empty());
         let ev = r.expire_due(T0.plus_ms(5_000));
-        assert_eq!(
-            ev,
-            vec![Event {
-                kind: EventKind::Delete,
-                node: a
-            }]
-        );
+        assert_eq!(ev, vec![Event { kind: EventKind::Delete, node: a }]);
         assert_eq!(r.next_deadline(), Some(T0.plus_ms(6_000)));
         assert_eq!(r.len(), 1);
         // A keep-alive in time saves b.
@@ -547,11 +461,7 @@ mod tests {
         let g1 = (r.generation("*"), r.generation("signal"));
         assert!(g1.0 > g0.0 && g1.1 > g0.1);
         r.apply_write(n.clone(), T0.plus_ms(2_000), Verdict::Unchanged);
-        assert_eq!(
-            (r.generation("*"), r.generation("signal")),
-            g1,
-            "a keep-alive changes no answer"
-        );
+        assert_eq!((r.generation("*"), r.generation("signal")), g1, "a keep-alive changes no answer");
         r.remove("dc1.s");
         assert!(r.generation("signal") > g1.1);
     }

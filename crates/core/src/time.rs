@@ -42,10 +42,7 @@ impl Timestamp {
 
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
-        Timestamp(
-            t.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
+        Timestamp(t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 }
 
@@ -72,10 +69,7 @@ fn humantime_like(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", d.subsec_millis())
 }
 
 #[cfg(test)]
@@ -90,13 +84,7 @@ mod tests {
         assert_eq!(t.until(t.plus_ms(5)), Duration::from_millis(5));
         assert_eq!(t.plus_ms(5).until(t), Duration::ZERO);
         assert_eq!(t.to_string(), "2023-11-14T22:13:20.123Z");
-        assert_eq!(
-            Timestamp::from_ms(0).to_string(),
-            "1970-01-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            Timestamp::from_ms(951_782_400_000).to_string(),
-            "2000-02-29T00:00:00.000Z"
-        );
+        assert_eq!(Timestamp::from_ms(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp::from_ms(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
     }
 }

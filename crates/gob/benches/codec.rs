@@ -27,11 +27,7 @@ fn go_bench_request() -> Request {
             dc: "eu-west".into(),
             service: "rtc".into(),
             nid: "sfu-2".into(),
-            rpc: Rpc {
-                protocol: "nats-grpc".into(),
-                addr: "nats://10.0.0.7:4222".into(),
-                params,
-            },
+            rpc: Rpc { protocol: "nats-grpc".into(), addr: "nats://10.0.0.7:4222".into(), params },
             extra_info: extra,
         },
         ..Request::default()
@@ -43,22 +39,16 @@ fn codec(c: &mut Criterion) {
     let bytes = req.to_gob();
     let mut g = c.benchmark_group("request");
     g.bench_function("encode", |b| b.iter(|| black_box(&req).to_gob()));
-    g.bench_function("decode", |b| {
-        b.iter(|| Request::from_gob(black_box(&bytes)).unwrap())
-    });
+    g.bench_function("decode", |b| b.iter(|| Request::from_gob(black_box(&bytes)).unwrap()));
     g.finish();
 
-    let typed = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/vectors/gob/request_save_typed.gob"
-    ))
-    .expect("golden vector request_save_typed.gob");
+    let typed =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/gob/request_save_typed.gob"))
+            .expect("golden vector request_save_typed.gob");
     let typed_req = Request::from_gob(&typed).unwrap();
     let mut g = c.benchmark_group("request_save_typed");
     g.bench_function("encode", |b| b.iter(|| black_box(&typed_req).to_gob()));
-    g.bench_function("decode", |b| {
-        b.iter(|| Request::from_gob(black_box(&typed)).unwrap())
-    });
+    g.bench_function("decode", |b| b.iter(|| Request::from_gob(black_box(&typed)).unwrap()));
     g.finish();
 }
 

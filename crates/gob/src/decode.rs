@@ -25,10 +25,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_size: 1 << 20,
-            max_depth: 64,
-        }
+        Limits { max_size: 1 << 20, max_depth: 64 }
     }
 }
 
@@ -55,24 +52,12 @@ pub(crate) trait Decode: Sized {
 /// Decodes one payload holding one value of a struct type `T`.
 pub(crate) fn decode<T: Decode>(payload: &[u8], limits: &Limits) -> Result<T> {
     if payload.len() > limits.max_size {
-        return Err(Error::new(
-            0,
-            ErrorKind::TooLarge {
-                size: payload.len(),
-                limit: limits.max_size,
-            },
-        ));
+        return Err(Error::new(0, ErrorKind::TooLarge { size: payload.len(), limit: limits.max_size }));
     }
-    let mut d = Dec {
-        r: Reader::new(payload),
-        types: HashMap::new(),
-        depth: 0,
-        max_depth: limits.max_depth,
-    };
+    let mut d = Dec { r: Reader::new(payload), types: HashMap::new(), depth: 0, max_depth: limits.max_depth };
     let at = d.r.pos();
     let id = d.type_sequence(false)?;
-    d.check_defined(id, &mut Vec::new())
-        .map_err(|k| Error::new(at, k))?;
+    d.check_defined(id, &mut Vec::new()).map_err(|k| Error::new(at, k))?;
     T::check(&d, id, true)?;
     T::decode(&mut d, id)
 }
@@ -98,11 +83,7 @@ impl<'a> Dec<'a> {
                 format!("[{len}]{}", self.describe_shallow(*elem))
             }
             Some(WireType::Map { key, elem, .. }) => {
-                format!(
-                    "map[{}]{}",
-                    self.describe_shallow(*key),
-                    self.describe_shallow(*elem)
-                )
+                format!("map[{}]{}", self.describe_shallow(*key), self.describe_shallow(*elem))
             }
             Some(_) => format!("type {id}"),
             None => format!("undefined type {id}"),
@@ -112,20 +93,12 @@ impl<'a> Dec<'a> {
     fn describe_shallow(&self, id: i64) -> String {
         builtin_name(id)
             .map(str::to_owned)
-            .or_else(|| {
-                self.types
-                    .get(&id)
-                    .map(|w| w.name().to_owned())
-                    .filter(|n| !n.is_empty())
-            })
+            .or_else(|| self.types.get(&id).map(|w| w.name().to_owned()).filter(|n| !n.is_empty()))
             .unwrap_or_else(|| format!("type {id}"))
     }
 
     pub(crate) fn mismatch(&self, local: impl Into<String>, id: i64) -> Error {
-        self.err(ErrorKind::TypeMismatch {
-            local: local.into(),
-            remote: self.describe(id),
-        })
+        self.err(ErrorKind::TypeMismatch { local: local.into(), remote: self.describe(id) })
     }
 
     /// Reads type definitions until a value's type id; Go's `decodeTypeSequence`.
@@ -139,9 +112,7 @@ impl<'a> Dec<'a> {
             if id >= 0 {
                 return Ok(id);
             }
-            let id = id
-                .checked_neg()
-                .ok_or_else(|| Error::new(at, ErrorKind::UnknownTypeId(id)))?;
+            let id = id.checked_neg().ok_or_else(|| Error::new(at, ErrorKind::UnknownTypeId(id)))?;
             if id < FIRST_USER_ID || self.types.contains_key(&id) {
                 return Err(Error::new(at, ErrorKind::DuplicateType(id)));
             }
@@ -166,9 +137,7 @@ impl<'a> Dec<'a> {
         let wt = self.types.get(&id).ok_or(ErrorKind::UnknownTypeId(id))?;
         seen.push(id);
         match wt {
-            WireType::Array { elem, .. } | WireType::Slice { elem, .. } => {
-                self.check_defined(*elem, seen)
-            }
+            WireType::Array { elem, .. } | WireType::Slice { elem, .. } => self.check_defined(*elem, seen),
             WireType::Map { key, elem, .. } => {
                 self.check_defined(*key, seen)?;
                 self.check_defined(*elem, seen)
@@ -176,9 +145,7 @@ impl<'a> Dec<'a> {
             WireType::Struct { fields, .. } => {
                 for (name, fid) in fields {
                     if name.is_empty() {
-                        return Err(ErrorKind::InvalidTypeDefinition(
-                            "struct field without a name",
-                        ));
+                        return Err(ErrorKind::InvalidTypeDefinition("struct field without a name"));
                     }
                     self.check_defined(*fid, seen)?;
                 }
@@ -209,11 +176,7 @@ impl<'a> Dec<'a> {
         fields: &[(&'static str, CheckFn)],
         top: bool,
     ) -> Result<()> {
-        let Some(WireType::Struct {
-            fields: wire_fields,
-            ..
-        }) = self.types.get(&id)
-        else {
+        let Some(WireType::Struct { fields: wire_fields, .. }) = self.types.get(&id) else {
             return Err(self.mismatch(local, id));
         };
         let mut matched = 0;
@@ -221,10 +184,7 @@ impl<'a> Dec<'a> {
             if let Some((_, check)) = fields.iter().find(|(n, _)| n == name) {
                 check(self, *fid, false).map_err(|e| match e.kind {
                     ErrorKind::TypeMismatch { local: l, remote } => {
-                        self.err(ErrorKind::TypeMismatch {
-                            local: format!("{local}.{name} ({l})"),
-                            remote,
-                        })
+                        self.err(ErrorKind::TypeMismatch { local: format!("{local}.{name} ({l})"), remote })
                     }
                     _ => e,
                 })?;
@@ -259,13 +219,7 @@ impl<'a> Dec<'a> {
             }
             field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
             if field >= nfields as i64 {
-                return Err(Error::new(
-                    at,
-                    ErrorKind::FieldOutOfRange {
-                        field,
-                        fields: nfields,
-                    },
-                ));
+                return Err(Error::new(at, ErrorKind::FieldOutOfRange { field, fields: nfields }));
             }
             let (local, fid) = match self.types.get(&id) {
                 Some(WireType::Struct { fields, .. }) => {
@@ -294,11 +248,7 @@ impl<'a> Dec<'a> {
             T_BYTES | T_STRING => self.r.bytes().map(drop),
             T_INTERFACE => self.skip_interface(),
             _ => {
-                let wt = self
-                    .types
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| self.err(ErrorKind::UnknownTypeId(id)))?;
+                let wt = self.types.get(&id).cloned().ok_or_else(|| self.err(ErrorKind::UnknownTypeId(id)))?;
                 self.enter()?;
                 match wt {
                     WireType::Array { elem, len, .. } => {
@@ -307,10 +257,7 @@ impl<'a> Dec<'a> {
                             return Err(self.err(ErrorKind::ArrayLength { expected: len, got }));
                         }
                         if got > self.r.left() as u64 {
-                            return Err(self.err(ErrorKind::LengthTooLarge {
-                                len: got,
-                                left: self.r.left(),
-                            }));
+                            return Err(self.err(ErrorKind::LengthTooLarge { len: got, left: self.r.left() }));
                         }
                         for _ in 0..got {
                             self.skip(elem)?;
@@ -336,16 +283,8 @@ impl<'a> Dec<'a> {
                                 break;
                             }
                             field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
-                            let Some((_, fid)) =
-                                usize::try_from(field).ok().and_then(|f| fields.get(f))
-                            else {
-                                return Err(Error::new(
-                                    at,
-                                    ErrorKind::FieldOutOfRange {
-                                        field,
-                                        fields: fields.len(),
-                                    },
-                                ));
+                            let Some((_, fid)) = usize::try_from(field).ok().and_then(|f| fields.get(f)) else {
+                                return Err(Error::new(at, ErrorKind::FieldOutOfRange { field, fields: fields.len() }));
                             };
                             self.skip(*fid)?;
                         }
@@ -383,8 +322,7 @@ impl<'a> Dec<'a> {
         };
         let id_at = self.r.pos();
         let id = self.type_sequence(true)?;
-        self.check_defined(id, &mut Vec::new())
-            .map_err(|k| Error::new(id_at, k))?;
+        self.check_defined(id, &mut Vec::new()).map_err(|k| Error::new(id_at, k))?;
         // The byte count of the value; only needed to skip it.
         self.r.uint()?;
         let delta = self.r.uint()?;
@@ -423,9 +361,7 @@ impl<'a> Dec<'a> {
                 _ => Err(self.mismatch(k.go_slice_name(), id)),
             },
             Concrete::List => match self.types.get(&id) {
-                Some(WireType::Slice {
-                    elem: T_INTERFACE, ..
-                }) => {
+                Some(WireType::Slice { elem: T_INTERFACE, .. }) => {
                     let n = self.r.count(1)?;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
@@ -436,11 +372,7 @@ impl<'a> Dec<'a> {
                 _ => Err(self.mismatch("[]interface {}", id)),
             },
             Concrete::Map => match self.types.get(&id) {
-                Some(WireType::Map {
-                    key: T_STRING,
-                    elem: T_INTERFACE,
-                    ..
-                }) => {
+                Some(WireType::Map { key: T_STRING, elem: T_INTERFACE, .. }) => {
                     let n = self.r.count(2)?;
                     let mut map = BTreeMap::new();
                     for _ in 0..n {
@@ -470,16 +402,10 @@ impl<'a> Dec<'a> {
             Kind::Uint64 => Value::Uint64(self.r.uint()?),
             Kind::Uintptr => Value::Uintptr(self.r.uint()?),
             Kind::Uint8 => Value::Uint8(u8::try_from(self.r.uint()?).map_err(|_| range("uint8"))?),
-            Kind::Uint16 => {
-                Value::Uint16(u16::try_from(self.r.uint()?).map_err(|_| range("uint16"))?)
-            }
-            Kind::Uint32 => {
-                Value::Uint32(u32::try_from(self.r.uint()?).map_err(|_| range("uint32"))?)
-            }
+            Kind::Uint16 => Value::Uint16(u16::try_from(self.r.uint()?).map_err(|_| range("uint16"))?),
+            Kind::Uint32 => Value::Uint32(u32::try_from(self.r.uint()?).map_err(|_| range("uint32"))?),
             Kind::Float64 => Value::Float64(self.r.float()?),
-            Kind::Float32 => {
-                Value::Float32(float32(self.r.float()?).ok_or_else(|| range("float32"))?)
-            }
+            Kind::Float32 => Value::Float32(float32(self.r.float()?).ok_or_else(|| range("float32"))?),
             Kind::Complex128 => Value::Complex128(self.r.float()?, self.r.float()?),
             Kind::Complex64 => {
                 let re = float32(self.r.float()?).ok_or_else(|| range("complex64"))?;
@@ -502,11 +428,7 @@ impl<'a> Dec<'a> {
 
 /// Go's float64-to-float32 conversion check: finite values beyond float32's range fail.
 fn float32(v: f64) -> Option<f32> {
-    if v.is_finite() && v.abs() > f64::from(f32::MAX) {
-        None
-    } else {
-        Some(v as f32)
-    }
+    if v.is_finite() && v.abs() > f64::from(f32::MAX) { None } else { Some(v as f32) }
 }
 
 /// The predefined wire type of a scalar kind.
@@ -514,9 +436,7 @@ pub(crate) fn kind_wire_id(k: Kind) -> i64 {
     match k {
         Kind::Bool => T_BOOL,
         Kind::Int | Kind::Int8 | Kind::Int16 | Kind::Int32 | Kind::Int64 => T_INT,
-        Kind::Uint | Kind::Uint8 | Kind::Uint16 | Kind::Uint32 | Kind::Uint64 | Kind::Uintptr => {
-            T_UINT
-        }
+        Kind::Uint | Kind::Uint8 | Kind::Uint16 | Kind::Uint32 | Kind::Uint64 | Kind::Uintptr => T_UINT,
         Kind::Float32 | Kind::Float64 => T_FLOAT,
         Kind::Complex64 | Kind::Complex128 => T_COMPLEX,
         Kind::String => T_STRING,
@@ -562,11 +482,7 @@ impl Decode for String {
         "string".into()
     }
     fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
-        if id == T_STRING {
-            Ok(())
-        } else {
-            Err(d.mismatch("string", id))
-        }
+        if id == T_STRING { Ok(()) } else { Err(d.mismatch("string", id)) }
     }
     fn decode(d: &mut Dec<'_>, _: i64) -> Result<Self> {
         d.string()
@@ -578,11 +494,7 @@ impl Decode for bool {
         "bool".into()
     }
     fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
-        if id == T_BOOL {
-            Ok(())
-        } else {
-            Err(d.mismatch("bool", id))
-        }
+        if id == T_BOOL { Ok(()) } else { Err(d.mismatch("bool", id)) }
     }
     fn decode(d: &mut Dec<'_>, _: i64) -> Result<Self> {
         Ok(d.r.uint()? != 0)
@@ -594,11 +506,7 @@ impl Decode for Value {
         "interface {}".into()
     }
     fn check(d: &Dec<'_>, id: i64, _: bool) -> Result<()> {
-        if id == T_INTERFACE {
-            Ok(())
-        } else {
-            Err(d.mismatch("interface {}", id))
-        }
+        if id == T_INTERFACE { Ok(()) } else { Err(d.mismatch("interface {}", id)) }
     }
     fn decode(d: &mut Dec<'_>, _: i64) -> Result<Self> {
         d.interface()

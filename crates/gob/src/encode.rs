@@ -15,19 +15,9 @@ use std::collections::BTreeMap;
 
 /// A type definition to send.
 enum Def {
-    Struct {
-        name: &'static str,
-        fields: Vec<(&'static str, i64)>,
-    },
-    Slice {
-        name: &'static str,
-        elem: i64,
-    },
-    Map {
-        name: &'static str,
-        key: i64,
-        elem: i64,
-    },
+    Struct { name: &'static str, fields: Vec<(&'static str, i64)> },
+    Slice { name: &'static str, elem: i64 },
+    Map { name: &'static str, key: i64, elem: i64 },
 }
 
 /// Type ids assigned for one payload, keyed by Go type name.
@@ -37,17 +27,12 @@ pub(crate) struct TypeReg {
 
 impl TypeReg {
     fn new() -> Self {
-        TypeReg {
-            ids: Vec::with_capacity(8),
-        }
+        TypeReg { ids: Vec::with_capacity(8) }
     }
 
     /// The id of `name` if it has one already.
     pub(crate) fn get(&self, name: &str) -> Option<i64> {
-        self.ids
-            .iter()
-            .find(|(n, ..)| *n == name)
-            .map(|(_, id, _)| *id)
+        self.ids.iter().find(|(n, ..)| *n == name).map(|(_, id, _)| *id)
     }
 
     /// Reserves the next id for `name` (its definition follows with [`TypeReg::define`]).
@@ -61,12 +46,7 @@ impl TypeReg {
         self.ids[(id - FIRST_USER_ID) as usize].2 = Some(def);
     }
 
-    pub(crate) fn define_struct(
-        &mut self,
-        id: i64,
-        name: &'static str,
-        fields: Vec<(&'static str, i64)>,
-    ) {
+    pub(crate) fn define_struct(&mut self, id: i64, name: &'static str, fields: Vec<(&'static str, i64)>) {
         self.define(id, Def::Struct { name, fields });
     }
 
@@ -82,13 +62,7 @@ impl TypeReg {
         }
         let id = self.reserve(name);
         let elem = elem(self);
-        self.define(
-            id,
-            Def::Slice {
-                name: wire_name,
-                elem,
-            },
-        );
+        self.define(id, Def::Slice { name: wire_name, elem });
         id
     }
 
@@ -99,14 +73,7 @@ impl TypeReg {
         }
         let id = self.reserve(name);
         let elem = elem(self);
-        self.define(
-            id,
-            Def::Map {
-                name,
-                key: T_STRING,
-                elem,
-            },
-        );
+        self.define(id, Def::Map { name, key: T_STRING, elem });
         id
     }
 
@@ -280,10 +247,7 @@ impl Enc<'_> {
             Value::String(s) => put_bytes(out, s.as_bytes()),
             Value::Bytes(b) => put_bytes(out, b),
             Value::Slice(Kind::Uint8, items) => {
-                let bytes: Vec<u8> = items
-                    .iter()
-                    .map(|v| if let Value::Uint8(b) = v { *b } else { 0 })
-                    .collect();
+                let bytes: Vec<u8> = items.iter().map(|v| if let Value::Uint8(b) = v { *b } else { 0 }).collect();
                 put_bytes(out, &bytes);
             }
             Value::Slice(k, items) => {

@@ -88,10 +88,7 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ErrorKind::*;
         match self {
-            TooLarge { size, limit } => write!(
-                f,
-                "message of {size} bytes exceeds the limit of {limit} bytes"
-            ),
+            TooLarge { size, limit } => write!(f, "message of {size} bytes exceeds the limit of {limit} bytes"),
             UnexpectedEnd => write!(f, "unexpected end of data"),
             BadUint => write!(f, "unsigned integer longer than 8 bytes"),
             LengthTooLarge { len, left } => write!(f, "length {len} exceeds the {left} bytes left"),
@@ -100,27 +97,19 @@ impl fmt::Display for ErrorKind {
             UnknownTypeId(id) => write!(f, "unknown type id {id}"),
             InvalidTypeDefinition(why) => write!(f, "invalid type definition: {why}"),
             ExtraData => write!(f, "extra data after a type definition"),
-            FieldOutOfRange { field, fields } => write!(
-                f,
-                "field number {field} out of range (type has {fields} fields)"
-            ),
-            TypeMismatch { local, remote } => write!(
-                f,
-                "cannot decode remote type {remote} into local type {local}"
-            ),
+            FieldOutOfRange { field, fields } => {
+                write!(f, "field number {field} out of range (type has {fields} fields)")
+            }
+            TypeMismatch { local, remote } => write!(f, "cannot decode remote type {remote} into local type {local}"),
             NoFieldsMatched(name) => {
                 write!(f, "type mismatch: no fields matched decoding into {name}")
             }
-            UnregisteredInterfaceType(name) => write!(
-                f,
-                "interface value of unregistered or unsupported Go type {name:?}"
-            ),
+            UnregisteredInterfaceType(name) => {
+                write!(f, "interface value of unregistered or unsupported Go type {name:?}")
+            }
             OutOfRange(ty) => write!(f, "value out of range for {ty}"),
             TooDeep(limit) => write!(f, "values nested deeper than {limit} levels"),
-            BadSingletonDelta(d) => write!(
-                f,
-                "corrupted data: non-zero delta {d} for a singleton value"
-            ),
+            BadSingletonDelta(d) => write!(f, "corrupted data: non-zero delta {d} for a singleton value"),
             ArrayLength { expected, got } => {
                 write!(f, "array of length {expected} received {got} elements")
             }

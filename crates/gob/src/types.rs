@@ -105,10 +105,7 @@ pub(crate) fn walk_struct(
         }
         field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
         if field >= fields as i64 {
-            return Err(crate::Error::new(
-                at,
-                ErrorKind::FieldOutOfRange { field, fields },
-            ));
+            return Err(crate::Error::new(at, ErrorKind::FieldOutOfRange { field, fields }));
         }
         f(r, field as usize)?;
     }
@@ -153,9 +150,8 @@ pub(crate) fn parse_wire_type(r: &mut Reader<'_>) -> Result<WireType> {
                     }
                     Ok(())
                 })?;
-                let len = u64::try_from(len).map_err(|_| {
-                    r.err(ErrorKind::InvalidTypeDefinition("negative array length"))
-                })?;
+                let len =
+                    u64::try_from(len).map_err(|_| r.err(ErrorKind::InvalidTypeDefinition("negative array length")))?;
                 WireType::Array { name, elem, len }
             }
             1 => {
@@ -219,13 +215,7 @@ pub(crate) fn parse_wire_type(r: &mut Reader<'_>) -> Result<WireType> {
     })?;
     match (found, kinds) {
         (Some(wt), 1) => Ok(wt),
-        (None, _) => Err(crate::Error::new(
-            start,
-            ErrorKind::InvalidTypeDefinition("no kind of type given"),
-        )),
-        _ => Err(crate::Error::new(
-            start,
-            ErrorKind::InvalidTypeDefinition("more than one kind of type given"),
-        )),
+        (None, _) => Err(crate::Error::new(start, ErrorKind::InvalidTypeDefinition("no kind of type given"))),
+        _ => Err(crate::Error::new(start, ErrorKind::InvalidTypeDefinition("more than one kind of type given"))),
     }
 }

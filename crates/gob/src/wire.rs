@@ -14,11 +14,7 @@ pub(crate) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(data: &'a [u8]) -> Self {
-        Reader {
-            data,
-            pos: 0,
-            msg_end: 0,
-        }
+        Reader { data, pos: 0, msg_end: 0 }
     }
 
     pub(crate) fn pos(&self) -> usize {
@@ -79,9 +75,7 @@ impl<'a> Reader<'a> {
         if self.left() < n {
             return Err(Error::new(start, ErrorKind::UnexpectedEnd));
         }
-        let x = self.data[self.pos..self.pos + n]
-            .iter()
-            .fold(0u64, |x, &b| (x << 8) | u64::from(b));
+        let x = self.data[self.pos..self.pos + n].iter().fold(0u64, |x, &b| (x << 8) | u64::from(b));
         self.pos += n;
         Ok(x)
     }
@@ -89,11 +83,7 @@ impl<'a> Reader<'a> {
     /// A signed integer: the uint `(i << 1)` or, for negatives, `(!i << 1) | 1`.
     pub(crate) fn int(&mut self) -> Result<i64> {
         let u = self.uint()?;
-        Ok(if u & 1 == 1 {
-            !((u >> 1) as i64)
-        } else {
-            (u >> 1) as i64
-        })
+        Ok(if u & 1 == 1 { !((u >> 1) as i64) } else { (u >> 1) as i64 })
     }
 
     /// A float64: its bits with the bytes reversed, sent as a uint.
@@ -152,11 +142,7 @@ pub(crate) fn put_uint(out: &mut Vec<u8>, x: u64) {
 }
 
 pub(crate) fn put_int(out: &mut Vec<u8>, i: i64) {
-    let u = if i < 0 {
-        ((!i as u64) << 1) | 1
-    } else {
-        (i as u64) << 1
-    };
+    let u = if i < 0 { ((!i as u64) << 1) | 1 } else { (i as u64) << 1 };
     put_uint(out, u);
 }
 
@@ -189,12 +175,7 @@ mod tests {
     #[test]
     fn uints_match_go_encoding() {
         // Values and bytes from the gob package documentation.
-        for (x, bytes) in [
-            (0u64, vec![0x00]),
-            (7, vec![0x07]),
-            (127, vec![0x7f]),
-            (256, vec![0xfe, 0x01, 0x00]),
-        ] {
+        for (x, bytes) in [(0u64, vec![0x00]), (7, vec![0x07]), (127, vec![0x7f]), (256, vec![0xfe, 0x01, 0x00])] {
             let mut out = Vec::new();
             put_uint(&mut out, x);
             assert_eq!(out, bytes, "encoding {x}");
@@ -207,12 +188,7 @@ mod tests {
 
     #[test]
     fn ints_and_floats_match_go_encoding() {
-        for (i, bytes) in [
-            (0i64, vec![0x00]),
-            (-1, vec![0x01]),
-            (1, vec![0x02]),
-            (-129, vec![0xfe, 0x01, 0x01]),
-        ] {
+        for (i, bytes) in [(0i64, vec![0x00]), (-1, vec![0x01]), (1, vec![0x02]), (-129, vec![0xfe, 0x01, 0x01])] {
             let mut out = Vec::new();
             put_int(&mut out, i);
             assert_eq!(out, bytes, "encoding {i}");
@@ -239,10 +215,7 @@ mod tests {
         let err = reader(&data).count(1).unwrap_err();
         assert!(matches!(err.kind, ErrorKind::LengthTooLarge { len, left: 3 } if len == 1 << 40));
         assert_eq!(reader(&[0xf7]).uint().unwrap_err().kind, ErrorKind::BadUint);
-        assert_eq!(
-            reader(&[0xfe, 0x01]).uint().unwrap_err().kind,
-            ErrorKind::UnexpectedEnd
-        );
+        assert_eq!(reader(&[0xfe, 0x01]).uint().unwrap_err().kind, ErrorKind::UnexpectedEnd);
     }
 
     #[test]

@@ -171,9 +171,7 @@ pub(crate) fn reference() -> String {
     use clap::CommandFactory;
     let cmd = Cli::command();
     let serve = cmd.find_subcommand("serve").expect("serve subcommand");
-    let mut out = String::from(
-        "| flag | environment | config file key | default | meaning |\n|---|---|---|---|---|\n",
-    );
+    let mut out = String::from("| flag | environment | config file key | default | meaning |\n|---|---|---|---|---|\n");
     for arg in serve.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         if long == "help" || long == "version" {
@@ -181,22 +179,15 @@ pub(crate) fn reference() -> String {
         }
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         let (meaning, default) = split_default(&help);
-        let env = arg
-            .get_env()
-            .map(|e| format!("`{}`", e.to_string_lossy()))
-            .unwrap_or_default();
+        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
         let key = match long {
             "config" => "(command line only)".to_owned(),
             "placement-services" => "`[placement] services`".to_owned(),
             other => format!("`{other}`"),
         };
-        let default = default
-            .map(|d| format!("`{d}`"))
-            .unwrap_or_else(|| "-".into());
+        let default = default.map(|d| format!("`{d}`")).unwrap_or_else(|| "-".into());
         let meaning = meaning.replace(" (file: [placement] services)", "");
-        out.push_str(&format!(
-            "| `--{long}` | {env} | {key} | {default} | {meaning} |\n"
-        ));
+        out.push_str(&format!("| `--{long}` | {env} | {key} | {default} | {meaning} |\n"));
     }
     out
 }
@@ -235,15 +226,8 @@ mod tests {
             if long == "nid" {
                 continue; // random
             }
-            let real = defaults
-                .iter()
-                .find(|(k, _)| *k == long)
-                .map(|(_, v)| v.clone());
-            assert_eq!(
-                real.as_deref(),
-                Some(stated.as_str()),
-                "--{long}: help says [default: {stated}]"
-            );
+            let real = defaults.iter().find(|(k, _)| *k == long).map(|(_, v)| v.clone());
+            assert_eq!(real.as_deref(), Some(stated.as_str()), "--{long}: help says [default: {stated}]");
             checked += 1;
         }
         assert!(checked >= 12, "only {checked} defaults checked");
@@ -286,9 +270,7 @@ mod tests {
             "rtc,room",
         ])
         .unwrap();
-        let Some(Command::Serve(serve)) = args.command else {
-            panic!()
-        };
+        let Some(Command::Serve(serve)) = args.command else { panic!() };
         let c = islb_server::Config::load(None, &serve.overrides()).unwrap();
         let described: std::collections::BTreeMap<_, _> = c.describe().into_iter().collect();
         assert_eq!(described["nats-url"], "nats://x:1");

@@ -10,35 +10,22 @@ use crate::cli::{ClusterArgs, NodesArgs, WatchArgs};
 async fn connect(cluster: &ClusterArgs) -> anyhow::Result<async_nats::Client> {
     let addrs = islb_server::nats::parse_urls(&cluster.nats_url)?;
     let url = islb_server::config::mask_url(&cluster.nats_url);
-    tokio::time::timeout(
-        cluster.timeout,
-        async_nats::ConnectOptions::new()
-            .name("islb cli")
-            .connect(addrs),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within {:?}", cluster.timeout))?
-    .with_context(|| format!("cannot connect to NATS at {url}"))
+    tokio::time::timeout(cluster.timeout, async_nats::ConnectOptions::new().name("islb cli").connect(addrs))
+        .await
+        .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within {:?}", cluster.timeout))?
+        .with_context(|| format!("cannot connect to NATS at {url}"))
 }
 
 /// `islb nodes`: a `get` like ion's, printed as a table or JSON.
 pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
     let client = connect(&args.cluster).await?;
-    let mut req = Request {
-        action: "get".into(),
-        service: args.service.clone(),
-        ..Request::default()
-    };
-    req.params
-        .insert(PARAM_INCLUDE_PLACED.into(), Value::Bool(true));
+    let mut req = Request { action: "get".into(), service: args.service.clone(), ..Request::default() };
+    req.params.insert(PARAM_INCLUDE_PLACED.into(), Value::Bool(true));
     let subject = format!("node.publish.{}", args.service);
-    let reply = tokio::time::timeout(
-        args.cluster.timeout,
-        client.request(subject, req.to_gob().into()),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no registry answered within {:?}", args.cluster.timeout))?
-    .context("no registry answered (is islb running on this NATS?)")?;
+    let reply = tokio::time::timeout(args.cluster.timeout, client.request(subject, req.to_gob().into()))
+        .await
+        .map_err(|_| anyhow::anyhow!("no registry answered within {:?}", args.cluster.timeout))?
+        .context("no registry answered (is islb running on this NATS?)")?;
     let resp = match GetResponse::from_gob(&reply.payload) {
         Ok(r) => r,
         Err(e) => match islb_gob::Response::from_gob(&reply.payload) {
@@ -57,27 +44,14 @@ pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
 }
 
 fn extra(n: &Node) -> String {
-    n.extra_info
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    n.extra_info.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
 
 /// Nodes as an aligned text table.
 pub(crate) fn table(nodes: &[Node]) -> String {
     let rows: Vec<[String; 6]> = nodes
         .iter()
-        .map(|n| {
-            [
-                n.service.clone(),
-                n.dc.clone(),
-                n.nid.clone(),
-                n.rpc.protocol.clone(),
-                n.rpc.addr.clone(),
-                extra(n),
-            ]
-        })
+        .map(|n| [n.service.clone(), n.dc.clone(), n.nid.clone(), n.rpc.protocol.clone(), n.rpc.addr.clone(), extra(n)])
         .collect();
     let header = ["SERVICE", "DC", "NID", "PROTOCOL", "ADDR", "EXTRA"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
@@ -88,11 +62,7 @@ pub(crate) fn table(nodes: &[Node]) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -104,10 +74,7 @@ pub(crate) fn table(nodes: &[Node]) -> String {
 pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let client = connect(&args.cluster).await?;
     let subject = format!("node.discovery.{}.>", args.service);
-    let mut sub = client
-        .subscribe(subject.clone())
-        .await
-        .with_context(|| format!("cannot subscribe to {subject}"))?;
+    let mut sub = client.subscribe(subject.clone()).await.with_context(|| format!("cannot subscribe to {subject}"))?;
     client.flush().await?;
     eprintln!("watching {subject} (Ctrl-C to stop)");
     loop {
@@ -132,12 +99,7 @@ mod tests {
 
     #[test]
     fn the_table_aligns_columns() {
-        let mut n = Node {
-            dc: "dc1".into(),
-            service: "rtc".into(),
-            nid: "sfu-1".into(),
-            ..Node::default()
-        };
+        let mut n = Node { dc: "dc1".into(), service: "rtc".into(), nid: "sfu-1".into(), ..Node::default() };
         n.extra_info.insert("load".into(), Value::Float64(0.5));
         let t = table(&[n]);
         let lines: Vec<&str> = t.lines().collect();

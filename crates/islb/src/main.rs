@@ -19,25 +19,14 @@ const EX_UNAVAILABLE: u8 = 69;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             e.exit()
         }
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            e.exit()
-        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
             // One line: what is wrong, and the flag (or its environment variable) it concerns.
             let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
             eprintln!("islb: {first}");
             return ExitCode::from(EX_CONFIG);
         }
@@ -71,10 +60,7 @@ fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn run_client(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
@@ -106,10 +92,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let stop = running.stop_token();
         tokio::spawn(async move {
             let signal = wait_for_signal().await;
-            tracing::info!(
-                signal,
-                "signal received; shutting down (send it again to exit at once)"
-            );
+            tracing::info!(signal, "signal received; shutting down (send it again to exit at once)");
             stop.cancel();
             let again = wait_for_signal().await;
             tracing::warn!(signal = again, "second signal: exiting now");

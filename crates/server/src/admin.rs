@@ -81,11 +81,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
     }
 }
 
@@ -103,24 +99,11 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         metrics::gauge!("islb_service_nodes", "service" => service).set(n as f64);
     }
     metrics::gauge!("islb_watched_nodes").set(s.watched.snapshot().len() as f64);
-    metrics::gauge!("islb_store_healthy").set(if s.discovery.store_healthy() {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!("islb_nats_connected").set(
-        if s.client.connection_state() == async_nats::connection::State::Connected {
-            1.0
-        } else {
-            0.0
-        },
-    );
+    metrics::gauge!("islb_store_healthy").set(if s.discovery.store_healthy() { 1.0 } else { 0.0 });
+    metrics::gauge!("islb_nats_connected")
+        .set(if s.client.connection_state() == async_nats::connection::State::Connected { 1.0 } else { 0.0 });
     metrics::gauge!("islb_uptime_seconds").set(s.started.elapsed().as_secs_f64());
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
@@ -146,10 +129,7 @@ struct NodesQuery {
     service: Option<String>,
 }
 
-async fn nodes(
-    State(s): State<AdminState>,
-    Query(q): Query<NodesQuery>,
-) -> Json<serde_json::Value> {
+async fn nodes(State(s): State<AdminState>, Query(q): Query<NodesQuery>) -> Json<serde_json::Value> {
     let r = s.discovery.registry();
     let mut out: Vec<_> = r
         .entries()

@@ -62,9 +62,7 @@ impl StoreSpec {
         } else if s.starts_with("redis://") || s.starts_with("rediss://") {
             Ok(StoreSpec::Redis(s.to_owned()))
         } else {
-            Err(format!(
-                "unknown store {s:?} (expected memory, file:PATH, redis://... or rediss://...)"
-            ))
+            Err(format!("unknown store {s:?} (expected memory, file:PATH, redis://... or rediss://...)"))
         }
     }
 }
@@ -124,16 +122,8 @@ impl IonRedis {
     /// The equivalent `redis://` URL (first address; ion's cluster mode is not supported).
     pub fn url(&self) -> Option<String> {
         let addr = self.addrs.first()?;
-        let addr = if addr.starts_with(':') {
-            format!("127.0.0.1{addr}")
-        } else {
-            addr.clone()
-        };
-        let auth = if self.password.is_empty() {
-            String::new()
-        } else {
-            format!(":{}@", self.password)
-        };
+        let addr = if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr.clone() };
+        let auth = if self.password.is_empty() { String::new() } else { format!(":{}@", self.password) };
         Some(format!("redis://{auth}{addr}/{}", self.db))
     }
 }
@@ -193,10 +183,7 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             keepalive_interval: DEFAULT_KEEPALIVE,
-            placement_services: DEFAULT_PLACEMENT_SERVICES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            placement_services: DEFAULT_PLACEMENT_SERVICES.iter().map(|s| s.to_string()).collect(),
             ion_redis: None,
         }
     }
@@ -215,49 +202,26 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: String| {
-            Err(ConfigError::Invalid {
-                key: key.into(),
-                why,
-            })
-        };
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid { key: key.into(), why });
         for (key, value) in [("dc", &self.dc), ("nid", &self.nid)] {
             if value.is_empty() {
                 return bad(key, "must not be empty".into());
             }
-            if value
-                .chars()
-                .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
-            {
-                return bad(
-                    key,
-                    format!("{value:?} must not contain whitespace, '.', '*' or '>'"),
-                );
+            if value.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
+                return bad(key, format!("{value:?} must not contain whitespace, '.', '*' or '>'"));
             }
         }
         if self.nats_url.trim().is_empty() {
             return bad("nats-url", "must not be empty".into());
         }
         if self.expire < Duration::from_millis(100) {
-            return bad(
-                "expire",
-                format!(
-                    "{} is too short (minimum 100ms)",
-                    humantime::format_duration(self.expire)
-                ),
-            );
+            return bad("expire", format!("{} is too short (minimum 100ms)", humantime::format_duration(self.expire)));
         }
         if self.keepalive_interval < Duration::from_millis(10) {
             return bad("keepalive-interval", "must be at least 10ms".into());
         }
         if self.max_message_size < 1024 {
-            return bad(
-                "max-message-size",
-                format!(
-                    "{} is too small (minimum 1024 bytes)",
-                    self.max_message_size
-                ),
-            );
+            return bad("max-message-size", format!("{} is too small (minimum 1024 bytes)", self.max_message_size));
         }
         if self.store_timeout.is_zero() {
             return bad("store-timeout", "must be more than 0".into());
@@ -282,38 +246,16 @@ impl Config {
             ("nid", self.nid.clone()),
             ("store", self.store.to_string()),
             ("store-prefix", self.store_prefix.clone()),
-            (
-                "store-timeout",
-                humantime::format_duration(self.store_timeout).to_string(),
-            ),
-            (
-                "expire",
-                humantime::format_duration(self.expire).to_string(),
-            ),
+            ("store-timeout", humantime::format_duration(self.store_timeout).to_string()),
+            ("expire", humantime::format_duration(self.expire).to_string()),
             ("http-addr", self.http_addr.to_string()),
             ("log-level", self.log_level.clone()),
             ("log-format", self.log_format.to_string()),
-            (
-                "nats-connect-timeout",
-                humantime::format_duration(self.nats_connect_timeout).to_string(),
-            ),
-            (
-                "shutdown-grace",
-                humantime::format_duration(self.shutdown_grace).to_string(),
-            ),
+            ("nats-connect-timeout", humantime::format_duration(self.nats_connect_timeout).to_string()),
+            ("shutdown-grace", humantime::format_duration(self.shutdown_grace).to_string()),
             ("max-message-size", self.max_message_size.to_string()),
-            (
-                "keepalive-interval",
-                humantime::format_duration(self.keepalive_interval).to_string(),
-            ),
-            (
-                "placement-services",
-                self.placement_services
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            ("keepalive-interval", humantime::format_duration(self.keepalive_interval).to_string()),
+            ("placement-services", self.placement_services.iter().cloned().collect::<Vec<_>>().join(",")),
         ]
     }
 }
@@ -323,9 +265,7 @@ pub fn random_nid() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = rand::rng();
-    let suffix: String = (0..6)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect();
+    let suffix: String = (0..6).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
     format!("islb-{suffix}")
 }
 
@@ -372,10 +312,7 @@ pub struct Overrides {
 
 impl Overrides {
     fn apply(&self, cfg: &mut Config) -> Result<(), ConfigError> {
-        let flag = |key: &str, why: String| ConfigError::Invalid {
-            key: key.into(),
-            why,
-        };
+        let flag = |key: &str, why: String| ConfigError::Invalid { key: key.into(), why };
         if let Some(v) = &self.nats_url {
             cfg.nats_url = v.clone();
         }
@@ -419,12 +356,7 @@ impl Overrides {
             cfg.keepalive_interval = v;
         }
         if let Some(v) = &self.placement_services {
-            cfg.placement_services = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            cfg.placement_services = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         }
         Ok(())
     }
@@ -465,9 +397,7 @@ pub enum ConfigError {
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Parses `5s`, `500ms`, `1m 30s`...
@@ -551,18 +481,10 @@ struct IonNode {
 }
 
 fn read_file(path: &Path) -> Result<FileLayer, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
-        ConfigError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message: e.message().replace('\n', " "),
-        }
+        ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().replace('\n', " ") }
     })
 }
 
@@ -583,9 +505,7 @@ fn one_of<T: PartialEq + fmt::Debug + Clone>(
     match (ours, ion) {
         (Some(a), Some(b)) if a != b => Err(ConfigError::Invalid {
             key: key.into(),
-            why: format!(
-                "set twice with different values ({key} = {a:?}, {ion_key} = {b:?}); keep one"
-            ),
+            why: format!("set twice with different values ({key} = {a:?}, {ion_key} = {b:?}); keep one"),
         }),
         (a, b) => Ok(a.or(b)),
     }
@@ -593,16 +513,8 @@ fn one_of<T: PartialEq + fmt::Debug + Clone>(
 
 impl FileLayer {
     fn apply(self, cfg: &mut Config) -> Result<(), ConfigError> {
-        let invalid = |key: &str, why: String| ConfigError::Invalid {
-            key: key.into(),
-            why,
-        };
-        if let Some(v) = one_of(
-            "nats-url",
-            self.nats_url,
-            "[nats] url",
-            self.nats.and_then(|n| n.url),
-        )? {
+        let invalid = |key: &str, why: String| ConfigError::Invalid { key: key.into(), why };
+        if let Some(v) = one_of("nats-url", self.nats_url, "[nats] url", self.nats.and_then(|n| n.url))? {
             cfg.nats_url = v;
         }
         if let Some(v) = one_of("dc", self.dc, "[global] dc", self.global.and_then(|g| g.dc))? {
@@ -611,12 +523,7 @@ impl FileLayer {
         if let Some(v) = one_of("nid", self.nid, "[node] nid", self.node.and_then(|n| n.nid))? {
             cfg.nid = v;
         }
-        if let Some(v) = one_of(
-            "log-level",
-            self.log_level,
-            "[log] level",
-            self.log.and_then(|l| l.level),
-        )? {
+        if let Some(v) = one_of("log-level", self.log_level, "[log] level", self.log.and_then(|l| l.level))? {
             // ion's level names (trace, debug, info, warn, error) are valid filters as they are.
             cfg.log_level = v;
         }
@@ -718,14 +625,8 @@ db = 0
         assert_eq!(c.log_level, "info");
         assert_eq!(c.store, StoreSpec::Redis("redis://127.0.0.1:6379/0".into()));
         // An explicit store wins over ion's [redis].
-        let over = Overrides {
-            store: Some("memory".into()),
-            ..Overrides::default()
-        };
-        assert_eq!(
-            Config::load(Some(f.path()), &over).unwrap().store,
-            StoreSpec::Memory
-        );
+        let over = Overrides { store: Some("memory".into()), ..Overrides::default() };
+        assert_eq!(Config::load(Some(f.path()), &over).unwrap().store, StoreSpec::Memory);
     }
 
     #[test]
@@ -733,10 +634,7 @@ db = 0
         // clap merges flags over env into Overrides; here Overrides beats the file, the file
         // beats defaults.
         let f = file("dc = \"file-dc\"\nexpire = \"7s\"\n");
-        let over = Overrides {
-            dc: Some("flag-dc".into()),
-            ..Overrides::default()
-        };
+        let over = Overrides { dc: Some("flag-dc".into()), ..Overrides::default() };
         let c = Config::load(Some(f.path()), &over).unwrap();
         assert_eq!(c.dc, "flag-dc");
         assert_eq!(c.expire, Duration::from_secs(7));
@@ -746,43 +644,26 @@ db = 0
     #[test]
     fn an_unknown_key_names_file_line_and_key() {
         let f = file("dc = \"x\"\n\nexpiry = \"5s\"\n");
-        let err = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(&format!(
-                "{}:3:1: unknown field `expiry`",
-                f.path().display()
-            )),
-            "{err}"
-        );
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:3:1: unknown field `expiry`", f.path().display())), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
     }
 
     #[test]
     fn a_bad_duration_says_what_and_where() {
         let f = file("[placement]\nservices = [\"rtc\"]\n\nexpire = \"5 parsecs\"\n");
-        let err = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         // Top-level keys after a table belong to the table: that is a TOML error with a line.
         assert!(err.contains(":4:"), "{err}");
         let f = file("expire = \"5 parsecs\"\n");
-        let err = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(":1:10: invalid duration \"5 parsecs\""),
-            "{err}"
-        );
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":1:10: invalid duration \"5 parsecs\""), "{err}");
     }
 
     #[test]
     fn conflicting_spellings_are_an_error() {
         let f = file("dc = \"a\"\n[global]\ndc = \"b\"\n");
-        let err = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("dc: set twice"), "{err}");
         let f = file("dc = \"a\"\n[global]\ndc = \"a\"\n");
         assert!(Config::load(Some(f.path()), &Overrides::default()).is_ok());
@@ -791,48 +672,12 @@ db = 0
     #[test]
     fn bad_values_are_refused_with_the_key() {
         for (over, key) in [
-            (
-                Overrides {
-                    nid: Some("has space".into()),
-                    ..Overrides::default()
-                },
-                "nid",
-            ),
-            (
-                Overrides {
-                    dc: Some(String::new()),
-                    ..Overrides::default()
-                },
-                "dc",
-            ),
-            (
-                Overrides {
-                    expire: Some(Duration::from_millis(10)),
-                    ..Overrides::default()
-                },
-                "expire",
-            ),
-            (
-                Overrides {
-                    store: Some("postgres://x".into()),
-                    ..Overrides::default()
-                },
-                "store",
-            ),
-            (
-                Overrides {
-                    log_format: Some("xml".into()),
-                    ..Overrides::default()
-                },
-                "log-format",
-            ),
-            (
-                Overrides {
-                    log_level: Some("info,[".into()),
-                    ..Overrides::default()
-                },
-                "log-level",
-            ),
+            (Overrides { nid: Some("has space".into()), ..Overrides::default() }, "nid"),
+            (Overrides { dc: Some(String::new()), ..Overrides::default() }, "dc"),
+            (Overrides { expire: Some(Duration::from_millis(10)), ..Overrides::default() }, "expire"),
+            (Overrides { store: Some("postgres://x".into()), ..Overrides::default() }, "store"),
+            (Overrides { log_format: Some("xml".into()), ..Overrides::default() }, "log-format"),
+            (Overrides { log_level: Some("info,[".into()), ..Overrides::default() }, "log-level"),
         ] {
             let err = Config::load(None, &over).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{key}: ")), "{key}: {err}");
@@ -844,38 +689,18 @@ db = 0
         assert_eq!(mask_url("nats://u:secret@h:4222"), "nats://u:***@h:4222");
         assert_eq!(mask_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(mask_url("nats://token@h"), "nats://***@h");
-        assert_eq!(
-            mask_url("nats://a:1@h1,nats://h2"),
-            "nats://a:***@h1,nats://h2"
-        );
+        assert_eq!(mask_url("nats://a:1@h1,nats://h2"), "nats://a:***@h1,nats://h2");
         assert_eq!(mask_url("nats://h:4222"), "nats://h:4222");
-        let over = Overrides {
-            store: Some("redis://:hunter2@h:6379".into()),
-            ..Overrides::default()
-        };
+        let over = Overrides { store: Some("redis://:hunter2@h:6379".into()), ..Overrides::default() };
         let c = Config::load(None, &over).unwrap();
         assert!(!format!("{:?}", c.describe()).contains("hunter2"));
     }
 
     #[test]
     fn placement_services_can_be_switched_off() {
-        let over = Overrides {
-            placement_services: Some(String::new()),
-            ..Overrides::default()
-        };
-        assert!(
-            Config::load(None, &over)
-                .unwrap()
-                .placement_services
-                .is_empty()
-        );
+        let over = Overrides { placement_services: Some(String::new()), ..Overrides::default() };
+        assert!(Config::load(None, &over).unwrap().placement_services.is_empty());
         let f = file("[placement]\nservices = [\"rtc\", \"room\"]\n");
-        assert_eq!(
-            Config::load(Some(f.path()), &Overrides::default())
-                .unwrap()
-                .placement_services
-                .len(),
-            2
-        );
+        assert_eq!(Config::load(Some(f.path()), &Overrides::default()).unwrap().placement_services.len(), 2);
     }
 }

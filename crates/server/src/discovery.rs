@@ -24,9 +24,7 @@ use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use islb_core::{
-    Command, Event, EventKind, Lookup, NodeKey, Registry, Timestamp, Verdict, node_key,
-};
+use islb_core::{Command, Event, EventKind, Lookup, NodeKey, Registry, Timestamp, Verdict, node_key};
 use islb_gob::{GetResponse, Limits, Message as _, Node, Request, Response};
 use islb_store::{Claim, Store, StoreError};
 use tokio::sync::Notify;
@@ -73,24 +71,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `Response{Success: true}`, encoded once.
 fn ok_reply() -> Bytes {
     static OK: OnceLock<Bytes> = OnceLock::new();
-    OK.get_or_init(|| {
-        Response {
-            success: true,
-            reason: String::new(),
-        }
-        .to_gob()
-        .into()
-    })
-    .clone()
+    OK.get_or_init(|| Response { success: true, reason: String::new() }.to_gob().into()).clone()
 }
 
 fn rejected(reason: String) -> Bytes {
-    Response {
-        success: false,
-        reason,
-    }
-    .to_gob()
-    .into()
+    Response { success: false, reason }.to_gob().into()
 }
 
 impl Discovery {
@@ -106,10 +91,7 @@ impl Discovery {
             client,
             registry: Mutex::new(registry),
             store,
-            limits: Limits {
-                max_size: max_message_size,
-                ..Limits::default()
-            },
+            limits: Limits { max_size: max_message_size, ..Limits::default() },
             store_timeout,
             touches: Mutex::new(HashMap::new()),
             expiry_wake: Notify::new(),
@@ -199,22 +181,13 @@ impl Discovery {
         let req = match Request::from_gob_with(payload, &self.limits) {
             Ok(req) => req,
             Err(e) => {
-                let label = if matches!(e.kind, islb_gob::ErrorKind::TooLarge { .. }) {
-                    "oversized"
-                } else {
-                    "malformed"
-                };
-                return (
-                    "invalid",
-                    Some(self.bad_input(label, format!("malformed request: {e}"))),
-                );
+                let label =
+                    if matches!(e.kind, islb_gob::ErrorKind::TooLarge { .. }) { "oversized" } else { "malformed" };
+                return ("invalid", Some(self.bad_input(label, format!("malformed request: {e}"))));
             }
         };
         match Command::parse(req) {
-            Err(rejection) => (
-                "invalid",
-                Some(self.bad_input(rejection.label(), rejection.to_string())),
-            ),
+            Err(rejection) => ("invalid", Some(self.bad_input(rejection.label(), rejection.to_string()))),
             Ok(Command::Write { action, node }) => (action.as_str(), Some(self.write(node).await)),
             Ok(Command::Delete { node }) => ("delete", Some(self.delete(node).await)),
             Ok(Command::Get(lookup)) => ("get", Some(self.get(&lookup))),
@@ -230,11 +203,7 @@ impl Discovery {
     }
 
     /// Runs a store call with the timeout; `None` (logged, counted) when it fails.
-    async fn store_call<T>(
-        &self,
-        op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Option<T> {
+    async fn store_call<T>(&self, op: &'static str, call: impl Future<Output = Result<T, StoreError>>) -> Option<T> {
         let result = match tokio::time::timeout(self.store_timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.store_timeout)),
@@ -274,10 +243,8 @@ impl Discovery {
             lock(&self.touches).insert(key, deadline);
             return ok_reply();
         }
-        let verdict = self
-            .store_call("put_node", self.store.put_node(node.clone(), deadline))
-            .await
-            .unwrap_or(verdict_here);
+        let verdict =
+            self.store_call("put_node", self.store.put_node(node.clone(), deadline)).await.unwrap_or(verdict_here);
         let events = self.registry().apply_write(node, deadline, verdict);
         if verdict == Verdict::Created {
             self.expiry_wake.notify_one();
@@ -289,26 +256,17 @@ impl Discovery {
     async fn delete(&self, node: Node) -> Bytes {
         let key = node.id();
         lock(&self.touches).remove(key.as_str());
-        let (existed, found) = match self
-            .store_call("delete_node", self.store.delete_node(&key))
-            .await
-        {
+        let (existed, found) = match self.store_call("delete_node", self.store.delete_node(&key)).await {
             Some(found) => (found.is_some(), found),
             None => (self.registry().lookup(&key).is_some(), None),
         };
-        let events =
-            self.registry()
-                .apply_departure(&key, existed, found.or_else(|| Some(Arc::new(node))));
+        let events = self.registry().apply_departure(&key, existed, found.or_else(|| Some(Arc::new(node))));
         self.publish(events).await;
         ok_reply()
     }
 
     fn get(&self, lookup: &Lookup) -> Bytes {
-        let key: CacheKey = (
-            lookup.service.clone(),
-            lookup.nid.clone(),
-            lookup.include_placed(),
-        );
+        let key: CacheKey = (lookup.service.clone(), lookup.nid.clone(), lookup.include_placed());
         let (generation, nodes) = {
             let r = self.registry();
             let generation = r.generation(&lookup.service);
@@ -319,11 +277,7 @@ impl Discovery {
             }
             (generation, r.get(lookup))
         };
-        let reply: Bytes = GetResponse {
-            nodes: nodes.iter().map(|n| (**n).clone()).collect(),
-        }
-        .to_gob()
-        .into();
+        let reply: Bytes = GetResponse { nodes: nodes.iter().map(|n| (**n).clone()).collect() }.to_gob().into();
         let mut cache = lock(&self.get_cache);
         if cache.len() >= GET_CACHE_ENTRIES {
             cache.clear();
@@ -336,11 +290,7 @@ impl Discovery {
     pub async fn publish(&self, events: Vec<Event>) {
         for event in events {
             let action = event.kind.action();
-            let req = Request {
-                action: action.into(),
-                node: (*event.node).clone(),
-                ..Request::default()
-            };
+            let req = Request { action: action.into(), node: (*event.node).clone(), ..Request::default() };
             match event.kind {
                 EventKind::Save => {
                     info!(node = %event.node.id(), service = %event.node.service, "node up")
@@ -350,11 +300,7 @@ impl Discovery {
                     info!(node = %event.node.id(), service = %event.node.service, "node down")
                 }
             }
-            if let Err(e) = self
-                .client
-                .publish(event.subject(), req.to_gob().into())
-                .await
-            {
+            if let Err(e) = self.client.publish(event.subject(), req.to_gob().into()).await {
                 warn!(error = %e, subject = %event.subject(), "could not publish an event");
                 continue;
             }
@@ -370,10 +316,7 @@ impl Discovery {
     /// Expires nodes at their deadlines until `stop`.
     pub async fn expiry_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let wait = self
-                .registry()
-                .next_deadline()
-                .map_or(Duration::from_secs(1), |d| Timestamp::now().until(d));
+            let wait = self.registry().next_deadline().map_or(Duration::from_secs(1), |d| Timestamp::now().until(d));
             tokio::select! {
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => self.expire_due().await,
                 _ = self.expiry_wake.notified() => {}
@@ -387,18 +330,14 @@ impl Discovery {
         let due = self.registry().due(now);
         for key in due {
             let deadline = self.registry().lookup(&key).map(|e| e.deadline);
-            match self
-                .store_call("claim_expired", self.store.claim_expired(&key, now))
-                .await
-            {
+            match self.store_call("claim_expired", self.store.claim_expired(&key, now)).await {
                 Some(Claim::Expired(node)) => {
                     let events = self.registry().apply_departure(&key, true, Some(node));
                     self.publish(events).await;
                     metrics::counter!("islb_nodes_expired_total").increment(1);
                     if let Some(deadline) = deadline {
                         let late = deadline.until(Timestamp::now());
-                        metrics::histogram!("islb_expiry_lateness_seconds")
-                            .record(late.as_secs_f64());
+                        metrics::histogram!("islb_expiry_lateness_seconds").record(late.as_secs_f64());
                         debug!(node = %key, late_ms = late.as_millis() as u64, "node expired");
                     }
                 }
@@ -429,16 +368,11 @@ impl Discovery {
     }
 
     async fn flush(&self) {
-        let batch: Vec<(NodeKey, Timestamp)> = std::mem::take(&mut *lock(&self.touches))
-            .into_iter()
-            .collect();
+        let batch: Vec<(NodeKey, Timestamp)> = std::mem::take(&mut *lock(&self.touches)).into_iter().collect();
         if batch.is_empty() {
             return;
         }
-        let Some(unknown) = self
-            .store_call("touch_nodes", self.store.touch_nodes(&batch))
-            .await
-        else {
+        let Some(unknown) = self.store_call("touch_nodes", self.store.touch_nodes(&batch)).await else {
             // Keep them for the next attempt (newer deadlines win).
             let mut t = lock(&self.touches);
             for (k, d) in batch {
@@ -453,16 +387,10 @@ impl Discovery {
             let Some(entry) = self.registry().lookup(&key).cloned() else {
                 continue;
             };
-            if let Some(verdict) = self
-                .store_call(
-                    "put_node",
-                    self.store.put_node(entry.node.clone(), entry.deadline),
-                )
-                .await
+            if let Some(verdict) =
+                self.store_call("put_node", self.store.put_node(entry.node.clone(), entry.deadline)).await
             {
-                let events = self
-                    .registry()
-                    .apply_write(entry.node, entry.deadline, verdict);
+                let events = self.registry().apply_write(entry.node, entry.deadline, verdict);
                 self.publish(events).await;
             }
         }

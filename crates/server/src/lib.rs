@@ -105,35 +105,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         expire_ms: u64::try_from(cfg.expire.as_millis()).unwrap_or(u64::MAX),
         placed: cfg.placement_services.clone(),
     });
-    let discovery = Arc::new(Discovery::new(
-        client.clone(),
-        registry,
-        store.clone(),
-        cfg.max_message_size,
-        cfg.store_timeout,
-    ));
+    let discovery =
+        Arc::new(Discovery::new(client.clone(), registry, store.clone(), cfg.max_message_size, cfg.store_timeout));
     match discovery.load_from_store().await {
         Ok(0) => {}
-        Ok(n) => info!(
-            nodes = n,
-            store = store.kind(),
-            "nodes restored from the store"
-        ),
+        Ok(n) => info!(nodes = n, store = store.kind(), "nodes restored from the store"),
         Err(e) => warn!(error = %e, "could not load nodes from the store; starting empty"),
     }
     let sub = client
         .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())
         .await
         .context("cannot subscribe to node.publish.>")?;
-    client
-        .flush()
-        .await
-        .context("NATS flush after subscribing")?;
-    info!(
-        subject = REQUEST_SUBJECT,
-        queue = QUEUE_GROUP,
-        "registry listening"
-    );
+    client.flush().await.context("NATS flush after subscribing")?;
+    info!(subject = REQUEST_SUBJECT, queue = QUEUE_GROUP, "registry listening");
 
     let stop = CancellationToken::new();
     let requests_stop = CancellationToken::new();
@@ -146,12 +130,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let requests = tokio::spawn(discovery.clone().serve(sub, requests_stop.clone()));
     tasks.spawn(discovery.clone().expiry_loop(tasks_stop.clone()));
     tasks.spawn(discovery.clone().flush_loop(tasks_stop.clone()));
-    tasks.spawn(selfreg::keepalive_loop(
-        client.clone(),
-        me.clone(),
-        cfg.keepalive_interval,
-        tasks_stop.clone(),
-    ));
+    tasks.spawn(selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()));
     tasks.spawn(watched.clone().run(client.clone(), tasks_stop.clone()));
 
     let http_stop = CancellationToken::new();
@@ -167,11 +146,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     let http = {
         let http_stop = http_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        })
+        tokio::spawn(
+            async move { axum::serve(listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).await },
+        )
     };
     info!(addr = %http_addr, "admin HTTP listening");
     info!(nid = %cfg.nid, elapsed_ms = started.elapsed().as_millis() as u64, "islb ready");
@@ -207,10 +184,5 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             Ok(())
         }
     };
-    Ok(Running {
-        http_addr,
-        nid: cfg.nid.clone(),
-        stop,
-        done: tokio::spawn(supervisor),
-    })
+    Ok(Running { http_addr, nid: cfg.nid.clone(), stop, done: tokio::spawn(supervisor) })
 }

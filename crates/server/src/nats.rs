@@ -39,12 +39,7 @@ pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
     urls.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<ServerAddr>().map_err(|e| NatsError::BadUrl {
-                url: mask_url(u),
-                why: e.to_string(),
-            })
-        })
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| NatsError::BadUrl { url: mask_url(u), why: e.to_string() }))
         .collect()
 }
 
@@ -80,10 +75,8 @@ pub async fn connect(cfg: &Config, name: &str) -> Result<Client, NatsError> {
                     return Err(NatsError::Unreachable {
                         url: masked,
                         attempts: attempt,
-                        waited: humantime::format_duration(Duration::from_millis(
-                            start.elapsed().as_millis() as u64,
-                        ))
-                        .to_string(),
+                        waited: humantime::format_duration(Duration::from_millis(start.elapsed().as_millis() as u64))
+                            .to_string(),
                         last: e.to_string(),
                     });
                 }
@@ -120,12 +113,7 @@ mod tests {
     #[test]
     fn url_lists_parse_and_bad_urls_are_named() {
         assert_eq!(parse_urls("nats://a:4222, nats://b:4222").unwrap().len(), 2);
-        let err = parse_urls("nats://u:pw@a:notaport")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("nats://u:***@a:notaport") && !err.contains("pw"),
-            "{err}"
-        );
+        let err = parse_urls("nats://u:pw@a:notaport").unwrap_err().to_string();
+        assert!(err.contains("nats://u:***@a:notaport") && !err.contains("pw"), "{err}");
     }
 }

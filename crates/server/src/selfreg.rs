@@ -24,36 +24,19 @@ pub fn self_node(dc: &str, nid: &str, nats_url: &str) -> Node {
         dc: dc.into(),
         service: "islb".into(),
         nid: nid.into(),
-        rpc: Rpc {
-            protocol: "nats-grpc".into(),
-            addr: nats_url.into(),
-            ..Rpc::default()
-        },
+        rpc: Rpc { protocol: "nats-grpc".into(), addr: nats_url.into(), ..Rpc::default() },
         ..Node::default()
     }
 }
 
 /// Sends `save`, then `update` every `interval`, until `stop`.
-pub async fn keepalive_loop(
-    client: Client,
-    node: Node,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+pub async fn keepalive_loop(client: Client, node: Node, interval: Duration, stop: CancellationToken) {
     let subject = format!("node.publish.{}.{}.{}", node.service, node.dc, node.nid);
     let log = Throttle::new(Duration::from_secs(30));
     let mut action = "save";
     loop {
-        let req = Request {
-            action: action.into(),
-            node: node.clone(),
-            ..Request::default()
-        };
-        let result = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.request(subject.clone(), req.to_gob().into()),
-        )
-        .await;
+        let req = Request { action: action.into(), node: node.clone(), ..Request::default() };
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, client.request(subject.clone(), req.to_gob().into())).await;
         match result {
             Ok(Ok(msg)) => match Response::from_gob(&msg.payload) {
                 Ok(r) if r.success => debug!(action, "self keep-alive accepted"),
@@ -89,12 +72,7 @@ pub struct WatchedView {
 impl WatchedView {
     /// A copy of the watched nodes.
     pub fn snapshot(&self) -> Vec<Node> {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     fn apply(&self, action: &str, node: Node) {
@@ -120,17 +98,8 @@ impl WatchedView {
                 return;
             }
         };
-        let get = Request {
-            action: "get".into(),
-            service: "*".into(),
-            ..Request::default()
-        };
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.request("node.publish.*", get.to_gob().into()),
-        )
-        .await
-        {
+        let get = Request { action: "get".into(), service: "*".into(), ..Request::default() };
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.request("node.publish.*", get.to_gob().into())).await {
             Ok(Ok(msg)) => match GetResponse::from_gob(&msg.payload) {
                 Ok(r) => {
                     info!(nodes = r.nodes.len(), "watching the cluster");

@@ -10,17 +10,10 @@ use crate::config::LogFormat;
 /// Installs the global log subscriber (once; later calls do nothing).
 /// The NATS client library's own messages are kept to warnings unless the filter names it.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let directives = if level.contains("async_nats") {
-        level.to_owned()
-    } else {
-        format!("{level},async_nats=warn")
-    };
+    let directives = if level.contains("async_nats") { level.to_owned() } else { format!("{level},async_nats=warn") };
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -34,8 +27,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                    0.1, 0.25, 0.5, 1.0,
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 ])
                 .expect("static buckets are valid")
                 .build_recorder();

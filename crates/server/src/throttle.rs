@@ -12,10 +12,7 @@ pub(crate) struct Throttle {
 
 impl Throttle {
     pub(crate) const fn new(interval: Duration) -> Self {
-        Throttle {
-            interval,
-            state: Mutex::new((None, 0)),
-        }
+        Throttle { interval, state: Mutex::new((None, 0)) }
     }
 
     /// `Some(suppressed)` when a message may be logged now (with how many were dropped

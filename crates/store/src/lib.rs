@@ -68,10 +68,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves the deadlines of known nodes forward; returns the keys it does not know (the
     /// caller writes those nodes in full).
-    async fn touch_nodes(
-        &self,
-        touches: &[(NodeKey, Timestamp)],
-    ) -> Result<Vec<NodeKey>, StoreError>;
+    async fn touch_nodes(&self, touches: &[(NodeKey, Timestamp)]) -> Result<Vec<NodeKey>, StoreError>;
 
     /// Removes a node; returns it if it was there. Of several racing callers, one gets it.
     async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError>;

@@ -59,10 +59,7 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn touch_nodes(
-        &self,
-        touches: &[(NodeKey, Timestamp)],
-    ) -> Result<Vec<NodeKey>, StoreError> {
+    async fn touch_nodes(&self, touches: &[(NodeKey, Timestamp)]) -> Result<Vec<NodeKey>, StoreError> {
         let mut nodes = self.nodes();
         let mut unknown = Vec::new();
         for (key, deadline) in touches {

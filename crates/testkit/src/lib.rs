@@ -32,10 +32,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// The workspace root (the directory with the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors()
-        .nth(2)
-        .expect("crates/testkit sits two levels below the workspace root")
-        .to_path_buf()
+    here.ancestors().nth(2).expect("crates/testkit sits two levels below the workspace root").to_path_buf()
 }
 
 /// Finds a binary on `PATH` (or at an absolute path), failing with an install hint.
@@ -43,11 +40,7 @@ fn require_binary(name: &str, hint: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
         .iter()
         .map(PathBuf::from)
-        .chain(
-            std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()),
-        )
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()))
     {
         let candidate = dir.join(name);
         if candidate.is_file() {
@@ -134,24 +127,14 @@ impl NatsServer {
     /// Starts a server on a port the server itself picks (`-p -1`), and waits until it
     /// accepts connections.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("islb-nats-")
-            .tempdir()
-            .expect("temp dir");
-        let mut server = NatsServer {
-            child: None,
-            dir,
-            port: 0,
-        };
+        let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
+        let mut server = NatsServer { child: None, dir, port: 0 };
         server.spawn(None);
         server
     }
 
     fn spawn(&mut self, port: Option<u16>) {
-        let bin = require_binary(
-            "nats-server",
-            "install it with `apt-get install nats-server`",
-        );
+        let bin = require_binary("nats-server", "install it with `apt-get install nats-server`");
         let ports_dir = self.dir.path().join("ports");
         let _ = fs::remove_dir_all(&ports_dir);
         fs::create_dir_all(&ports_dir).expect("ports dir");
@@ -183,11 +166,7 @@ impl NatsServer {
         };
         self.port = port;
         self.child = Some(child);
-        wait_for_tcp(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            "nats-server",
-            &log,
-        );
+        wait_for_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "nats-server", &log);
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -227,10 +206,7 @@ impl Drop for NatsServer {
 }
 
 fn read_ports_file(dir: &Path) -> Option<u16> {
-    let entry = fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let entry = fs::read_dir(dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
     let text = fs::read_to_string(entry.path()).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     let url = json.get("nats")?.as_array()?.first()?.as_str()?;
@@ -253,16 +229,8 @@ impl RedisServer {
 
     /// Starts a server that requires `AUTH <password>` when `password` is given.
     pub fn start_with_password(password: Option<&str>) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("islb-redis-")
-            .tempdir()
-            .expect("temp dir");
-        let mut server = RedisServer {
-            child: None,
-            dir,
-            port: 0,
-            password: password.map(str::to_owned),
-        };
+        let dir = tempfile::Builder::new().prefix("islb-redis-").tempdir().expect("temp dir");
+        let mut server = RedisServer { child: None, dir, port: 0, password: password.map(str::to_owned) };
         for attempt in 0.. {
             let port = free_port();
             match server.spawn(port) {
@@ -277,10 +245,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self, port: u16) -> Result<(), String> {
-        let bin = require_binary(
-            "redis-server",
-            "install it with `apt-get install redis-server`",
-        );
+        let bin = require_binary("redis-server", "install it with `apt-get install redis-server`");
         let log = self.dir.path().join("redis.log");
         let mut cmd = Command::new(bin);
         cmd.arg("--port")
@@ -293,9 +258,7 @@ impl RedisServer {
         if let Some(pw) = &self.password {
             cmd.arg("--requirepass").arg(pw);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("spawning redis-server");
         let end = Instant::now() + START_TIMEOUT;
@@ -368,8 +331,7 @@ impl RedisServer {
     /// Runs one command with the RESP protocol and returns the raw reply (for tests that
     /// inspect the key layout without a Redis client library).
     pub fn command(&self, args: &[&str]) -> String {
-        let mut s =
-            TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis-server");
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis-server");
         s.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let mut req = Vec::new();
         if let Some(pw) = &self.password {
@@ -420,20 +382,16 @@ fn read_resp(r: &mut impl BufRead) -> String {
         }
         "*" => {
             let n: i64 = rest.parse().expect("array length");
-            (0..n.max(0))
-                .map(|_| read_resp(r))
-                .collect::<Vec<_>>()
-                .join("\n")
+            (0..n.max(0)).map(|_| read_resp(r)).collect::<Vec<_>>().join("\n")
         }
         other => panic!("unexpected RESP reply kind {other:?}"),
     }
 }
 
 fn redis_ping(port: u16, password: Option<&str>) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Duration::from_millis(200),
-    ) else {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_millis(200))
+    else {
         return false;
     };
     s.set_read_timeout(Some(Duration::from_millis(500))).ok();
@@ -461,9 +419,8 @@ fn read_resp_safe(r: &mut impl BufRead) -> Option<String> {
 /// The path of the Go reference peer, `target/ionpeer`, or the `IONPEER` environment
 /// variable. Fails with the build command when it is missing.
 pub fn ionpeer() -> PathBuf {
-    let path = std::env::var_os("IONPEER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/ionpeer"));
+    let path =
+        std::env::var_os("IONPEER").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/ionpeer"));
     if !path.is_file() {
         panic!(
             "ionpeer is missing at {}; build it with `bash ../shared/ionpeer/build.sh target/ionpeer` \
@@ -477,10 +434,7 @@ pub fn ionpeer() -> PathBuf {
 /// Runs `ionpeer ARGS` to completion, feeding `stdin`, and returns its output.
 pub fn ionpeer_run(args: &[&str], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(ionpeer());
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn().expect("spawning ionpeer");
     let mut input = child.stdin.take().expect("ionpeer stdin");
@@ -504,24 +458,14 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with its output redirected to a fresh log file.
     pub fn spawn(name: &str, mut cmd: Command) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("islb-proc-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("islb-proc-").tempdir().expect("temp dir");
         let log = dir.path().join(format!("{name}.log"));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            child,
-            log,
-            _dir: dir,
-            name: name.to_owned(),
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc { child, log, _dir: dir, name: name.to_owned() }
     }
 
     /// The process id.
@@ -544,16 +488,10 @@ impl Proc {
                 return line.to_owned();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before printing {needle:?}; output:\n{out}",
-                    self.name
-                );
+                panic!("{} exited ({status}) before printing {needle:?}; output:\n{out}", self.name);
             }
             if Instant::now() >= end {
-                panic!(
-                    "{} did not print {needle:?} within {timeout:?}; output:\n{out}",
-                    self.name
-                );
+                panic!("{} did not print {needle:?} within {timeout:?}; output:\n{out}", self.name);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -568,11 +506,7 @@ impl Proc {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match wait_with_timeout(&mut self.child, timeout) {
             Some(s) => s,
-            None => panic!(
-                "{} did not exit within {timeout:?}; output:\n{}",
-                self.name,
-                self.output()
-            ),
+            None => panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output()),
         }
     }
 
@@ -591,12 +525,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         kill_and_reap(&mut self.child);
         if std::thread::panicking() {
-            eprintln!(
-                "--- output of {} ---\n{}\n--- end of {} ---",
-                self.name,
-                self.output(),
-                self.name
-            );
+            eprintln!("--- output of {} ---\n{}\n--- end of {} ---", self.name, self.output(), self.name);
         }
     }
 }
@@ -616,15 +545,9 @@ mod tests {
         s.read_exact(&mut info).unwrap();
         assert_eq!(&info, b"INFO");
         nats.stop();
-        assert!(
-            TcpStream::connect(addr).is_err(),
-            "stopped server must not accept"
-        );
+        assert!(TcpStream::connect(addr).is_err(), "stopped server must not accept");
         nats.restart();
-        assert!(
-            TcpStream::connect(addr).is_ok(),
-            "restarted on the same port"
-        );
+        assert!(TcpStream::connect(addr).is_ok(), "restarted on the same port");
     }
 
     #[test]
@@ -634,10 +557,7 @@ mod tests {
         assert_eq!(redis.command(&["SET", "k", "v"]), "OK");
         assert_eq!(redis.command(&["GET", "k"]), "v");
         redis.pause();
-        assert!(
-            !redis_ping(redis.port(), None),
-            "a paused server answers nothing"
-        );
+        assert!(!redis_ping(redis.port(), None), "a paused server answers nothing");
         redis.resume();
         assert!(redis_ping(redis.port(), None));
     }
@@ -655,10 +575,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo hello-from-child; sleep 0.1; echo done"]);
         let mut p = Proc::spawn("sh", cmd);
-        assert_eq!(
-            p.wait_for("hello", Duration::from_secs(5)),
-            "hello-from-child"
-        );
+        assert_eq!(p.wait_for("hello", Duration::from_secs(5)), "hello-from-child");
         assert!(p.wait_exit(Duration::from_secs(5)).success());
         assert!(p.output().contains("done"));
     }

@@ -18,9 +18,7 @@ pub(crate) fn vectors_dir() -> PathBuf {
 pub(crate) fn vectors() -> Vec<(String, &'static str, Vec<u8>, Json)> {
     let dir = vectors_dir();
     let mut out = Vec::new();
-    for entry in
-        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-    {
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "gob") {
             continue;
@@ -33,20 +31,13 @@ pub(crate) fn vectors() -> Vec<(String, &'static str, Vec<u8>, Json)> {
         } else {
             "response"
         };
-        let json_path = if kind == "response" {
-            dir.join(format!("{name}.json"))
-        } else {
-            dir.join(format!("{name}.typed.json"))
-        };
+        let json_path =
+            if kind == "response" { dir.join(format!("{name}.json")) } else { dir.join(format!("{name}.typed.json")) };
         let json = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         out.push((name, kind, std::fs::read(&path).unwrap(), json));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(
-        out.len() >= 16,
-        "expected the 16 golden vectors, found {}",
-        out.len()
-    );
+    assert!(out.len() >= 16, "expected the 16 golden vectors, found {}", out.len());
     out
 }
 
@@ -71,33 +62,17 @@ pub(crate) fn ours(kind: &str, bytes: &[u8]) -> Result<(Json, Vec<u8>), islb_gob
 
 /// Go's decoding of `bytes` as `kind`, as typed JSON.
 pub(crate) fn go_decode(kind: &str, bytes: &[u8]) -> Json {
-    let args: &[&str] = if kind == "response" {
-        &["decode", kind]
-    } else {
-        &["decode", "-typed", kind]
-    };
+    let args: &[&str] = if kind == "response" { &["decode", kind] } else { &["decode", "-typed", kind] };
     let out = ionpeer_run(args, bytes);
-    assert!(
-        out.status.success(),
-        "Go could not decode our {kind}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "Go could not decode our {kind}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("ionpeer prints JSON")
 }
 
 /// Go's encoding of the typed JSON `json` as `kind`.
 pub(crate) fn go_encode(kind: &str, json: &Json) -> Vec<u8> {
-    let args: &[&str] = if kind == "response" {
-        &["encode", kind]
-    } else {
-        &["encode", "-typed", kind]
-    };
+    let args: &[&str] = if kind == "response" { &["encode", kind] } else { &["encode", "-typed", kind] };
     let out = ionpeer_run(args, json.to_string().as_bytes());
-    assert!(
-        out.status.success(),
-        "Go could not encode {json}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "Go could not encode {json}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
@@ -113,11 +88,7 @@ fn every_vector_decodes_to_its_json() {
 fn go_decodes_our_encoding_of_every_vector_to_the_same_json() {
     for (name, kind, bytes, expected) in vectors() {
         let (_, ours) = ours(kind, &bytes).unwrap();
-        assert_eq!(
-            go_decode(kind, &ours),
-            expected,
-            "{name}: Go's view of our encoding"
-        );
+        assert_eq!(go_decode(kind, &ours), expected, "{name}: Go's view of our encoding");
     }
 }
 
@@ -136,18 +107,11 @@ fn we_decode_gos_encoding_of_every_vector_json() {
 fn map_free_messages_are_byte_identical_to_go() {
     let mut compared = 0;
     for (name, kind, bytes, expected) in vectors() {
-        if kind == "getresponse"
-            || expected.to_string().contains("$type")
-            || name == "request_update_full"
-        {
+        if kind == "getresponse" || expected.to_string().contains("$type") || name == "request_update_full" {
             continue;
         }
         let (_, ours) = ours(kind, &bytes).unwrap();
-        assert_eq!(
-            ours,
-            go_encode(kind, &expected),
-            "{name}: bytes differ from a fresh Go encoder"
-        );
+        assert_eq!(ours, go_encode(kind, &expected), "{name}: bytes differ from a fresh Go encoder");
         compared += 1;
     }
     assert!(compared >= 8, "only {compared} vectors compared");

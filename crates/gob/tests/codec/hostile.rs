@@ -2,9 +2,7 @@
 //! golden vector, random bytes, absurd lengths and deep nesting end in `Ok` or a clear
 //! `Err`, never a panic or a large allocation.
 
-use islb_gob::{
-    ErrorKind, GetResponse, Limits, Message, Node, Request, Value, ValueMap, fuzz_logic,
-};
+use islb_gob::{ErrorKind, GetResponse, Limits, Message, Node, Request, Value, ValueMap, fuzz_logic};
 
 use crate::golden::vectors;
 
@@ -26,10 +24,7 @@ fn every_truncation_of_every_vector_is_an_error_not_a_panic() {
         for len in 0..bytes.len() {
             fuzz_logic::decode_all(&bytes[..len]);
             // Cutting a message short always breaks it: the last message's length is wrong.
-            assert!(
-                Request::from_gob(&bytes[..len]).is_err()
-                    || name.starts_with("request") && len == bytes.len()
-            );
+            assert!(Request::from_gob(&bytes[..len]).is_err() || name.starts_with("request") && len == bytes.len());
         }
     }
 }
@@ -48,17 +43,13 @@ fn thousands_of_bit_flips_never_panic() {
             }
             fuzz_logic::decode_all(&b);
             total += 1;
-            decoded +=
-                usize::from(Request::from_gob(&b).is_ok() || GetResponse::from_gob(&b).is_ok());
+            decoded += usize::from(Request::from_gob(&b).is_ok() || GetResponse::from_gob(&b).is_ok());
         }
     }
     assert!(total >= 6000, "{total} flips");
     // Many flips land in string contents and still decode: the decoder is not just
     // rejecting everything.
-    assert!(
-        decoded > total / 20,
-        "only {decoded} of {total} flipped messages decoded"
-    );
+    assert!(decoded > total / 20, "only {decoded} of {total} flipped messages decoded");
 }
 
 #[test]
@@ -73,11 +64,7 @@ fn random_bytes_never_panic() {
 #[test]
 fn a_count_of_two_to_the_40_is_an_error_not_an_allocation() {
     // A Request whose Params map claims 2^40 entries.
-    let mut req = Request {
-        action: "get".into(),
-        service: "rtc".into(),
-        ..Request::default()
-    };
+    let mut req = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
     req.params.insert("sid".into(), "x".into());
     let mut bytes = req.to_gob();
     // The value message ends with: ... Params delta, count 1, key, interface. Find the
@@ -89,27 +76,15 @@ fn a_count_of_two_to_the_40_is_an_error_not_an_allocation() {
     // (The value message's length prefix now undercounts by 5 bytes; the count is read
     // and refused before that matters.)
     let err = Request::from_gob(&bytes).unwrap_err();
-    assert!(
-        matches!(err.kind, ErrorKind::LengthTooLarge { .. }),
-        "expected a length error, got {err}"
-    );
+    assert!(matches!(err.kind, ErrorKind::LengthTooLarge { .. }), "expected a length error, got {err}");
 }
 
 #[test]
 fn oversized_payloads_are_refused_before_decoding() {
     let bytes = Request::default().to_gob();
-    let limits = Limits {
-        max_size: bytes.len() - 1,
-        ..Limits::default()
-    };
+    let limits = Limits { max_size: bytes.len() - 1, ..Limits::default() };
     let err = Request::from_gob_with(&bytes, &limits).unwrap_err();
-    assert_eq!(
-        err.kind,
-        ErrorKind::TooLarge {
-            size: bytes.len(),
-            limit: bytes.len() - 1
-        }
-    );
+    assert_eq!(err.kind, ErrorKind::TooLarge { size: bytes.len(), limit: bytes.len() - 1 });
     assert_eq!(err.offset, 0);
 }
 
@@ -121,18 +96,11 @@ fn nesting_deeper_than_the_limit_is_an_error() {
     }
     let mut node = Node::default();
     node.extra_info.insert("deep".into(), v);
-    let req = Request {
-        action: "save".into(),
-        node,
-        ..Request::default()
-    };
+    let req = Request { action: "save".into(), node, ..Request::default() };
     let bytes = req.to_gob();
     let err = Request::from_gob(&bytes).unwrap_err();
     assert_eq!(err.kind, ErrorKind::TooDeep(64));
-    let deep_enough = Limits {
-        max_depth: 300,
-        ..Limits::default()
-    };
+    let deep_enough = Limits { max_depth: 300, ..Limits::default() };
     assert_eq!(Request::from_gob_with(&bytes, &deep_enough).unwrap(), req);
 }
 
@@ -140,19 +108,12 @@ fn nesting_deeper_than_the_limit_is_an_error() {
 fn an_unregistered_interface_type_is_an_error_naming_it() {
     let mut params = ValueMap::new();
     params.insert("sid".into(), "room".into());
-    let req = Request {
-        action: "get".into(),
-        params,
-        ..Request::default()
-    };
+    let req = Request { action: "get".into(), params, ..Request::default() };
     let mut bytes = req.to_gob();
     let at = bytes.windows(7).position(|w| w == b"\x06string").unwrap();
     bytes[at + 1..at + 7].copy_from_slice(b"main.X");
     let err = Request::from_gob(&bytes).unwrap_err();
-    assert_eq!(
-        err.kind,
-        ErrorKind::UnregisteredInterfaceType("main.X".into())
-    );
+    assert_eq!(err.kind, ErrorKind::UnregisteredInterfaceType("main.X".into()));
     assert_eq!(err.offset, at, "the offset points at the type name");
     assert!(err.to_string().contains("\"main.X\""), "{err}");
 }
@@ -161,11 +122,7 @@ fn an_unregistered_interface_type_is_an_error_naming_it() {
 fn a_value_out_of_range_for_its_go_type_is_an_error() {
     let mut params = ValueMap::new();
     params.insert("n".into(), Value::Int32(100_000));
-    let mut bytes = Request {
-        params,
-        ..Request::default()
-    }
-    .to_gob();
+    let mut bytes = Request { params, ..Request::default() }.to_gob();
     // Same length name, narrower type: Go refuses 100000 as an int16, so do we.
     let at = bytes.windows(6).position(|w| w == b"\x05int32").unwrap();
     bytes[at + 1..at + 6].copy_from_slice(b"int16");
@@ -175,11 +132,7 @@ fn a_value_out_of_range_for_its_go_type_is_an_error() {
 
 #[test]
 fn a_response_is_not_a_request() {
-    let bytes = islb_gob::Response {
-        success: true,
-        reason: String::new(),
-    }
-    .to_gob();
+    let bytes = islb_gob::Response { success: true, reason: String::new() }.to_gob();
     let err = Request::from_gob(&bytes).unwrap_err();
     assert_eq!(err.kind, ErrorKind::NoFieldsMatched("Request"));
 }

@@ -44,8 +44,7 @@ fn scalar(scope: Scope) -> BoxedStrategy<Value> {
         any::<String>().prop_map(Value::String),
         "[a-z]{0,3}".prop_map(Value::String),
         vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
-        vec(any::<String>(), 0..4)
-            .prop_map(|v| Value::Slice(Kind::String, v.into_iter().map(Value::String).collect())),
+        vec(any::<String>(), 0..4).prop_map(|v| Value::Slice(Kind::String, v.into_iter().map(Value::String).collect())),
     ];
     match scope {
         Scope::IonpeerEncode => common.boxed(),
@@ -79,47 +78,26 @@ fn node(scope: Scope) -> impl Strategy<Value = Node> {
         any::<String>(),
         "[a-z]{0,6}",
         any::<String>(),
-        (
-            "[a-z-]{0,9}",
-            any::<String>(),
-            btree_map(any::<String>(), any::<String>(), 0..3),
-        ),
+        ("[a-z-]{0,9}", any::<String>(), btree_map(any::<String>(), any::<String>(), 0..3)),
         value_map(scope),
     )
-        .prop_map(
-            |(dc, service, nid, (protocol, addr, params), extra_info)| Node {
-                dc,
-                service,
-                nid,
-                rpc: Rpc {
-                    protocol,
-                    addr,
-                    params,
-                },
-                extra_info,
-            },
-        )
+        .prop_map(|(dc, service, nid, (protocol, addr, params), extra_info)| Node {
+            dc,
+            service,
+            nid,
+            rpc: Rpc { protocol, addr, params },
+            extra_info,
+        })
 }
 
 fn request(scope: Scope) -> impl Strategy<Value = Request> {
     (
-        prop_oneof![
-            Just("save"),
-            Just("update"),
-            Just("delete"),
-            Just("get"),
-            Just("")
-        ],
+        prop_oneof![Just("save"), Just("update"), Just("delete"), Just("get"), Just("")],
         node(scope),
         any::<String>(),
         value_map(scope),
     )
-        .prop_map(|(action, node, service, params)| Request {
-            action: action.into(),
-            node,
-            service,
-            params,
-        })
+        .prop_map(|(action, node, service, params)| Request { action: action.into(), node, service, params })
 }
 
 fn get_response(scope: Scope) -> impl Strategy<Value = GetResponse> {

@@ -24,11 +24,7 @@ pub(crate) fn node(n: &Node) -> Json {
 }
 
 fn rpc(r: &Rpc) -> Json {
-    let params = if r.params.is_empty() {
-        Json::Null
-    } else {
-        json!(r.params)
-    };
+    let params = if r.params.is_empty() { Json::Null } else { json!(r.params) };
     json!({"Protocol": r.protocol, "Addr": r.addr, "Params": params})
 }
 
@@ -38,11 +34,7 @@ fn value_map(m: &ValueMap) -> Json {
     if m.is_empty() {
         return Json::Null;
     }
-    Json::Object(
-        m.iter()
-            .map(|(k, v)| (k.clone(), typed(v)))
-            .collect::<Map<_, _>>(),
-    )
+    Json::Object(m.iter().map(|(k, v)| (k.clone(), typed(v))).collect::<Map<_, _>>())
 }
 
 pub(crate) fn typed(v: &Value) -> Json {
@@ -74,12 +66,7 @@ fn plain(v: &Value) -> Json {
         Value::String(s) => json!(s),
         Value::Bytes(b) => json!(base64(b)),
         Value::Slice(Kind::Uint8, items) => {
-            json!(base64(
-                &items
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as u8)
-                    .collect::<Vec<_>>()
-            ))
+            json!(base64(&items.iter().map(|v| v.as_u64().unwrap() as u8).collect::<Vec<_>>()))
         }
         Value::Slice(_, items) => Json::Array(items.iter().map(plain).collect()),
         Value::List(items) => Json::Array(items.iter().map(typed).collect()),
@@ -91,11 +78,7 @@ fn plain(v: &Value) -> Json {
 /// exponent notation outside), read back as JSON, so that a whole float such as 2.5e17
 /// becomes the same integer token on both sides.
 fn go_float(shortest_plain: String, shortest_exp: String, abs: f64) -> Json {
-    let text = if abs == 0.0 || (1e-6..1e21).contains(&abs) {
-        shortest_plain
-    } else {
-        shortest_exp
-    };
+    let text = if abs == 0.0 || (1e-6..1e21).contains(&abs) { shortest_plain } else { shortest_exp };
     serde_json::from_str(&text).unwrap()
 }
 
@@ -103,11 +86,7 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

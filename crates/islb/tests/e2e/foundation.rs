@@ -21,12 +21,7 @@ pub(crate) fn watched_events(p: &Proc) -> Vec<(String, String)> {
     p.output()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| {
-            (
-                v["Action"].as_str().unwrap_or("?").to_owned(),
-                v["Node"]["NID"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
+        .map(|v| (v["Action"].as_str().unwrap_or("?").to_owned(), v["Node"]["NID"].as_str().unwrap_or("?").to_owned()))
         .collect()
 }
 
@@ -37,14 +32,8 @@ fn islb_registers_itself_for_go_watchers_and_exits_cleanly_on_sigterm() {
     let mut islb = Islb::start(&nats, &[]);
     let up = format!("\"NID\":\"{}\"", islb.nid);
     let line = watcher.wait_for(&up, Duration::from_secs(10));
-    assert!(
-        line.contains("\"Action\":\"save\"") && line.contains("\"Service\":\"islb\""),
-        "{line}"
-    );
-    assert!(
-        line.contains("\"Protocol\":\"nats-grpc\"") && line.contains(&nats.url()),
-        "RPC as ion registers: {line}"
-    );
+    assert!(line.contains("\"Action\":\"save\"") && line.contains("\"Service\":\"islb\""), "{line}");
+    assert!(line.contains("\"Protocol\":\"nats-grpc\"") && line.contains(&nats.url()), "RPC as ion registers: {line}");
 
     assert_eq!(islb.http_get("/healthz"), (200, "ok\n".into()));
     assert_eq!(islb.http_get("/readyz").0, 200);
@@ -56,21 +45,12 @@ fn islb_registers_itself_for_go_watchers_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status}");
     let events = watched_events(&watcher);
     assert_eq!(
-        events
-            .iter()
-            .filter(|(_, nid)| *nid == islb.nid)
-            .map(|(a, _)| a.as_str())
-            .collect::<Vec<_>>(),
+        events.iter().filter(|(_, nid)| *nid == islb.nid).map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
         ["save", "delete"],
         "Go watcher saw {events:?}"
     );
     let out = islb.proc.output();
-    for step in [
-        "shutting down",
-        "request loop stopped",
-        "deregistered",
-        "islb stopped",
-    ] {
+    for step in ["shutting down", "request loop stopped", "deregistered", "islb stopped"] {
         assert!(out.contains(step), "log lacks {step:?}:\n{out}");
     }
 }
@@ -101,10 +81,7 @@ fn an_unknown_config_key_is_one_line_naming_file_and_line_and_exit_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
-        err.starts_with(&format!(
-            "islb: config error: {}:3:1: unknown field `expiry`",
-            f.path().display()
-        )),
+        err.starts_with(&format!("islb: config error: {}:3:1: unknown field `expiry`", f.path().display())),
         "{err}"
     );
     assert!(out.stdout.is_empty());
@@ -116,10 +93,7 @@ fn a_bad_duration_from_env_or_flag_is_one_line_and_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(
-        err.contains("5 parsecs") && err.contains("--expire"),
-        "{err}"
-    );
+    assert!(err.contains("5 parsecs") && err.contains("--expire"), "{err}");
     let out = run_islb(&["config", "check", "--expire", "soon"], &[]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration \"soon\""));
@@ -128,27 +102,17 @@ fn a_bad_duration_from_env_or_flag_is_one_line_and_exit_64() {
 #[test]
 fn precedence_is_flags_over_env_over_file_over_defaults() {
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        f.path(),
-        "dc = \"file-dc\"\nnid = \"file-nid\"\nexpire = \"7s\"\nstore-prefix = \"file\"\n",
-    )
-    .unwrap();
+    std::fs::write(f.path(), "dc = \"file-dc\"\nnid = \"file-nid\"\nexpire = \"7s\"\nstore-prefix = \"file\"\n")
+        .unwrap();
     let path = f.path().to_str().unwrap();
     let check = |args: &[&str], envs: &[(&str, &str)]| {
         let mut all = vec!["config", "check", "--config", path];
         all.extend_from_slice(args);
         let out = run_islb(&all, envs);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    let out = check(
-        &["--dc", "flag-dc"],
-        &[("ISLB_DC", "env-dc"), ("ISLB_NID", "env-nid")],
-    );
+    let out = check(&["--dc", "flag-dc"], &[("ISLB_DC", "env-dc"), ("ISLB_NID", "env-nid")]);
     assert!(out.contains("dc = flag-dc\n"), "{out}");
     assert!(out.contains("nid = env-nid\n"), "{out}");
     assert!(out.contains("expire = 7s\n"), "{out}");
@@ -175,24 +139,13 @@ fn nats_unreachable_at_start_is_retried_then_one_line_and_exit_69() {
         ],
         &[],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(69),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
-    let attempts = err
-        .lines()
-        .filter(|l| l.contains("NATS not reachable yet"))
-        .count();
+    let attempts = err.lines().filter(|l| l.contains("NATS not reachable yet")).count();
     assert!(attempts >= 2, "each attempt is logged:\n{err}");
     let last = err.lines().last().unwrap();
-    assert!(
-        last.starts_with("islb: NATS at ") && last.contains("not reachable after"),
-        "{last}"
-    );
+    assert!(last.starts_with("islb: NATS at ") && last.contains("not reachable after"), "{last}");
 }
 
 #[test]
@@ -201,15 +154,7 @@ fn islb_waits_for_a_nats_that_comes_up_late() {
     let url = nats.url();
     nats.stop();
     let mut cmd = Command::new(ISLB);
-    cmd.args([
-        "serve",
-        "--nats-url",
-        &url,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ]);
+    cmd.args(["serve", "--nats-url", &url, "--http-addr", "127.0.0.1:0", "--log-format", "json"]);
     let mut islb = Proc::spawn("islb", cmd);
     islb.wait_for("NATS not reachable yet", Duration::from_secs(10));
     nats.restart();
@@ -225,33 +170,18 @@ async fn islb_reconnects_after_nats_restarts_and_readiness_follows() {
     nats.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
     while islb.http_get("/readyz").0 == 200 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness never turned false without NATS"
-        );
+        assert!(Instant::now() < deadline, "readiness never turned false without NATS");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        islb.http_get("/readyz").1.contains("nats"),
-        "{:?}",
-        islb.http_get("/readyz")
-    );
+    assert!(islb.http_get("/readyz").1.contains("nats"), "{:?}", islb.http_get("/readyz"));
     nats.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     while islb.http_get("/readyz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness never came back: {:?}",
-            islb.http_get("/readyz")
-        );
+        assert!(Instant::now() < deadline, "readiness never came back: {:?}", islb.http_get("/readyz"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let peer = Peer::connect(&nats).await;
-    assert!(
-        peer.send("save", &crate::harness::ion_node("signal", "sig-after"))
-            .await
-            .success
-    );
+    assert!(peer.send("save", &crate::harness::ion_node("signal", "sig-after")).await.success);
 }
 
 #[test]
@@ -260,18 +190,8 @@ fn the_readme_carries_the_generated_config_reference() {
     assert!(out.status.success());
     let reference = String::from_utf8(out.stdout).unwrap();
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
-    let start = readme
-        .find("<!-- config-reference:start -->")
-        .expect("start marker in README.md");
-    let end = readme
-        .find("<!-- config-reference:end -->")
-        .expect("end marker in README.md");
-    let embedded = readme[start..end]
-        .trim_start_matches("<!-- config-reference:start -->")
-        .trim();
-    assert_eq!(
-        embedded,
-        reference.trim(),
-        "README.md's config reference is stale: run `islb config reference`"
-    );
+    let start = readme.find("<!-- config-reference:start -->").expect("start marker in README.md");
+    let end = readme.find("<!-- config-reference:end -->").expect("end marker in README.md");
+    let embedded = readme[start..end].trim_start_matches("<!-- config-reference:start -->").trim();
+    assert_eq!(embedded, reference.trim(), "README.md's config reference is stale: run `islb config reference`");
 }

@@ -28,28 +28,14 @@ impl Islb {
     pub(crate) fn start_url(url: &str, extra: &[&str]) -> Islb {
         let nid = format!("islb-t{}", std::process::id() % 100_000 + rand_suffix());
         let mut cmd = Command::new(ISLB);
-        cmd.args([
-            "serve",
-            "--nats-url",
-            url,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--nid",
-            &nid,
-        ])
-        .args(extra)
-        .env_remove("ISLB_CONFIG");
+        cmd.args(["serve", "--nats-url", url, "--http-addr", "127.0.0.1:0", "--log-format", "json", "--nid", &nid])
+            .args(extra)
+            .env_remove("ISLB_CONFIG");
         let mut proc = Proc::spawn("islb", cmd);
         proc.wait_for("\"islb ready\"", Duration::from_secs(30));
         let line = proc.wait_for("admin HTTP listening", Duration::from_secs(1));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-        let http = v["addr"]
-            .as_str()
-            .expect("addr field")
-            .parse()
-            .expect("socket address");
+        let http = v["addr"].as_str().expect("addr field").parse().expect("socket address");
         Islb { proc, http, nid }
     }
 
@@ -75,22 +61,11 @@ fn rand_suffix() -> u32 {
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("admin HTTP reachable");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     // Chunked bodies: good enough to search in; strip chunk size lines when present.
     (status, dechunk(&body))
 }
@@ -122,11 +97,7 @@ pub(crate) fn ion_node(service: &str, nid: &str) -> Node {
         dc: "dc1".into(),
         service: service.into(),
         nid: nid.into(),
-        rpc: Rpc {
-            protocol: "nats-grpc".into(),
-            addr: "nats://127.0.0.1:4222".into(),
-            ..Rpc::default()
-        },
+        rpc: Rpc { protocol: "nats-grpc".into(), addr: "nats://127.0.0.1:4222".into(), ..Rpc::default() },
         ..Node::default()
     }
 }
@@ -138,44 +109,24 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) async fn connect(nats: &NatsServer) -> Peer {
-        Peer {
-            client: async_nats::connect(nats.url())
-                .await
-                .expect("NATS connection"),
-        }
+        Peer { client: async_nats::connect(nats.url()).await.expect("NATS connection") }
     }
 
     /// save/update/delete: the registry's Response.
     pub(crate) async fn send(&self, action: &str, node: &Node) -> Response {
-        let req = Request {
-            action: action.into(),
-            node: node.clone(),
-            ..Request::default()
-        };
+        let req = Request { action: action.into(), node: node.clone(), ..Request::default() };
         let subject = format!("node.publish.{}.{}.{}", node.service, node.dc, node.nid);
-        self.raw(&subject, req.to_gob())
-            .await
-            .map(|p| Response::from_gob(&p).expect("a Response"))
-            .expect("a reply")
+        self.raw(&subject, req.to_gob()).await.map(|p| Response::from_gob(&p).expect("a Response")).expect("a reply")
     }
 
     /// get: the nodes listed.
     pub(crate) async fn get(&self, service: &str, params: &[(&str, Value)]) -> Vec<Node> {
-        let mut req = Request {
-            action: "get".into(),
-            service: service.into(),
-            ..Request::default()
-        };
+        let mut req = Request { action: "get".into(), service: service.into(), ..Request::default() };
         for (k, v) in params {
             req.params.insert((*k).into(), v.clone());
         }
-        let payload = self
-            .raw(&format!("node.publish.{service}"), req.to_gob())
-            .await
-            .expect("a reply");
-        GetResponse::from_gob(&payload)
-            .expect("a GetResponse")
-            .nodes
+        let payload = self.raw(&format!("node.publish.{service}"), req.to_gob()).await.expect("a reply");
+        GetResponse::from_gob(&payload).expect("a GetResponse").nodes
     }
 
     /// A request with any payload: the reply payload, or `None` without an answer in 2 s.

@@ -13,10 +13,7 @@ use crate::harness::{ISLB, Islb, Peer, ion_node};
 fn conform(nats: &NatsServer, expire: &str) -> String {
     let out = ionpeer_run(&["conform", "-url", &nats.url(), "-expire", expire], b"");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("15 passed, 0 failed"),
-        "ionpeer conform:\n{text}"
-    );
+    assert!(out.status.success() && text.contains("15 passed, 0 failed"), "ionpeer conform:\n{text}");
     text
 }
 
@@ -25,10 +22,7 @@ fn ionpeer_conform_passes_at_the_default_expiry() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &[]);
     let text = conform(&nats, "5s");
-    assert!(
-        text.contains("PASS registry still answers after malformed messages"),
-        "{text}"
-    );
+    assert!(text.contains("PASS registry still answers after malformed messages"), "{text}");
 }
 
 #[test]
@@ -62,36 +56,21 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     watcher.wait_for("\"NID\":\"sig-b\"", Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(5);
     while watched_events(&watcher).len() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "events so far: {:?}",
-            watched_events(&watcher)
-        );
+        assert!(Instant::now() < deadline, "events so far: {:?}", watched_events(&watcher));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = Instant::now().saturating_duration_since(expired_at);
-    let want: Vec<(String, String)> = [
-        ("save", "sig-a"),
-        ("update", "sig-a"),
-        ("delete", "sig-a"),
-        ("save", "sig-b"),
-        ("delete", "sig-b"),
-    ]
-    .iter()
-    .map(|(a, n)| (a.to_string(), n.to_string()))
-    .collect();
+    let want: Vec<(String, String)> =
+        [("save", "sig-a"), ("update", "sig-a"), ("delete", "sig-a"), ("save", "sig-b"), ("delete", "sig-b")]
+            .iter()
+            .map(|(a, n)| (a.to_string(), n.to_string()))
+            .collect();
     tokio::time::sleep(Duration::from_millis(300)).await; // nothing more may arrive
     assert_eq!(watched_events(&watcher), want);
-    assert!(
-        took < Duration::from_millis(1500),
-        "expiry delete came {took:?} after the deadline"
-    );
+    assert!(took < Duration::from_millis(1500), "expiry delete came {took:?} after the deadline");
     // The update event carries the new data, as Go decodes it.
     let out = watcher.output();
-    let update = out
-        .lines()
-        .find(|l| l.contains("\"Action\":\"update\""))
-        .unwrap();
+    let update = out.lines().find(|l| l.contains("\"Action\":\"update\"")).unwrap();
     assert!(update.contains("\"load\":0.5"), "{update}");
 }
 
@@ -127,28 +106,13 @@ fn hostile_battery() -> Vec<(String, Vec<u8>)> {
         }
     }
     for len in [1usize, 2, 10, 100, 1000, 60_000] {
-        out.push((
-            format!("{len} random bytes"),
-            (0..len).map(|_| next() as u8).collect(),
-        ));
+        out.push((format!("{len} random bytes"), (0..len).map(|_| next() as u8).collect()));
     }
     // A count claiming 2^40 elements.
-    out.push((
-        "huge length".into(),
-        vec![
-            0x0b, 0xff, 0x82, 0x01, 0xfb, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        ],
-    ));
-    out.push((
-        "huge message length".into(),
-        vec![0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00],
-    ));
+    out.push(("huge length".into(), vec![0x0b, 0xff, 0x82, 0x01, 0xfb, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]));
+    out.push(("huge message length".into(), vec![0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]));
     for action in ["explode", "SAVE", "", "get\0"] {
-        let r = Request {
-            action: action.into(),
-            node: ion_node("signal", "x"),
-            ..Request::default()
-        };
+        let r = Request { action: action.into(), node: ion_node("signal", "x"), ..Request::default() };
         out.push((format!("action {action:?}"), r.to_gob()));
     }
     for (name, v) in [
@@ -156,34 +120,15 @@ fn hostile_battery() -> Vec<(String, Vec<u8>)> {
         ("list", Value::List(vec![Value::Bool(true)])),
         ("map", Value::Map(Default::default())),
     ] {
-        let mut r = Request {
-            action: "get".into(),
-            service: "rtc".into(),
-            ..Request::default()
-        };
+        let mut r = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
         r.params.insert("sid".into(), v.clone());
         r.params.insert("nid".into(), v);
         out.push((format!("non-string sid/nid ({name})"), r.to_gob()));
     }
-    for (field, node) in [
-        ("NID", ion_node("signal", "")),
-        (
-            "DC",
-            islb_gob::Node {
-                dc: String::new(),
-                ..ion_node("signal", "n")
-            },
-        ),
-    ] {
-        out.push((
-            format!("empty {field}"),
-            Request {
-                action: "save".into(),
-                node,
-                ..Request::default()
-            }
-            .to_gob(),
-        ));
+    for (field, node) in
+        [("NID", ion_node("signal", "")), ("DC", islb_gob::Node { dc: String::new(), ..ion_node("signal", "n") })]
+    {
+        out.push((format!("empty {field}"), Request { action: "save".into(), node, ..Request::default() }.to_gob()));
     }
     out.push(("oversized".into(), vec![0u8; 900_000]));
     out
@@ -194,9 +139,7 @@ async fn hostile_input_never_loses_a_node_and_never_stops_the_registry() {
     let nats = NatsServer::start();
     let islb = Islb::start(&nats, &["--max-message-size", "65536"]);
     let peer = Peer::connect(&nats).await;
-    let nodes: Vec<_> = (0..20)
-        .map(|i| ion_node("signal", &format!("sig-{i}")))
-        .collect();
+    let nodes: Vec<_> = (0..20).map(|i| ion_node("signal", &format!("sig-{i}"))).collect();
     for n in &nodes {
         assert!(peer.send("save", n).await.success);
     }
@@ -207,16 +150,10 @@ async fn hostile_input_never_loses_a_node_and_never_stops_the_registry() {
         let subject = format!("node.publish.signal.dc1.hostile{i}");
         if i % 3 == 0 {
             // Without a reply subject: nothing to answer, still nothing may break.
-            peer.client
-                .publish(subject, payload.clone().into())
-                .await
-                .unwrap();
+            peer.client.publish(subject, payload.clone().into()).await.unwrap();
             continue;
         }
-        let reply = peer
-            .raw(&subject, payload.clone())
-            .await
-            .unwrap_or_else(|| panic!("no reply to {name}"));
+        let reply = peer.raw(&subject, payload.clone()).await.unwrap_or_else(|| panic!("no reply to {name}"));
         if let Ok(r) = islb_gob::Response::from_gob(&reply)
             && !r.success
         {
@@ -233,28 +170,12 @@ async fn hostile_input_never_loses_a_node_and_never_stops_the_registry() {
     assert!(refused > 100, "only {refused} refusals");
     let listed = peer.get("signal", &[]).await;
     for n in &nodes {
-        assert!(
-            listed.iter().any(|l| l.nid == n.nid),
-            "{} lost after hostile input",
-            n.nid
-        );
+        assert!(listed.iter().any(|l| l.nid == n.nid), "{} lost after hostile input", n.nid);
     }
-    assert!(
-        peer.send("save", &ion_node("signal", "after-the-storm"))
-            .await
-            .success
-    );
-    assert!(
-        peer.get("signal", &[])
-            .await
-            .iter()
-            .any(|n| n.nid == "after-the-storm")
-    );
+    assert!(peer.send("save", &ion_node("signal", "after-the-storm")).await.success);
+    assert!(peer.get("signal", &[]).await.iter().any(|n| n.nid == "after-the-storm"));
     let (_, metrics) = islb.http_get("/metrics");
-    assert!(
-        metrics.contains("islb_bad_requests_total{reason=\"malformed\"}"),
-        "bad input is counted"
-    );
+    assert!(metrics.contains("islb_bad_requests_total{reason=\"malformed\"}"), "bad input is counted");
     assert!(metrics.contains("islb_bad_requests_total{reason=\"unknown_action\"}"));
     assert!(metrics.contains("islb_bad_requests_total{reason=\"empty_field\"}"));
 }
@@ -264,35 +185,14 @@ async fn a_refusal_tells_the_requester_what_was_wrong() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &[]);
     let peer = Peer::connect(&nats).await;
-    let r = Request {
-        action: "explode".into(),
-        node: ion_node("signal", "x"),
-        ..Request::default()
-    };
-    let reply = islb_gob::Response::from_gob(
-        &peer
-            .raw("node.publish.signal.dc1.x", r.to_gob())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let r = Request { action: "explode".into(), node: ion_node("signal", "x"), ..Request::default() };
+    let reply =
+        islb_gob::Response::from_gob(&peer.raw("node.publish.signal.dc1.x", r.to_gob()).await.unwrap()).unwrap();
     assert!(!reply.success);
-    assert_eq!(
-        reply.reason,
-        "unknown action \"explode\" (expected save, update, delete or get)"
-    );
-    let reply = islb_gob::Response::from_gob(
-        &peer
-            .raw("node.publish.x", b"not gob at all".to_vec())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert!(
-        reply.reason.starts_with("malformed request: gob: "),
-        "{}",
-        reply.reason
-    );
+    assert_eq!(reply.reason, "unknown action \"explode\" (expected save, update, delete or get)");
+    let reply =
+        islb_gob::Response::from_gob(&peer.raw("node.publish.x", b"not gob at all".to_vec()).await.unwrap()).unwrap();
+    assert!(reply.reason.starts_with("malformed request: gob: "), "{}", reply.reason);
     assert!(reply.reason.contains("at byte"), "{}", reply.reason);
 }
 
@@ -301,9 +201,7 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
     let nats = NatsServer::start();
     let mut islb = Islb::start(&nats, &[]);
     let peer = Peer::connect(&nats).await;
-    let nodes: Vec<_> = (0..10)
-        .map(|i| ion_node("room", &format!("room-{i}")))
-        .collect();
+    let nodes: Vec<_> = (0..10).map(|i| ion_node("room", &format!("room-{i}"))).collect();
     // ion's KeepAlive: save once, then update every 2 s, whatever the replies.
     let keepalive = {
         let client = peer.client.clone();
@@ -313,17 +211,10 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
             loop {
                 for n in &nodes {
                     let action = if first { "save" } else { "update" };
-                    let req = Request {
-                        action: action.into(),
-                        node: n.clone(),
-                        ..Request::default()
-                    };
+                    let req = Request { action: action.into(), node: n.clone(), ..Request::default() };
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        client.request(
-                            format!("node.publish.room.dc1.{}", n.nid),
-                            req.to_gob().into(),
-                        ),
+                        client.request(format!("node.publish.room.dc1.{}", n.nid), req.to_gob().into()),
                     )
                     .await;
                 }
@@ -343,11 +234,7 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
         if n == 10 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of 10 nodes back {:?} after the restart",
-            restarted.elapsed()
-        );
+        assert!(Instant::now() < deadline, "only {n} of 10 nodes back {:?} after the restart", restarted.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     keepalive.abort();
@@ -368,29 +255,16 @@ async fn placed_services_are_hidden_from_get_star_and_from_up_events_but_not_fro
     assert!(peer.send("save", &sfu).await.success);
     assert!(peer.send("save", &sig).await.success);
     let all = peer.get("*", &[]).await;
-    assert!(
-        all.iter().any(|n| n.nid == "sig-1") && !all.iter().any(|n| n.nid == "sfu-1"),
-        "{all:?}"
-    );
-    assert_eq!(
-        peer.get("rtc", &[]).await.len(),
-        1,
-        "get rtc still lists them"
-    );
+    assert!(all.iter().any(|n| n.nid == "sig-1") && !all.iter().any(|n| n.nid == "sfu-1"), "{all:?}");
+    assert_eq!(peer.get("rtc", &[]).await.len(), 1, "get rtc still lists them");
     let everything = peer.get("*", &[("islb-all", Value::Bool(true))]).await;
     assert!(everything.iter().any(|n| n.nid == "sfu-1"));
     assert!(peer.send("delete", &sfu).await.success);
     watcher.wait_for("\"NID\":\"sfu-1\"", Duration::from_secs(5));
     let events = watched_events(&watcher);
     assert!(events.contains(&("save".into(), "sig-1".into())));
-    assert!(
-        !events.contains(&("save".into(), "sfu-1".into())),
-        "{events:?}"
-    );
-    assert!(
-        events.contains(&("delete".into(), "sfu-1".into())),
-        "{events:?}"
-    );
+    assert!(!events.contains(&("save".into(), "sfu-1".into())), "{events:?}");
+    assert!(events.contains(&("delete".into(), "sfu-1".into())), "{events:?}");
 }
 
 #[tokio::test]
@@ -414,49 +288,22 @@ async fn operators_list_and_watch_nodes_with_the_cli() {
     let mut sfu = ion_node("rtc", "sfu-cli");
     sfu.extra_info.insert("load".into(), Value::Float64(0.25));
     assert!(peer.send("save", &sfu).await.success);
-    assert!(
-        peer.send("save", &ion_node("signal", "sig-cli"))
-            .await
-            .success
-    );
-    assert!(
-        peer.send("delete", &ion_node("signal", "sig-cli"))
-            .await
-            .success
-    );
+    assert!(peer.send("save", &ion_node("signal", "sig-cli")).await.success);
+    assert!(peer.send("delete", &ion_node("signal", "sig-cli")).await.success);
     let line = watch.wait_for("delete signal", Duration::from_secs(5));
     assert!(line.contains("dc1.sig-cli"), "{line}");
 
-    let out = Command::new(ISLB)
-        .args(["nodes", "--nats-url", &nats.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(ISLB).args(["nodes", "--nats-url", &nats.url()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("SERVICE  DC   NID"), "{table}");
-    assert!(
-        table.contains("load=0.25") && table.contains("sfu-cli"),
-        "placed services are listed: {table}"
-    );
+    assert!(table.contains("load=0.25") && table.contains("sfu-cli"), "placed services are listed: {table}");
     assert!(table.contains(&islb.nid), "{table}");
     assert!(table.ends_with("2 node(s)\n"), "{table}");
 
-    let out = Command::new(ISLB)
-        .args([
-            "nodes",
-            "--nats-url",
-            &nats.url(),
-            "--service",
-            "rtc",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(ISLB).args(["nodes", "--nats-url", &nats.url(), "--service", "rtc", "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["NID"], "sfu-cli");
     assert_eq!(json[0]["ExtraInfo"]["load"], 0.25);
@@ -465,10 +312,7 @@ async fn operators_list_and_watch_nodes_with_the_cli() {
 #[test]
 fn the_cli_says_clearly_when_no_registry_answers() {
     let nats = NatsServer::start();
-    let out = Command::new(ISLB)
-        .args(["nodes", "--nats-url", &nats.url(), "--timeout", "1s"])
-        .output()
-        .unwrap();
+    let out = Command::new(ISLB).args(["nodes", "--nats-url", &nats.url(), "--timeout", "1s"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no registry answered"), "{err}");
