@@ -7,7 +7,9 @@
 //! name, unknown ones skipped; types are checked for compatibility before any value is
 //! read, including fields the data leaves out, as Go compiles its decoder.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
@@ -29,10 +31,73 @@ impl Default for Limits {
     }
 }
 
+/// The type definitions known while decoding one payload: those of a cached, identical
+/// prefix of definition messages, and those read here.
+#[derive(Default)]
+struct Types {
+    base: Option<Arc<HashMap<i64, WireType>>>,
+    extra: HashMap<i64, WireType>,
+}
+
+impl Types {
+    fn get(&self, id: &i64) -> Option<&WireType> {
+        self.extra.get(id).or_else(|| self.base.as_ref().and_then(|b| b.get(id)))
+    }
+
+    fn contains_key(&self, id: &i64) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn insert(&mut self, id: i64, wt: WireType) {
+        self.extra.insert(id, wt);
+    }
+}
+
+/// How many parsed definition prefixes each thread keeps. Every message from one Go node
+/// starts with the same definitions (a fresh encoder per message), so a few entries serve
+/// a whole cluster's keep-alives; hostile input can only evict entries.
+const PREFIX_CACHE_ENTRIES: usize = 16;
+
+thread_local! {
+    static PREFIX_CACHE: RefCell<(Vec<(Box<[u8]>, Arc<HashMap<i64, WireType>>)>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+fn cached_prefix(prefix: &[u8]) -> Option<Arc<HashMap<i64, WireType>>> {
+    PREFIX_CACHE.with(|c| c.borrow().0.iter().find(|(p, _)| **p == *prefix).map(|(_, t)| t.clone()))
+}
+
+fn cache_prefix(prefix: &[u8], table: HashMap<i64, WireType>) {
+    PREFIX_CACHE.with(|c| {
+        let (entries, next) = &mut *c.borrow_mut();
+        let entry = (prefix.into(), Arc::new(table));
+        if entries.len() < PREFIX_CACHE_ENTRIES {
+            entries.push(entry);
+        } else {
+            entries[*next] = entry;
+            *next = (*next + 1) % PREFIX_CACHE_ENTRIES;
+        }
+    });
+}
+
+/// The length of the leading messages that are type definitions (0 if none or unreadable).
+fn definitions_prefix(payload: &[u8]) -> usize {
+    let mut r = Reader::new(payload);
+    loop {
+        let start = r.pos();
+        if start == payload.len() || r.next_message().is_err() {
+            return start;
+        }
+        match r.int() {
+            Ok(id) if id < 0 => r.skip(r.left() as u64).expect("within the message"),
+            _ => return start,
+        }
+    }
+}
+
 /// Decoder state for one payload.
 pub(crate) struct Dec<'a> {
     pub(crate) r: Reader<'a>,
-    types: HashMap<i64, WireType>,
+    types: Types,
     depth: usize,
     max_depth: usize,
 }
@@ -54,9 +119,18 @@ pub(crate) fn decode<T: Decode>(payload: &[u8], limits: &Limits) -> Result<T> {
     if payload.len() > limits.max_size {
         return Err(Error::new(0, ErrorKind::TooLarge { size: payload.len(), limit: limits.max_size }));
     }
-    let mut d = Dec { r: Reader::new(payload), types: HashMap::new(), depth: 0, max_depth: limits.max_depth };
+    let mut d = Dec { r: Reader::new(payload), types: Types::default(), depth: 0, max_depth: limits.max_depth };
+    let prefix = &payload[..definitions_prefix(payload)];
+    let cached = if prefix.is_empty() { None } else { cached_prefix(prefix) };
+    if let Some(table) = cached {
+        d.types.base = Some(table);
+        d.r.seek_message_boundary(prefix.len());
+    }
     let at = d.r.pos();
     let id = d.type_sequence(false)?;
+    if d.types.base.is_none() && !prefix.is_empty() {
+        cache_prefix(prefix, d.types.extra.clone());
+    }
     d.check_defined(id, &mut Vec::new()).map_err(|k| Error::new(at, k))?;
     T::check(&d, id, true)?;
     T::decode(&mut d, id)

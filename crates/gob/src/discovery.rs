@@ -171,7 +171,8 @@ macro_rules! gob_struct {
                 crate::decode::decode(payload, limits)
             }
             fn write_gob(&self, out: &mut Vec<u8>) {
-                crate::encode::encode_into(self, out)
+                static PREPARED: std::sync::OnceLock<crate::encode::Prepared> = std::sync::OnceLock::new();
+                crate::encode::encode_into(self, PREPARED.get_or_init(crate::encode::Prepared::new::<Self>), out)
             }
         }
     };

@@ -20,30 +20,37 @@ enum Def {
     Map { name: &'static str, key: i64, elem: i64 },
 }
 
-/// Type ids assigned for one payload, keyed by Go type name.
+/// Type ids assigned for one payload, keyed by Go type name: those of the message's
+/// static type tree (prepared once per message type) and those added for this value.
 pub(crate) struct TypeReg {
+    base: &'static [(&'static str, i64)],
     ids: Vec<(&'static str, i64, Option<Def>)>,
 }
 
 impl TypeReg {
-    fn new() -> Self {
-        TypeReg { ids: Vec::with_capacity(8) }
+    fn new(base: &'static [(&'static str, i64)]) -> Self {
+        TypeReg { base, ids: Vec::new() }
     }
 
     /// The id of `name` if it has one already.
     pub(crate) fn get(&self, name: &str) -> Option<i64> {
-        self.ids.iter().find(|(n, ..)| *n == name).map(|(_, id, _)| *id)
+        self.ids
+            .iter()
+            .map(|(n, id, _)| (*n, *id))
+            .chain(self.base.iter().copied())
+            .find(|(n, _)| *n == name)
+            .map(|(_, id)| id)
     }
 
     /// Reserves the next id for `name` (its definition follows with [`TypeReg::define`]).
     pub(crate) fn reserve(&mut self, name: &'static str) -> i64 {
-        let id = FIRST_USER_ID + self.ids.len() as i64;
+        let id = FIRST_USER_ID + (self.base.len() + self.ids.len()) as i64;
         self.ids.push((name, id, None));
         id
     }
 
     fn define(&mut self, id: i64, def: Def) {
-        self.ids[(id - FIRST_USER_ID) as usize].2 = Some(def);
+        self.ids[(id - FIRST_USER_ID) as usize - self.base.len()].2 = Some(def);
     }
 
     pub(crate) fn define_struct(&mut self, id: i64, name: &'static str, fields: Vec<(&'static str, i64)>) {
@@ -175,14 +182,32 @@ pub(crate) struct Enc<'a> {
     pub(crate) reg: &'a TypeReg,
 }
 
-/// Appends the payload for `v` (a struct) to `out`.
-pub(crate) fn encode_into<T: Encode>(v: &T, out: &mut Vec<u8>) {
-    let mut reg = TypeReg::new();
-    let id = T::register(&mut reg);
+/// The fixed part of a message type's encoding: its static type tree's ids and the
+/// bytes of their definitions, computed once per type.
+pub(crate) struct Prepared {
+    names: Vec<(&'static str, i64)>,
+    defs: Vec<u8>,
+    id: i64,
+}
+
+impl Prepared {
+    pub(crate) fn new<T: Encode>() -> Self {
+        let mut reg = TypeReg::new(&[]);
+        let id = T::register(&mut reg);
+        let mut defs = Vec::new();
+        reg.write_defs(&mut defs);
+        Prepared { names: reg.ids.iter().map(|(n, id, _)| (*n, *id)).collect(), defs, id }
+    }
+}
+
+/// Appends the payload for `v` (a struct whose fixed part is `prepared`) to `out`.
+pub(crate) fn encode_into<T: Encode>(v: &T, prepared: &'static Prepared, out: &mut Vec<u8>) {
+    let mut reg = TypeReg::new(&prepared.names);
     v.register_values(&mut reg);
+    out.extend_from_slice(&prepared.defs);
     reg.write_defs(out);
     let start = out.len();
-    put_int(out, id);
+    put_int(out, prepared.id);
     v.encode(&mut Enc { out, reg: &reg });
     let len = (out.len() - start) as u64;
     insert_uint(out, start, len);

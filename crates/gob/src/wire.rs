@@ -25,6 +25,12 @@ impl<'a> Reader<'a> {
         Error::new(self.pos, kind)
     }
 
+    /// Moves to `pos`, the start of a message (its length prefix).
+    pub(crate) fn seek_message_boundary(&mut self, pos: usize) {
+        self.pos = pos;
+        self.msg_end = pos;
+    }
+
     /// Bytes left in the current message.
     pub(crate) fn left(&self) -> usize {
         self.msg_end - self.pos

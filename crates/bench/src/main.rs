@@ -1,0 +1,117 @@
+//! `islb-bench`: helpers for `scripts/bench`, which measures islb beside raw NATS in the
+//! same run (these machines are shared and noisy: only ratios within one run mean much).
+//!
+//! - `echo`: answers every request on `node.publish.>` with a canned
+//!   `Response{Success: true}`, as fast as async-nats allows. `ionpeer bench-update`
+//!   against it is the raw NATS request/reply baseline, with the same Go client, subjects
+//!   and reply size as against islb.
+//! - `load`: registers N nodes (as ion's save) with C concurrent requesters.
+//! - `rss`: prints a process's resident memory.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use islb_gob::{Message as _, Node, Request, Response, Rpc, Value};
+
+#[derive(Parser)]
+#[command(name = "islb-bench", about = "Benchmark helpers for scripts/bench")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Answer node.publish.> requests with a canned success Response.
+    Echo {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+    },
+    /// Register N nodes through the registry.
+    Load {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Print the resident memory (VmRSS, bytes) of a process.
+    Rss { pid: u32 },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Echo { url } => echo(&url).await,
+        Cmd::Load { url, nodes, concurrency } => load(&url, nodes, concurrency).await,
+        Cmd::Rss { pid } => {
+            println!("{}", rss(pid)?);
+            Ok(())
+        }
+    }
+}
+
+async fn echo(url: &str) -> anyhow::Result<()> {
+    let client = async_nats::connect(url).await.context("connecting to NATS")?;
+    let mut sub = client.queue_subscribe("node.publish.>", "islb".into()).await?;
+    client.flush().await?;
+    let ok: bytes::Bytes = Response { success: true, reason: String::new() }.to_gob().into();
+    eprintln!("echo responder ready on {url}");
+    while let Some(msg) = sub.next().await {
+        if let Some(reply) = msg.reply {
+            client.publish(reply, ok.clone()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A node like ion's SFU registration, with a little ExtraInfo as non-ion nodes send.
+fn node(i: usize) -> Node {
+    let mut n = Node {
+        dc: format!("dc{}", i % 3),
+        service: "rtc".into(),
+        nid: format!("sfu-{i:06}"),
+        rpc: Rpc { protocol: "nats-grpc".into(), addr: "nats://10.0.0.7:4222".into(), ..Rpc::default() },
+        ..Node::default()
+    };
+    n.extra_info.insert("load".into(), Value::Float64(0.25));
+    n
+}
+
+async fn load(url: &str, nodes: usize, concurrency: usize) -> anyhow::Result<()> {
+    let client = async_nats::connect(url).await.context("connecting to NATS")?;
+    let started = Instant::now();
+    let results = futures::stream::iter(0..nodes)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let n = node(i);
+                let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
+                let req = Request { action: "save".into(), node: n, ..Request::default() };
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(10), client.request(subject, req.to_gob().into())).await;
+                matches!(reply, Ok(Ok(m)) if Response::from_gob(&m.payload).is_ok_and(|r| r.success))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<bool>>()
+        .await;
+    let ok = results.iter().filter(|b| **b).count();
+    println!("registered {ok} of {nodes} nodes in {:?}", started.elapsed());
+    anyhow::ensure!(ok == nodes, "{} registrations failed", nodes - ok);
+    Ok(())
+}
+
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS line")?;
+    Ok(kb * 1024)
+}
