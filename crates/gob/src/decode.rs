@@ -35,7 +35,7 @@ impl Default for Limits {
 /// prefix of definition messages, and those read here.
 #[derive(Default)]
 struct Types {
-    base: Option<Arc<HashMap<i64, WireType>>>,
+    base: Option<Table>,
     extra: HashMap<i64, WireType>,
 }
 
@@ -58,11 +58,17 @@ impl Types {
 /// a whole cluster's keep-alives; hostile input can only evict entries.
 const PREFIX_CACHE_ENTRIES: usize = 16;
 
+/// A parsed table of type definitions, shared by every payload with the same prefix.
+type Table = Arc<HashMap<i64, WireType>>;
+
+/// Prefix bytes with their parsed table, and the next entry to replace when full.
+type PrefixCache = (Vec<(Box<[u8]>, Table)>, usize);
+
 thread_local! {
-    static PREFIX_CACHE: RefCell<(Vec<(Box<[u8]>, Arc<HashMap<i64, WireType>>)>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    static PREFIX_CACHE: RefCell<PrefixCache> = const { RefCell::new((Vec::new(), 0)) };
 }
 
-fn cached_prefix(prefix: &[u8]) -> Option<Arc<HashMap<i64, WireType>>> {
+fn cached_prefix(prefix: &[u8]) -> Option<Table> {
     PREFIX_CACHE.with(|c| c.borrow().0.iter().find(|(p, _)| **p == *prefix).map(|(_, t)| t.clone()))
 }
 
