@@ -38,6 +38,16 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Register N nodes, let them fall silent, and time their delete events against
+    /// their deadlines (islb must run with the same --expire).
+    Expiry {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 200)]
+        nodes: usize,
+        #[arg(long, default_value = "1000")]
+        expire_ms: u64,
+    },
     /// Print the resident memory (VmRSS, bytes) of a process.
     Rss { pid: u32 },
 }
@@ -47,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Echo { url } => echo(&url).await,
         Cmd::Load { url, nodes, concurrency } => load(&url, nodes, concurrency).await,
+        Cmd::Expiry { url, nodes, expire_ms } => expiry(&url, nodes, Duration::from_millis(expire_ms)).await,
         Cmd::Rss { pid } => {
             println!("{}", rss(pid)?);
             Ok(())
@@ -102,6 +113,45 @@ async fn load(url: &str, nodes: usize, concurrency: usize) -> anyhow::Result<()>
     let ok = results.iter().filter(|b| **b).count();
     println!("registered {ok} of {nodes} nodes in {:?}", started.elapsed());
     anyhow::ensure!(ok == nodes, "{} registrations failed", nodes - ok);
+    Ok(())
+}
+
+async fn expiry(url: &str, count: usize, expire: Duration) -> anyhow::Result<()> {
+    let client = async_nats::connect(url).await.context("connecting to NATS")?;
+    let mut events = client.subscribe("node.discovery.benchexpiry.>").await?;
+    client.flush().await?;
+    let mut last_ack = std::collections::HashMap::new();
+    for i in 0..count {
+        let mut n = node(i);
+        n.service = "benchexpiry".into();
+        let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
+        let req = Request { action: "save".into(), node: n.clone(), ..Request::default() };
+        let sent = Instant::now();
+        client.request(subject, req.to_gob().into()).await.context("save")?;
+        // The deadline starts when islb handled the request: between sending and the reply.
+        last_ack.insert(n.id(), sent);
+    }
+    let mut late = Vec::new();
+    let end = Instant::now() + expire * 3 + Duration::from_secs(5);
+    while late.len() < count && Instant::now() < end {
+        let Ok(Some(msg)) = tokio::time::timeout(end - Instant::now(), events.next()).await else { break };
+        let Ok(ev) = Request::from_gob(&msg.payload) else { continue };
+        if ev.action != "delete" {
+            continue;
+        }
+        if let Some(sent) = last_ack.get(&ev.node.id()) {
+            late.push(Instant::now().saturating_duration_since(*sent + expire));
+        }
+    }
+    anyhow::ensure!(late.len() == count, "only {} of {count} delete events arrived", late.len());
+    late.sort();
+    let q = |f: f64| late[((late.len() - 1) as f64 * f) as usize];
+    println!(
+        "expiry lateness over {count} nodes: p50={:.1}ms p99={:.1}ms max={:.1}ms",
+        q(0.5).as_secs_f64() * 1e3,
+        q(0.99).as_secs_f64() * 1e3,
+        late[late.len() - 1].as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
