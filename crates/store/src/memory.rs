@@ -8,12 +8,14 @@ use async_trait::async_trait;
 use islb_core::{NodeKey, Timestamp, Verdict};
 use islb_gob::Node;
 
-use crate::{Claim, Store, StoreError};
+use crate::{Claim, Cursor, Snapshot, Store, StoreError};
+
+type Nodes = HashMap<NodeKey, (Arc<Node>, Timestamp)>;
 
 /// Nodes and deadlines in memory: the default store of a single islb.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    nodes: Mutex<HashMap<NodeKey, (Arc<Node>, Timestamp)>>,
+    nodes: Mutex<Nodes>,
 }
 
 impl MemoryStore {
@@ -22,10 +24,75 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn nodes(&self) -> MutexGuard<'_, HashMap<NodeKey, (Arc<Node>, Timestamp)>> {
-        // A panic while holding the lock cannot leave the map half-updated (every update is
-        // a single insert or remove), so a poisoned lock is still good to use.
+    fn nodes(&self) -> MutexGuard<'_, Nodes> {
+        // Every update is a single insert, remove or field write, so a panic while holding
+        // the lock cannot leave the map half-updated: a poisoned lock is still good to use.
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn put(&self, node: Arc<Node>, deadline: Timestamp) -> (Verdict, Timestamp) {
+        let key: NodeKey = node.id().into();
+        let mut nodes = self.nodes();
+        match nodes.get_mut(&key) {
+            None => {
+                nodes.insert(key, (node, deadline));
+                (Verdict::Created, deadline)
+            }
+            Some((old, d)) => {
+                *d = (*d).max(deadline);
+                if **old == *node {
+                    (Verdict::Unchanged, *d)
+                } else {
+                    *old = node;
+                    (Verdict::Changed, *d)
+                }
+            }
+        }
+    }
+
+    /// Returns the unknown keys, and the nodes whose deadline moved with their new deadline.
+    pub(crate) fn touch(
+        &self,
+        touches: &[(NodeKey, Timestamp)],
+    ) -> (Vec<NodeKey>, Vec<(NodeKey, Arc<Node>, Timestamp)>) {
+        let mut nodes = self.nodes();
+        let mut unknown = Vec::new();
+        let mut moved = Vec::new();
+        for (key, deadline) in touches {
+            match nodes.get_mut(key) {
+                Some((node, d)) => {
+                    if *deadline > *d {
+                        *d = *deadline;
+                        moved.push((key.clone(), node.clone(), *d));
+                    }
+                }
+                None => unknown.push(key.clone()),
+            }
+        }
+        (unknown, moved)
+    }
+
+    pub(crate) fn delete(&self, key: &str) -> Option<Arc<Node>> {
+        self.nodes().remove(key).map(|(n, _)| n)
+    }
+
+    pub(crate) fn claim(&self, keys: &[NodeKey], now: Timestamp) -> Vec<Claim> {
+        let mut nodes = self.nodes();
+        keys.iter()
+            .map(|key| match nodes.get(key) {
+                None => Claim::Gone,
+                Some((_, d)) if *d > now => Claim::NotDue(*d),
+                Some(_) => Claim::Expired(nodes.remove(key).expect("present").0),
+            })
+            .collect()
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot { nodes: self.nodes().values().cloned().collect(), cursor: Cursor::default() }
+    }
+
+    pub(crate) fn insert_loaded(&self, node: Arc<Node>, deadline: Timestamp) {
+        self.nodes().insert(node.id().into(), (node, deadline));
     }
 }
 
@@ -40,52 +107,23 @@ impl Store for MemoryStore {
     }
 
     async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
-        let key: NodeKey = node.id().into();
-        let mut nodes = self.nodes();
-        Ok(match nodes.get_mut(&key) {
-            None => {
-                nodes.insert(key, (node, deadline));
-                Verdict::Created
-            }
-            Some((old, d)) => {
-                *d = (*d).max(deadline);
-                if **old == *node {
-                    Verdict::Unchanged
-                } else {
-                    *old = node;
-                    Verdict::Changed
-                }
-            }
-        })
+        Ok(self.put(node, deadline).0)
     }
 
     async fn touch_nodes(&self, touches: &[(NodeKey, Timestamp)]) -> Result<Vec<NodeKey>, StoreError> {
-        let mut nodes = self.nodes();
-        let mut unknown = Vec::new();
-        for (key, deadline) in touches {
-            match nodes.get_mut(key) {
-                Some((_, d)) => *d = (*d).max(*deadline),
-                None => unknown.push(key.clone()),
-            }
-        }
-        Ok(unknown)
+        Ok(self.touch(touches).0)
     }
 
     async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError> {
-        Ok(self.nodes().remove(key).map(|(n, _)| n))
+        Ok(self.delete(key))
     }
 
-    async fn claim_expired(&self, key: &str, now: Timestamp) -> Result<Claim, StoreError> {
-        let mut nodes = self.nodes();
-        Ok(match nodes.get(key) {
-            None => Claim::Gone,
-            Some((_, d)) if *d > now => Claim::NotDue(*d),
-            Some(_) => Claim::Expired(nodes.remove(key).expect("present").0),
-        })
+    async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
+        Ok(self.claim(keys, now))
     }
 
-    async fn load_nodes(&self) -> Result<Vec<(Arc<Node>, Timestamp)>, StoreError> {
-        Ok(self.nodes().values().cloned().collect())
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.snapshot())
     }
 }
 

@@ -1,0 +1,516 @@
+//! The Redis store: islb's storage contract on Redis, shared by islb replicas.
+//!
+//! Every operation replicas race on is one Lua script (atomic on the server); a keep-alive
+//! batch is one script call. All keys of a store share the hash tag `{prefix}`, so the
+//! layout also fits a Redis Cluster slot.
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `{prefix}:nodes` | hash | field `DC.NID` → the node in gob, exactly as Go encodes it |
+//! | `{prefix}:deadlines` | sorted set | member `DC.NID`, score = expiry deadline (ms since the epoch) |
+//! | `{prefix}:changes` | stream | one entry per created, changed, deleted or expired node: `seq`, `op` (`put`/`del`), `key`, `node`, `deadline` (trimmed to about 100,000 entries) |
+//! | `{prefix}:seq` | string | counter of change entries (a gap in `seq` tells a replica to reload) |
+//! | `{prefix}:epoch` | string | random token written when the store is set up; its absence means the data is gone (a restart without persistence) |
+//!
+//! Connections go through the `redis` crate's connection manager (reconnects by itself);
+//! every call is bounded by the configured timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use islb_core::{NodeKey, Timestamp, Verdict};
+use islb_gob::{Message as _, Node};
+use islb_store::{Change, Changes, Claim, Cursor, Snapshot, Store, StoreError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+/// How many change entries the feed keeps (approximately).
+const FEED_LENGTH: usize = 100_000;
+/// Keys per keep-alive or claim script call.
+const BATCH: usize = 1_000;
+
+const PUT: &str = r#"
+-- KEYS: nodes deadlines changes seq epoch; ARGV: key node deadline maxlen
+if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('ISLB_RESET store was reset') end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[1])
+if old == ARGV[2] then return 2 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local seq = redis.call('INCR', KEYS[4])
+local d = redis.call('ZSCORE', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'key', ARGV[1], 'node', ARGV[2], 'deadline', d)
+if old then return 1 end
+return 0
+"#;
+
+const TOUCH: &str = r#"
+-- KEYS: nodes deadlines epoch; ARGV: key1 deadline1 key2 deadline2 ...
+if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('ISLB_RESET store was reset') end
+local unknown = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], 'GT', ARGV[i + 1], ARGV[i])
+  else
+    unknown[#unknown + 1] = ARGV[i]
+  end
+end
+return unknown
+"#;
+
+const DELETE: &str = r#"
+-- KEYS: nodes deadlines changes seq; ARGV: key maxlen
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local seq = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'del', 'key', ARGV[1])
+return old
+"#;
+
+const CLAIM: &str = r#"
+-- KEYS: nodes deadlines changes seq; ARGV: now maxlen key1 key2 ...
+-- Per key: {0, ''} gone, {1, deadline} not due, {2, node} expired (removed here).
+local out = {}
+local now = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local k = ARGV[i]
+  local s = redis.call('ZSCORE', KEYS[2], k)
+  if not s then
+    out[#out + 1] = {0, ''}
+  elseif tonumber(s) > now then
+    out[#out + 1] = {1, s}
+  else
+    local node = redis.call('HGET', KEYS[1], k)
+    redis.call('HDEL', KEYS[1], k)
+    redis.call('ZREM', KEYS[2], k)
+    local seq = redis.call('INCR', KEYS[4])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'del', 'key', k)
+    out[#out + 1] = {2, node or ''}
+  end
+end
+return out
+"#;
+
+const SNAPSHOT: &str = r#"
+-- KEYS: nodes deadlines changes seq. Returns {hgetall, zrange withscores, last id, seq}
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if #last > 0 then id = last[1][1] end
+return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), id, redis.call('GET', KEYS[4]) or '0'}
+"#;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]` or `rediss://...` for TLS.
+    pub url: String,
+    /// Key prefix (hash tag) of this store.
+    pub prefix: String,
+    /// Bound on each call and connection attempt.
+    pub timeout: Duration,
+    /// PEM file of the CA that signed the server's certificate (`rediss://` with a private
+    /// CA); system roots otherwise.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+struct Keys {
+    nodes: String,
+    deadlines: String,
+    changes: String,
+    seq: String,
+    epoch: String,
+}
+
+struct Scripts {
+    put: Script,
+    touch: Script,
+    delete: Script,
+    claim: Script,
+    snapshot: Script,
+}
+
+/// The Redis backend.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    if e.code() == Some("ISLB_RESET") || e.to_string().contains("ISLB_RESET") {
+        return StoreError::Reset;
+    }
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn decode_node(key: &str, bytes: &[u8]) -> Result<Arc<Node>, StoreError> {
+    Node::from_gob(bytes).map(Arc::new).map_err(|e| corrupt(format!("node {key}: {e}")))
+}
+
+fn parse_ms(s: &[u8]) -> Result<Timestamp, StoreError> {
+    let text = std::str::from_utf8(s).map_err(corrupt)?;
+    let v: f64 = text.parse().map_err(|_| corrupt(format!("bad deadline {text:?}")))?;
+    Ok(Timestamp::from_ms(v as u64))
+}
+
+fn as_bytes(v: &Value) -> Result<&[u8], StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.as_bytes()),
+        other => Err(corrupt(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn as_array(v: &Value) -> Result<&[Value], StoreError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Nil => Ok(&[]),
+        other => Err(corrupt(format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// The cursor: `<last stream id>/<last seq>`.
+fn cursor(id: &str, seq: u64) -> Cursor {
+    Cursor(format!("{id}/{seq}"))
+}
+
+fn parse_cursor(c: &Cursor) -> (String, u64) {
+    match c.0.split_once('/') {
+        Some((id, seq)) => (id.to_owned(), seq.parse().unwrap_or(0)),
+        None => ("0-0".to_owned(), 0),
+    }
+}
+
+impl RedisStore {
+    /// Connects and prepares the store (writes the epoch token if it is missing). Fails
+    /// fast on a bad URL or refused credentials.
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let client = match &cfg.ca_file {
+            Some(ca) => {
+                let root_cert =
+                    std::fs::read(ca).map_err(|e| StoreError::Unavailable(format!("{}: {e}", ca.display())))?;
+                redis::Client::build_with_tls(
+                    cfg.url.as_str(),
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+                )
+            }
+            None => redis::Client::open(cfg.url.as_str()),
+        }
+        .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(cfg.timeout * 3, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| StoreError::Timeout(cfg.timeout * 3))?
+            .map_err(unavailable)?;
+        let p = &cfg.prefix;
+        let store = RedisStore {
+            conn,
+            keys: Keys {
+                nodes: format!("{{{p}}}:nodes"),
+                deadlines: format!("{{{p}}}:deadlines"),
+                changes: format!("{{{p}}}:changes"),
+                seq: format!("{{{p}}}:seq"),
+                epoch: format!("{{{p}}}:epoch"),
+            },
+            scripts: Arc::new(Scripts {
+                put: Script::new(PUT),
+                touch: Script::new(TOUCH),
+                delete: Script::new(DELETE),
+                claim: Script::new(CLAIM),
+                snapshot: Script::new(SNAPSHOT),
+            }),
+        };
+        store.reset().await?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        if pong == "PONG" { Ok(()) } else { Err(StoreError::Unavailable(format!("PING answered {pong:?}"))) }
+    }
+
+    async fn reset(&self) -> Result<(), StoreError> {
+        let token = format!(
+            "{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+        );
+        let _: Value = redis::cmd("SET")
+            .arg(&self.keys.epoch)
+            .arg(token)
+            .arg("NX")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
+        let k = &self.keys;
+        let code: i64 = self
+            .scripts
+            .put
+            .key(&k.nodes)
+            .key(&k.deadlines)
+            .key(&k.changes)
+            .key(&k.seq)
+            .key(&k.epoch)
+            .arg(node.id())
+            .arg(node.to_gob())
+            .arg(deadline.as_ms())
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(match code {
+            0 => Verdict::Created,
+            1 => Verdict::Changed,
+            _ => Verdict::Unchanged,
+        })
+    }
+
+    async fn touch_nodes(&self, touches: &[(NodeKey, Timestamp)]) -> Result<Vec<NodeKey>, StoreError> {
+        let k = &self.keys;
+        let mut unknown = Vec::new();
+        for chunk in touches.chunks(BATCH) {
+            let mut inv = self.scripts.touch.key(&k.nodes);
+            inv.key(&k.deadlines).key(&k.epoch);
+            for (key, d) in chunk {
+                inv.arg(&**key).arg(d.as_ms());
+            }
+            let got: Vec<String> = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+            unknown.extend(got.into_iter().map(NodeKey::from));
+        }
+        Ok(unknown)
+    }
+
+    async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError> {
+        let k = &self.keys;
+        let old: Option<Vec<u8>> = self
+            .scripts
+            .delete
+            .key(&k.nodes)
+            .key(&k.deadlines)
+            .key(&k.changes)
+            .key(&k.seq)
+            .arg(key)
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        old.map(|b| decode_node(key, &b)).transpose()
+    }
+
+    async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
+        let k = &self.keys;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            let mut inv = self.scripts.claim.key(&k.nodes);
+            inv.key(&k.deadlines).key(&k.changes).key(&k.seq).arg(now.as_ms()).arg(FEED_LENGTH);
+            for key in chunk {
+                inv.arg(&**key);
+            }
+            let got: Vec<(i64, Vec<u8>)> = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+            for ((code, value), key) in got.into_iter().zip(chunk) {
+                out.push(match code {
+                    0 => Claim::Gone,
+                    1 => Claim::NotDue(parse_ms(&value)?),
+                    _ if value.is_empty() => Claim::Gone,
+                    _ => Claim::Expired(decode_node(key, &value)?),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        let k = &self.keys;
+        let v: Value = self
+            .scripts
+            .snapshot
+            .key(&k.nodes)
+            .key(&k.deadlines)
+            .key(&k.changes)
+            .key(&k.seq)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let parts = as_array(&v)?;
+        let [hash, zset, id, seq] = parts else { return Err(corrupt("snapshot: unexpected reply shape")) };
+        let mut deadlines = std::collections::HashMap::new();
+        for pair in as_array(zset)?.chunks(2) {
+            if let [member, score] = pair {
+                deadlines.insert(as_bytes(member)?.to_vec(), parse_ms(as_bytes(score)?)?);
+            }
+        }
+        let mut nodes = Vec::new();
+        for pair in as_array(hash)?.chunks(2) {
+            if let [key, node] = pair {
+                let key_bytes = as_bytes(key)?;
+                let key_text = String::from_utf8_lossy(key_bytes);
+                let Some(deadline) = deadlines.get(key_bytes) else { continue };
+                nodes.push((decode_node(&key_text, as_bytes(node)?)?, *deadline));
+            }
+        }
+        let id = String::from_utf8_lossy(as_bytes(id)?).into_owned();
+        let seq = String::from_utf8_lossy(as_bytes(seq)?).parse().unwrap_or(0);
+        Ok(Snapshot { nodes, cursor: cursor(&id, seq) })
+    }
+
+    async fn changes(&self, since: &Cursor) -> Result<Changes, StoreError> {
+        let (mut last_id, mut last_seq) = parse_cursor(since);
+        let mut changes = Vec::new();
+        loop {
+            let entries: Value = redis::cmd("XRANGE")
+                .arg(&self.keys.changes)
+                .arg(format!("({last_id}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let entries = as_array(&entries)?;
+            for entry in entries {
+                let [id, fields] = as_array(entry)? else { return Err(corrupt("stream entry shape")) };
+                let mut f = std::collections::HashMap::new();
+                for pair in as_array(fields)?.chunks(2) {
+                    if let [name, value] = pair {
+                        f.insert(String::from_utf8_lossy(as_bytes(name)?).into_owned(), as_bytes(value)?.to_vec());
+                    }
+                }
+                let seq: u64 = f.get("seq").and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
+                if seq != last_seq + 1 {
+                    return Ok(Changes::Gap);
+                }
+                let key = String::from_utf8_lossy(f.get("key").map(Vec::as_slice).unwrap_or_default()).into_owned();
+                match f.get("op").map(Vec::as_slice) {
+                    Some(b"put") => {
+                        let node = decode_node(&key, f.get("node").map(Vec::as_slice).unwrap_or_default())?;
+                        let deadline = parse_ms(f.get("deadline").map(Vec::as_slice).unwrap_or(b"0"))?;
+                        changes.push(Change::Put(node, deadline));
+                    }
+                    Some(b"del") => changes.push(Change::Delete(key.into())),
+                    other => return Err(corrupt(format!("unknown change op {other:?}"))),
+                }
+                last_id = String::from_utf8_lossy(as_bytes(id)?).into_owned();
+                last_seq = seq;
+            }
+            if entries.len() < BATCH {
+                break;
+            }
+        }
+        Ok(Changes::Since { changes, cursor: cursor(&last_id, last_seq) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use islb_testkit::RedisServer;
+
+    fn config(redis: &RedisServer, prefix: &str) -> RedisConfig {
+        RedisConfig { url: redis.url(), prefix: prefix.into(), timeout: Duration::from_secs(2), ca_file: None }
+    }
+
+    #[tokio::test]
+    async fn redis_store_meets_the_contract() {
+        let redis = RedisServer::start();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        islb_store::testsuite::run_all(|| {
+            let cfg = config(&redis, &format!("t{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+            async move { RedisStore::connect(&cfg).await.unwrap() }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn redis_store_meets_the_shared_contract() {
+        let redis = RedisServer::start();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        islb_store::testsuite::run_shared(|| {
+            let cfg = config(&redis, &format!("s{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+            async move { (RedisStore::connect(&cfg).await.unwrap(), RedisStore::connect(&cfg).await.unwrap()) }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_key_layout_is_the_documented_one_and_nodes_are_gob() {
+        let redis = RedisServer::start();
+        let s = RedisStore::connect(&config(&redis, "islb")).await.unwrap();
+        let n = Node { dc: "dc1".into(), service: "rtc".into(), nid: "sfu-1".into(), ..Node::default() };
+        s.put_node(Arc::new(n.clone()), Timestamp::from_ms(1_700_000_000_000)).await.unwrap();
+        let keys = redis.command(&["KEYS", "*"]);
+        let mut keys: Vec<&str> = keys.lines().collect();
+        keys.sort();
+        assert_eq!(keys, ["{islb}:changes", "{islb}:deadlines", "{islb}:epoch", "{islb}:nodes", "{islb}:seq"]);
+        assert_eq!(redis.command(&["ZSCORE", "{islb}:deadlines", "dc1.sfu-1"]), "1700000000000");
+        assert_eq!(redis.command(&["HLEN", "{islb}:nodes"]), "1");
+    }
+
+    #[tokio::test]
+    async fn a_wiped_store_reports_reset_until_reset() {
+        let redis = RedisServer::start();
+        let s = RedisStore::connect(&config(&redis, "islb")).await.unwrap();
+        let n = Arc::new(Node { dc: "dc1".into(), service: "rtc".into(), nid: "a".into(), ..Node::default() });
+        s.put_node(n.clone(), Timestamp::from_ms(1)).await.unwrap();
+        assert_eq!(redis.command(&["FLUSHALL"]), "OK");
+        assert!(matches!(s.put_node(n.clone(), Timestamp::from_ms(1)).await, Err(StoreError::Reset)));
+        assert!(matches!(s.touch_nodes(&[("dc1.a".into(), Timestamp::from_ms(2))]).await, Err(StoreError::Reset)));
+        s.reset().await.unwrap();
+        assert_eq!(s.put_node(n, Timestamp::from_ms(1)).await.unwrap(), Verdict::Created);
+    }
+
+    #[tokio::test]
+    async fn passwords_are_required_and_used() {
+        let redis = RedisServer::start_with_password(Some("s3cret"));
+        let mut cfg = config(&redis, "islb");
+        assert!(RedisStore::connect(&cfg).await.is_ok());
+        cfg.url = redis.url().replace(":s3cret@", ":wrong@");
+        let err = RedisStore::connect(&cfg).await.err().expect("wrong password refused");
+        assert!(err.to_string().to_lowercase().contains("auth") || err.to_string().contains("WRONGPASS"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_redis_is_a_timeout_not_a_hang() {
+        let redis = RedisServer::start();
+        let mut cfg = config(&redis, "islb");
+        cfg.timeout = Duration::from_millis(300);
+        let s = RedisStore::connect(&cfg).await.unwrap();
+        redis.pause();
+        let started = std::time::Instant::now();
+        assert!(s.ping().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        redis.resume();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.ping().await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the store never came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
