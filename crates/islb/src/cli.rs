@@ -76,6 +76,9 @@ pub(crate) struct ServeArgs {
     /// Bound on every store call; past it islb serves from memory [default: 1s]
     #[arg(long, env = "ISLB_STORE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) store_timeout: Option<Duration>,
+    /// CA certificate (PEM) that signed a rediss:// server's certificate; system roots otherwise
+    #[arg(long, env = "ISLB_STORE_CA_FILE", value_name = "FILE")]
+    pub(crate) store_ca_file: Option<PathBuf>,
     /// How long a node lives after its last keep-alive [default: 5s]
     #[arg(long, env = "ISLB_EXPIRE", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) expire: Option<Duration>,
@@ -115,6 +118,7 @@ impl ServeArgs {
             store: self.store.clone(),
             store_prefix: self.store_prefix.clone(),
             store_timeout: self.store_timeout,
+            store_ca_file: self.store_ca_file.clone(),
             expire: self.expire,
             http_addr: self.http_addr,
             log_level: self.log_level.clone(),

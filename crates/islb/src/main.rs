@@ -2,7 +2,8 @@
 //! `islb_server`.
 //!
 //! Exit codes: 0 after a clean shutdown; 64 for a bad configuration (before anything
-//! starts); 69 when NATS cannot be reached within `nats-connect-timeout`; 1 otherwise.
+//! starts); 69 when NATS cannot be reached within `nats-connect-timeout` or the store
+//! cannot be opened; 1 otherwise.
 
 mod cli;
 mod client;
@@ -85,7 +86,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => {
                 tracing::error!("{e:#}");
                 eprintln!("islb: {e:#}");
-                let unreachable = e.downcast_ref::<islb_server::nats::NatsError>().is_some();
+                let unreachable = e.downcast_ref::<islb_server::nats::NatsError>().is_some()
+                    || e.downcast_ref::<islb_server::StoreOpenError>().is_some();
                 return ExitCode::from(if unreachable { EX_UNAVAILABLE } else { 1 });
             }
         };

@@ -143,6 +143,8 @@ pub struct Config {
     pub store_prefix: String,
     /// Bound on every store call.
     pub store_timeout: Duration,
+    /// CA certificate (PEM) for `rediss://` with a private CA.
+    pub store_ca_file: Option<PathBuf>,
     /// How long a silent node lives.
     pub expire: Duration,
     /// Admin HTTP listen address (port 0: any free port).
@@ -175,6 +177,7 @@ impl Config {
             store: StoreSpec::Memory,
             store_prefix: "islb".into(),
             store_timeout: DEFAULT_STORE_TIMEOUT,
+            store_ca_file: None,
             expire: DEFAULT_EXPIRE,
             http_addr: DEFAULT_HTTP_ADDR.parse().expect("valid default"),
             log_level: DEFAULT_LOG_LEVEL.into(),
@@ -247,6 +250,7 @@ impl Config {
             ("store", self.store.to_string()),
             ("store-prefix", self.store_prefix.clone()),
             ("store-timeout", humantime::format_duration(self.store_timeout).to_string()),
+            ("store-ca-file", self.store_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
             ("expire", humantime::format_duration(self.expire).to_string()),
             ("http-addr", self.http_addr.to_string()),
             ("log-level", self.log_level.clone()),
@@ -298,6 +302,7 @@ pub struct Overrides {
     pub store: Option<String>,
     pub store_prefix: Option<String>,
     pub store_timeout: Option<Duration>,
+    pub store_ca_file: Option<PathBuf>,
     pub expire: Option<Duration>,
     pub http_addr: Option<SocketAddr>,
     pub log_level: Option<String>,
@@ -330,6 +335,9 @@ impl Overrides {
         }
         if let Some(v) = self.store_timeout {
             cfg.store_timeout = v;
+        }
+        if let Some(v) = &self.store_ca_file {
+            cfg.store_ca_file = Some(v.clone());
         }
         if let Some(v) = self.expire {
             cfg.expire = v;
@@ -417,6 +425,7 @@ struct FileLayer {
     store_prefix: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     store_timeout: Option<Duration>,
+    store_ca_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "de_duration")]
     expire: Option<Duration>,
     http_addr: Option<SocketAddr>,
@@ -547,6 +556,9 @@ impl FileLayer {
         }
         if let Some(v) = self.store_timeout {
             cfg.store_timeout = v;
+        }
+        if let Some(v) = self.store_ca_file {
+            cfg.store_ca_file = Some(v);
         }
         if let Some(v) = self.expire {
             cfg.expire = v;

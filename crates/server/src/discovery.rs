@@ -2,7 +2,7 @@
 //! `node.discovery.…` events), carried out with the pure [`Registry`] and the [`Store`].
 //!
 //! Paths of a request:
-//! - **keep-alive of a known, unchanged node** (almost all traffic): the local view moves
+//! - **keep-alive (`update`) of a known, unchanged node** (almost all traffic): the view moves
 //!   the deadline, the reply goes out at once, and the deadline reaches the store in the
 //!   next batch (every [`FLUSH_INTERVAL`]);
 //! - **new node, changed node, delete**: one store call decides (atomically, for replicas)
@@ -13,10 +13,15 @@
 //!
 //! Expiry runs on a timer set to the earliest deadline, so a silent node's `delete` goes
 //! out within milliseconds of `last keep-alive + expire`; the store's claim makes sure
-//! one replica announces it. When the store cannot be reached, nothing is expired.
+//! one replica announces it.
+//!
+//! When the store cannot be reached (or hangs: every call is bounded by the store timeout)
+//! the replica keeps answering from its view, decides writes itself and holds them,
+//! expires nothing, and probes the store; when it is back, the held writes and keep-alives
+//! are written, a store that lost its data gets every node back (without events), the
+//! view is reloaded, and expiry resumes after one more expiry period.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,13 +29,14 @@ use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use islb_core::{Command, Event, EventKind, Lookup, NodeKey, Registry, Timestamp, Verdict, node_key};
+use islb_core::{Command, Event, EventKind, Lookup, NodeKey, Registry, Timestamp, Verdict, WriteAction, node_key};
 use islb_gob::{GetResponse, Limits, Message as _, Node, Request, Response};
-use islb_store::{Claim, Store, StoreError};
+use islb_store::{Change, Changes, Claim, Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::link::{Pending, StoreLink};
 use crate::throttle::Throttle;
 
 /// The subject every registry request arrives on.
@@ -39,6 +45,10 @@ pub const REQUEST_SUBJECT: &str = "node.publish.>";
 pub const QUEUE_GROUP: &str = "islb";
 /// How often batched keep-alive deadlines are written to the store.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// How often an unreachable store is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Nodes claimed per expiry round trip.
+const CLAIM_BATCH: usize = 1_000;
 /// How many requests one replica handles at the same time.
 const MAX_IN_FLIGHT: usize = 1024;
 /// Cached `get` replies kept at most (parameter combinations).
@@ -53,13 +63,11 @@ pub struct Discovery {
     registry: Mutex<Registry>,
     store: Arc<dyn Store>,
     limits: Limits,
-    store_timeout: Duration,
     touches: Mutex<HashMap<NodeKey, Timestamp>>,
     expiry_wake: Notify,
     get_cache: Mutex<HashMap<CacheKey, (u64, Bytes)>>,
     bad_input_log: Throttle,
-    store_log: Throttle,
-    store_healthy: AtomicBool,
+    link: StoreLink,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,18 +95,17 @@ impl Discovery {
         max_message_size: usize,
         store_timeout: Duration,
     ) -> Self {
+        let store_kind = store.kind();
         Discovery {
             client,
             registry: Mutex::new(registry),
             store,
             limits: Limits { max_size: max_message_size, ..Limits::default() },
-            store_timeout,
             touches: Mutex::new(HashMap::new()),
             expiry_wake: Notify::new(),
             get_cache: Mutex::new(HashMap::new()),
             bad_input_log: Throttle::new(Duration::from_secs(1)),
-            store_log: Throttle::new(Duration::from_secs(1)),
-            store_healthy: AtomicBool::new(true),
+            link: StoreLink::new(store_kind, store_timeout),
         }
     }
 
@@ -112,22 +119,9 @@ impl Discovery {
         &self.store
     }
 
-    /// Whether the last store call succeeded.
+    /// Whether the store answers (false from a failed call until it is back and caught up).
     pub fn store_healthy(&self) -> bool {
-        self.store_healthy.load(Ordering::Relaxed)
-    }
-
-    /// Loads every node the store knows into the view (start-up of a durable store).
-    pub async fn load_from_store(&self) -> Result<usize, StoreError> {
-        let nodes = tokio::time::timeout(self.store_timeout * 10, self.store.load_nodes())
-            .await
-            .map_err(|_| StoreError::Timeout(self.store_timeout * 10))??;
-        let n = nodes.len();
-        let mut r = self.registry();
-        for (node, deadline) in nodes {
-            r.upsert(node, deadline);
-        }
-        Ok(n)
+        self.link.healthy()
     }
 
     /// Serves requests from `sub` until `stop`, then drains: no new requests are taken,
@@ -188,9 +182,9 @@ impl Discovery {
         };
         match Command::parse(req) {
             Err(rejection) => ("invalid", Some(self.bad_input(rejection.label(), rejection.to_string()))),
-            Ok(Command::Write { action, node }) => (action.as_str(), Some(self.write(node).await)),
+            Ok(Command::Write { action, node }) => (action.as_str(), Some(self.write(action, node).await)),
             Ok(Command::Delete { node }) => ("delete", Some(self.delete(node).await)),
-            Ok(Command::Get(lookup)) => ("get", Some(self.get(&lookup))),
+            Ok(Command::Get(lookup)) => ("get", Some(self.get(&lookup).await)),
         }
     }
 
@@ -202,49 +196,44 @@ impl Discovery {
         rejected(reason)
     }
 
-    /// Runs a store call with the timeout; `None` (logged, counted) when it fails.
+    /// Runs a store call with the timeout unless the store is known to be down; `None`
+    /// (logged, counted, store marked down) when it fails.
     async fn store_call<T>(&self, op: &'static str, call: impl Future<Output = Result<T, StoreError>>) -> Option<T> {
-        let result = match tokio::time::timeout(self.store_timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(self.store_timeout)),
-        };
-        match result {
-            Ok(v) => {
-                if !self.store_healthy.swap(true, Ordering::Relaxed) {
-                    info!(store = self.store.kind(), "store reachable again");
-                }
-                Some(v)
-            }
-            Err(e) => {
-                self.store_healthy.store(false, Ordering::Relaxed);
-                metrics::counter!("islb_store_errors_total", "op" => op).increment(1);
-                if let Some(suppressed) = self.store_log.allow() {
-                    warn!(store = self.store.kind(), op, error = %e, suppressed, "store call failed; serving from this replica's view");
-                }
-                None
-            }
+        if !self.link.healthy() {
+            return None;
         }
+        self.link.call(op, call).await
     }
 
-    async fn write(&self, node: Node) -> Bytes {
+    async fn write(&self, action: WriteAction, node: Node) -> Bytes {
         let node = Arc::new(node);
         let key = node_key(&node);
         let now = Timestamp::now();
-        let (verdict_here, deadline) = {
+        // The fast path: a keep-alive (`update`) of a node this view knows with the same
+        // data. A `save` always asks the store, so that a node deleted and saved again
+        // through other replicas is never taken for a keep-alive of a stale view.
+        let (verdict_here, deadline, fast) = {
             let mut r = self.registry();
             let deadline = r.deadline(now);
             let v = r.classify(&node);
-            if v == Verdict::Unchanged {
+            let fast = v == Verdict::Unchanged && action == WriteAction::Update;
+            if fast {
                 r.set_deadline(&key, deadline);
             }
-            (v, deadline)
+            (v, deadline, fast)
         };
-        if verdict_here == Verdict::Unchanged {
+        if fast {
             lock(&self.touches).insert(key, deadline);
             return ok_reply();
         }
-        let verdict =
-            self.store_call("put_node", self.store.put_node(node.clone(), deadline)).await.unwrap_or(verdict_here);
+        let verdict = match self.store_call("put_node", self.store.put_node(node.clone(), deadline)).await {
+            Some(v) => v,
+            None => {
+                // The store is out of reach: decide here, write it when the store is back.
+                self.link.hold(key, Pending::Put(node.clone(), deadline));
+                verdict_here
+            }
+        };
         let events = self.registry().apply_write(node, deadline, verdict);
         if verdict == Verdict::Created {
             self.expiry_wake.notify_one();
@@ -258,14 +247,23 @@ impl Discovery {
         lock(&self.touches).remove(key.as_str());
         let (existed, found) = match self.store_call("delete_node", self.store.delete_node(&key)).await {
             Some(found) => (found.is_some(), found),
-            None => (self.registry().lookup(&key).is_some(), None),
+            None => {
+                let existed = self.registry().lookup(&key).is_some();
+                self.link.hold(key.clone().into(), Pending::Delete);
+                (existed, None)
+            }
         };
         let events = self.registry().apply_departure(&key, existed, found.or_else(|| Some(Arc::new(node))));
         self.publish(events).await;
         ok_reply()
     }
 
-    fn get(&self, lookup: &Lookup) -> Bytes {
+    async fn get(&self, lookup: &Lookup) -> Bytes {
+        // Read what other replicas wrote first, so a node saved through any replica is
+        // listed here at once (one round trip when nothing changed).
+        if self.store.shared() && self.link.healthy() {
+            self.sync().await;
+        }
         let key: CacheKey = (lookup.service.clone(), lookup.nid.clone(), lookup.include_placed());
         let (generation, nodes) = {
             let r = self.registry();
@@ -292,13 +290,9 @@ impl Discovery {
             let action = event.kind.action();
             let req = Request { action: action.into(), node: (*event.node).clone(), ..Request::default() };
             match event.kind {
-                EventKind::Save => {
-                    info!(node = %event.node.id(), service = %event.node.service, "node up")
-                }
+                EventKind::Save => info!(node = %event.node.id(), service = %event.node.service, "node up"),
                 EventKind::Update => debug!(node = %event.node.id(), "node data changed"),
-                EventKind::Delete => {
-                    info!(node = %event.node.id(), service = %event.node.service, "node down")
-                }
+                EventKind::Delete => info!(node = %event.node.id(), service = %event.node.service, "node down"),
             }
             if let Err(e) = self.client.publish(event.subject(), req.to_gob().into()).await {
                 warn!(error = %e, subject = %event.subject(), "could not publish an event");
@@ -311,6 +305,119 @@ impl Discovery {
     /// Removes a node on its own behalf (islb deregistering itself at shutdown).
     pub async fn deregister(&self, node: Node) {
         self.delete(node).await;
+    }
+
+    /// Loads every node the store knows into the view (start-up, and after a gap in the
+    /// change feed): nodes the store has are taken as they are, silently.
+    pub async fn load_from_store(&self) -> Result<usize, StoreError> {
+        let snapshot = self.link.call_always("load", self.store.load(), 10).await?;
+        let n = snapshot.nodes.len();
+        {
+            let mut r = self.registry();
+            for (node, deadline) in snapshot.nodes {
+                r.upsert(node, deadline);
+            }
+        }
+        self.link.set_cursor(snapshot.cursor);
+        self.expiry_wake.notify_one();
+        Ok(n)
+    }
+
+    /// Applies what other replicas wrote since the last look (silently: they announced it).
+    async fn sync(&self) {
+        let cursor = self.link.cursor();
+        match self.store_call("changes", self.store.changes(&cursor)).await {
+            Some(Changes::Since { changes, cursor }) => {
+                if !changes.is_empty() {
+                    let mut r = self.registry();
+                    for change in changes {
+                        match change {
+                            Change::Put(node, deadline) => r.upsert(node, deadline),
+                            Change::Delete(key) => {
+                                r.remove(&key);
+                            }
+                        }
+                    }
+                }
+                self.link.set_cursor(cursor);
+            }
+            Some(Changes::Gap) => {
+                info!("change feed gap: reloading every node from the store");
+                if let Err(e) = self.load_from_store().await {
+                    warn!(error = %e, "reload after a change feed gap failed");
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Keeps this replica and the store in step until `stop`: follows the change feed of a
+    /// shared store every second; while the store is out of reach, probes it every
+    /// [`PROBE_INTERVAL`] and, once it answers, writes back what was held and resumes.
+    pub async fn maintain_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let wait = if self.link.healthy() { Duration::from_secs(1) } else { PROBE_INTERVAL };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+            if self.link.healthy() {
+                if self.store.shared() {
+                    self.sync().await;
+                }
+            } else {
+                self.recover().await;
+            }
+        }
+    }
+
+    /// The store answers again: re-initialise it if it lost its data, replay what was held,
+    /// write back every node if needed, reload what the others wrote, and expire nothing
+    /// for one more expiry period (nodes whose keep-alives other replicas held are being
+    /// written back too).
+    async fn recover(&self) {
+        if self.link.call_always("ping", self.store.ping(), 1).await.is_err() {
+            return;
+        }
+        let wiped = self.link.take_reset();
+        if wiped {
+            warn!(store = self.store.kind(), "the store lost its data; writing back every node this replica knows");
+            if self.link.call_always("reset", self.store.reset(), 1).await.is_err() {
+                self.link.mark_reset();
+                return;
+            }
+        }
+        for (key, op) in self.link.take_pending() {
+            let result = match &op {
+                Pending::Put(node, deadline) => {
+                    self.link.call_always("put_node", self.store.put_node(node.clone(), *deadline), 1).await.map(drop)
+                }
+                Pending::Delete => {
+                    self.link.call_always("delete_node", self.store.delete_node(&key), 1).await.map(drop)
+                }
+            };
+            if result.is_err() {
+                self.link.hold(key, op);
+                return;
+            }
+        }
+        if wiped {
+            let nodes: Vec<_> = self.registry().entries().map(|(_, e)| (e.node.clone(), e.deadline)).collect();
+            for (node, deadline) in nodes {
+                if self.link.call_always("put_node", self.store.put_node(node, deadline), 1).await.is_err() {
+                    self.link.mark_reset();
+                    return;
+                }
+            }
+        }
+        self.link.set_healthy();
+        self.flush().await;
+        if let Err(e) = self.load_from_store().await {
+            warn!(error = %e, "reload after the store came back failed");
+        }
+        let grace = Timestamp::now().plus_ms(self.registry().config().expire_ms);
+        self.link.set_grace(grace);
+        info!(store = self.store.kind(), grace_until = %grace, "store reachable again; state written back, expiry resumes after the grace period");
     }
 
     /// Expires nodes at their deadlines until `stop`.
@@ -327,12 +434,24 @@ impl Discovery {
 
     async fn expire_due(&self) {
         let now = Timestamp::now();
-        let due = self.registry().due(now);
-        for key in due {
-            let deadline = self.registry().lookup(&key).map(|e| e.deadline);
-            match self.store_call("claim_expired", self.store.claim_expired(&key, now)).await {
-                Some(Claim::Expired(node)) => {
-                    let events = self.registry().apply_departure(&key, true, Some(node));
+        // A replica that cannot see the shared state must not declare nodes dead; after an
+        // outage, nodes get one expiry period to have their held keep-alives written back.
+        if !self.link.healthy() || self.link.in_grace(now) {
+            return;
+        }
+        let due: Vec<NodeKey> = self.registry().due(now).into_iter().take(CLAIM_BATCH).collect();
+        if due.is_empty() {
+            return;
+        }
+        let deadlines: Vec<Option<Timestamp>> = {
+            let r = self.registry();
+            due.iter().map(|k| r.lookup(k).map(|e| e.deadline)).collect()
+        };
+        let Some(claims) = self.store_call("claim_expired", self.store.claim_expired(&due, now)).await else { return };
+        for ((key, claim), deadline) in due.iter().zip(claims).zip(deadlines) {
+            match claim {
+                Claim::Expired(node) => {
+                    let events = self.registry().apply_departure(key, true, Some(node));
                     self.publish(events).await;
                     metrics::counter!("islb_nodes_expired_total").increment(1);
                     if let Some(deadline) = deadline {
@@ -341,13 +460,10 @@ impl Discovery {
                         debug!(node = %key, late_ms = late.as_millis() as u64, "node expired");
                     }
                 }
-                Some(Claim::NotDue(deadline)) => self.registry().set_deadline(&key, deadline),
-                Some(Claim::Gone) => {
-                    self.registry().remove(&key);
+                Claim::NotDue(deadline) => self.registry().set_deadline(key, deadline),
+                Claim::Gone => {
+                    self.registry().remove(key);
                 }
-                // The store is unreachable: expire nothing (a replica that cannot see the
-                // shared state must not declare nodes dead); try again at the next tick.
-                None => return,
             }
         }
     }
@@ -368,6 +484,9 @@ impl Discovery {
     }
 
     async fn flush(&self) {
+        if !self.link.healthy() {
+            return; // kept until the store is back
+        }
         let batch: Vec<(NodeKey, Timestamp)> = std::mem::take(&mut *lock(&self.touches)).into_iter().collect();
         if batch.is_empty() {
             return;
@@ -381,12 +500,10 @@ impl Discovery {
             }
             return;
         };
-        // Nodes the store lost (expired through another replica, or a store restart) but
+        // Nodes the store does not know (expired or deleted through another replica) but
         // that are alive here: write them in full; the store says whether to announce them.
         for key in unknown {
-            let Some(entry) = self.registry().lookup(&key).cloned() else {
-                continue;
-            };
+            let Some(entry) = self.registry().lookup(&key).cloned() else { continue };
             if let Some(verdict) =
                 self.store_call("put_node", self.store.put_node(entry.node.clone(), entry.deadline)).await
             {

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovery;
+mod link;
 pub mod nats;
 pub mod selfreg;
 pub mod telemetry;
@@ -33,7 +34,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use islb_core::{Registry, RegistryConfig};
-use islb_store::{MemoryStore, Store};
+use islb_store::{FileStore, MemoryStore, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -76,12 +77,30 @@ impl Running {
     }
 }
 
+/// The store could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open store {spec}: {source}")]
+pub struct StoreOpenError {
+    spec: String,
+    source: islb_store::StoreError,
+}
+
 /// Opens the configured store.
-async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match &cfg.store {
-        StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
-        other => anyhow::bail!("store {other} is not available in this build (use --store memory)"),
-    }
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StoreOpenError> {
+    let fail = |source| StoreOpenError { spec: cfg.store.to_string(), source };
+    Ok(match &cfg.store {
+        StoreSpec::Memory => Arc::new(MemoryStore::new()),
+        StoreSpec::File(path) => Arc::new(FileStore::open(path).map_err(fail)?),
+        StoreSpec::Redis(url) => {
+            let redis = islb_store_redis::RedisConfig {
+                url: url.clone(),
+                prefix: cfg.store_prefix.clone(),
+                timeout: cfg.store_timeout,
+                ca_file: cfg.store_ca_file.clone(),
+            };
+            Arc::new(islb_store_redis::RedisStore::connect(&redis).await.map_err(fail)?)
+        }
+    })
 }
 
 /// Starts islb with `cfg`.
@@ -101,6 +120,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let client = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
     let store = open_store(&cfg).await?;
+    info!(store = %cfg.store, kind = store.kind(), "store open");
     let registry = Registry::new(RegistryConfig {
         expire_ms: u64::try_from(cfg.expire.as_millis()).unwrap_or(u64::MAX),
         placed: cfg.placement_services.clone(),
@@ -130,6 +150,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let requests = tokio::spawn(discovery.clone().serve(sub, requests_stop.clone()));
     tasks.spawn(discovery.clone().expiry_loop(tasks_stop.clone()));
     tasks.spawn(discovery.clone().flush_loop(tasks_stop.clone()));
+    tasks.spawn(discovery.clone().maintain_loop(tasks_stop.clone()));
     tasks.spawn(selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()));
     tasks.spawn(watched.clone().run(client.clone(), tasks_stop.clone()));
 

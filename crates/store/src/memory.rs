@@ -12,6 +12,9 @@ use crate::{Claim, Cursor, Snapshot, Store, StoreError};
 
 type Nodes = HashMap<NodeKey, (Arc<Node>, Timestamp)>;
 
+/// A node whose deadline a touch moved, with its new deadline.
+pub(crate) type Moved = (NodeKey, Arc<Node>, Timestamp);
+
 /// Nodes and deadlines in memory: the default store of a single islb.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -54,7 +57,7 @@ impl MemoryStore {
     pub(crate) fn touch(
         &self,
         touches: &[(NodeKey, Timestamp)],
-    ) -> (Vec<NodeKey>, Vec<(NodeKey, Arc<Node>, Timestamp)>) {
+    ) -> (Vec<NodeKey>, Vec<Moved>) {
         let mut nodes = self.nodes();
         let mut unknown = Vec::new();
         let mut moved = Vec::new();

@@ -193,5 +193,5 @@ fn the_readme_carries_the_generated_config_reference() {
     let start = readme.find("<!-- config-reference:start -->").expect("start marker in README.md");
     let end = readme.find("<!-- config-reference:end -->").expect("end marker in README.md");
     let embedded = readme[start..end].trim_start_matches("<!-- config-reference:start -->").trim();
-    assert_eq!(embedded, reference.trim(), "README.md's config reference is stale: run `islb config reference`");
+    assert_eq!(embedded, reference.trim(), "README.md's config reference is stale: run scripts/sync-readme");
 }

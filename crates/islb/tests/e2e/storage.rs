@@ -1,0 +1,351 @@
+//! Storage: ion's islb.toml with Redis, a durable file store across restarts, replicas on
+//! one Redis acting as one registry, and store outages.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use islb_gob::{Message as _, Request};
+use islb_testkit::{NatsServer, Proc, RedisServer, ionpeer, ionpeer_run};
+
+use crate::harness::{Islb, Peer, ion_node};
+
+/// Counts delete events per NID on `node.discovery.<service>.>`.
+async fn count_deletes(
+    nats: &NatsServer,
+    service: &str,
+) -> (Arc<std::sync::Mutex<HashMap<String, usize>>>, tokio::task::JoinHandle<()>) {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = client.subscribe(format!("node.discovery.{service}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let counts = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let c = counts.clone();
+    let task = tokio::spawn(async move {
+        let _keep = client;
+        while let Some(msg) = sub.next().await {
+            if let Ok(r) = Request::from_gob(&msg.payload)
+                && r.action == "delete"
+            {
+                *c.lock().unwrap().entry(r.node.nid).or_insert(0) += 1;
+            }
+        }
+    });
+    (counts, task)
+}
+
+fn nids(nodes: &[islb_gob::Node]) -> BTreeSet<String> {
+    nodes.iter().map(|n| n.nid.clone()).collect()
+}
+
+#[test]
+fn ions_own_islb_toml_starts_islb_on_redis() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    let toml = format!(
+        "[global]\n# data center id\ndc = \"dc1\"\n\n[log]\nlevel = \"info\"\n\n[nats]\nurl = \"{}\"\n\n[redis]\naddrs = [\"{}\"]\npassword = \"\"\ndb = 0\n",
+        nats.url(),
+        redis.addr()
+    );
+    std::fs::write(f.path(), toml).unwrap();
+    let mut cmd = Command::new(crate::harness::ISLB);
+    cmd.args(["-c", f.path().to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--log-format", "json"]);
+    let mut islb = Proc::spawn("islb", cmd);
+    let line = islb.wait_for("\"store open\"", Duration::from_secs(20));
+    assert!(line.contains("\"kind\":\"redis\""), "{line}");
+    islb.wait_for("\"islb ready\"", Duration::from_secs(20));
+    let out = ionpeer_run(&["conform", "-url", &nats.url()], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("15 passed, 0 failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(redis.command(&["EXISTS", "{islb}:nodes"]), "1", "nodes are in Redis");
+    islb.signal(libc::SIGTERM);
+    assert!(islb.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A restarted islb with a durable store still knows every node; a node that died while
+/// islb was down is expired on time with a delete event.
+async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&str]) {
+    let mut args = vec!["--expire", "2s"];
+    args.extend_from_slice(store);
+    let mut islb = Islb::start(nats, &args);
+    let peer = Peer::connect(nats).await;
+    let alive: Vec<_> = (0..5).map(|i| ion_node("room", &format!("room-{i}"))).collect();
+    for n in &alive {
+        assert!(peer.send("save", n).await.success);
+    }
+    let dead = ion_node("room", "room-dead");
+    assert!(peer.send("save", &dead).await.success);
+    let saved_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(islb.stop().success());
+    let (deletes, _task) = count_deletes(nats, "room").await;
+    let islb2 = Islb::start(nats, &args);
+    // Keep the living ones alive; the dead one stays silent.
+    for n in &alive {
+        assert!(peer.send("update", n).await.success);
+    }
+    let listed = nids(&peer.get("room", &[]).await);
+    for n in &alive {
+        assert!(listed.contains(&n.nid), "{} forgotten across the restart: {listed:?}", n.nid);
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while deletes.lock().unwrap().get("room-dead").is_none() {
+        assert!(Instant::now() < deadline, "the node that died while islb was down was never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = saved_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+        "expired {took:?} after its last keep-alive (expire 2s)"
+    );
+    assert!(!nids(&peer.get("room", &[]).await).contains("room-dead"));
+    assert_eq!(deletes.lock().unwrap().len(), 1, "only the dead node: {:?}", deletes.lock().unwrap());
+    drop(islb2);
+}
+
+#[tokio::test]
+async fn a_restarted_islb_with_a_file_store_keeps_nodes_and_expires_the_dead() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("islb.redb").display());
+    restart_keeps_nodes_and_expires_the_dead(&nats, &["--store", &store]).await;
+}
+
+#[tokio::test]
+async fn a_restarted_islb_with_redis_keeps_nodes_and_expires_the_dead() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    restart_keeps_nodes_and_expires_the_dead(&nats, &["--store", &redis.url()]).await;
+}
+
+fn replicas(nats: &NatsServer, redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<Islb> {
+    let url = redis.url();
+    let mut args = vec!["--store", url.as_str()];
+    args.extend_from_slice(extra);
+    (0..n).map(|_| Islb::start(nats, &args)).collect()
+}
+
+#[test]
+fn ionpeer_conform_passes_against_three_replicas_on_one_redis() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let _cluster = replicas(&nats, &redis, 3, &[]);
+    let out = ionpeer_run(&["conform", "-url", &nats.url()], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("15 passed, 0 failed"), "{text}");
+}
+
+#[tokio::test]
+async fn three_replicas_answer_each_request_once_and_agree_on_every_node() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let cluster = replicas(&nats, &redis, 3, &[]);
+    // Every request answered exactly once: count replies to one request.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    let req = Request { action: "get".into(), service: "*".into(), ..Request::default() };
+    for _ in 0..20 {
+        client.publish_with_reply("node.publish.*", inbox.clone(), req.to_gob().into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut got = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), replies.next()).await {
+        got += 1;
+    }
+    assert_eq!(got, 20, "each request answered once");
+
+    // Many clients save and delete their own nodes concurrently, through whichever replica.
+    let clients: Vec<_> = futures::future::join_all((0..8).map(|_| Peer::connect(&nats))).await;
+    let expected = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let ops = AtomicUsize::new(0);
+    futures::future::join_all(clients.iter().enumerate().map(|(c, peer)| {
+        let expected = expected.clone();
+        let ops = &ops;
+        async move {
+            for round in 0..30 {
+                let n = ion_node("signal", &format!("c{c}-n{}", round % 5));
+                let action = if (round * 7 + c) % 3 == 0 { "delete" } else { "save" };
+                assert!(peer.send(action, &n).await.success);
+                ops.fetch_add(1, Ordering::Relaxed);
+                let mut e = expected.lock().unwrap();
+                if action == "save" {
+                    e.insert(n.nid.clone());
+                } else {
+                    e.remove(&n.nid);
+                }
+            }
+        }
+    }))
+    .await;
+    assert_eq!(ops.load(Ordering::Relaxed), 240);
+    let expected = expected.lock().unwrap().clone();
+    // A get through any replica lists exactly the nodes that should be there, at once.
+    for _ in 0..6 {
+        let listed: BTreeSet<String> = nids(&clients[0].get("signal", &[]).await);
+        assert_eq!(listed, expected);
+    }
+    // Every replica's own view agrees (after its next sync), and so does Redis.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for islb in &cluster {
+        let (_, body) = islb.http_get("/v1/nodes?service=signal");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let seen: BTreeSet<String> =
+            v["nodes"].as_array().unwrap().iter().map(|n| n["node"]["NID"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(seen, expected, "replica {}'s view", islb.nid);
+    }
+    let stored: BTreeSet<String> = redis
+        .command(&["HKEYS", "{islb}:nodes"])
+        .lines()
+        .filter_map(|k| k.strip_prefix("dc1."))
+        .filter(|k| k.starts_with('c'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(stored, expected, "Redis");
+}
+
+#[tokio::test]
+async fn a_silent_node_is_deleted_once_cluster_wide() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let _cluster = replicas(&nats, &redis, 3, &["--expire", "1s"]);
+    let (deletes, _task) = count_deletes(&nats, "signal").await;
+    let peer = Peer::connect(&nats).await;
+    let nodes: Vec<_> = (0..40).map(|i| ion_node("signal", &format!("sig-{i}"))).collect();
+    for n in &nodes {
+        assert!(peer.send("save", n).await.success);
+    }
+    // Keep-alives through random replicas for a while, then silence.
+    for _ in 0..3 {
+        for n in &nodes {
+            assert!(peer.send("update", n).await.success);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while deletes.lock().unwrap().len() < 40 {
+        assert!(Instant::now() < deadline, "only {} of 40 expired", deletes.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // late duplicates would show now
+    let counts = deletes.lock().unwrap().clone();
+    assert!(counts.values().all(|c| *c == 1), "delete events per node: {counts:?}");
+}
+
+fn bench_update(nats: &NatsServer, secs: u32) -> Proc {
+    let mut cmd = Command::new(ionpeer());
+    cmd.args(["bench-update", "-url", &nats.url(), "-n", "200", "-c", "4", "-d", &format!("{secs}s")]);
+    Proc::spawn("ionpeer-bench-update", cmd)
+}
+
+fn bench_errors(p: &Proc) -> (u64, u64) {
+    let out = p.output();
+    let line = out.lines().find(|l| l.starts_with("update:")).unwrap_or_else(|| panic!("no report: {out}"));
+    let field = |k: &str| {
+        line.split(&format!("{k}="))
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("requests"), field("errors"))
+}
+
+#[tokio::test]
+async fn sigkill_of_a_replica_under_load_loses_no_node() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let mut cluster = replicas(&nats, &redis, 3, &[]);
+    let mut load = bench_update(&nats, 8);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster[0].proc.kill();
+    let load_done = load.wait_exit(Duration::from_secs(30));
+    assert!(load_done.success());
+    let (requests, errors) = bench_errors(&load);
+    // Requests in flight to the killed replica time out; everything else is answered.
+    assert!(errors < requests / 50 + 20, "{errors} errors of {requests}");
+    let peer = Peer::connect(&nats).await;
+    let listed = peer.get("rtc", &[]).await;
+    assert_eq!(listed.len(), 200, "every node survives the kill");
+    assert!(cluster[1].http_get("/readyz").0 == 200 && cluster[2].http_get("/readyz").0 == 200);
+}
+
+/// Waits until `/readyz` of `islb` is `want` (200 or 503).
+async fn wait_ready(islb: &Islb, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while islb.http_get("/readyz").0 != want {
+        assert!(Instant::now() < deadline, "readiness never became {want}: {:?}", islb.http_get("/readyz"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
+    let nats = NatsServer::start();
+    let mut redis = RedisServer::start();
+    let cluster = replicas(&nats, &redis, 2, &["--store-timeout", "500ms"]);
+    let (deletes, _task) = count_deletes(&nats, "rtc").await;
+    let mut load = bench_update(&nats, 18);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.stop(); // a restart without persistence: the data is gone when it comes back
+    for islb in &cluster {
+        wait_ready(islb, 503, Duration::from_secs(5)).await;
+    }
+    // islb keeps answering from what it knows, and accepts new nodes (which keep alive as
+    // ion's do, through whichever replica).
+    let peer = Peer::connect(&nats).await;
+    let newcomer = ion_node("room", "room-during-outage");
+    let started = Instant::now();
+    assert!(peer.send("save", &newcomer).await.success);
+    assert!(started.elapsed() < Duration::from_secs(1), "a save during the outage took {:?}", started.elapsed());
+    let keepalive = {
+        let peer = Peer::connect(&nats).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                peer.send("update", &newcomer).await;
+            }
+        })
+    };
+    assert_eq!(peer.get("rtc", &[]).await.len(), 200);
+    tokio::time::sleep(Duration::from_secs(10) - started.elapsed()).await;
+    redis.restart();
+    for islb in &cluster {
+        wait_ready(islb, 200, Duration::from_secs(10)).await;
+    }
+    assert!(load.wait_exit(Duration::from_secs(30)).success());
+    let (requests, errors) = bench_errors(&load);
+    assert_eq!(errors, 0, "no request failed or hung ({requests} requests)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(deletes.lock().unwrap().is_empty(), "nodes expired because of the outage: {:?}", deletes.lock().unwrap());
+    // Everything is back in Redis, the newcomer included.
+    let stored: usize = redis.command(&["HLEN", "{islb}:nodes"]).parse().unwrap();
+    assert!(stored > 200, "only {stored} nodes written back");
+    assert!(nids(&peer.get("room", &[]).await).contains("room-during-outage"));
+    assert_eq!(redis.command(&["HEXISTS", "{islb}:nodes", "dc1.room-during-outage"]), "1");
+    keepalive.abort();
+}
+
+#[tokio::test]
+async fn a_hanging_redis_bounds_every_request_and_readiness_follows() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let cluster = replicas(&nats, &redis, 1, &["--store-timeout", "300ms"]);
+    let peer = Peer::connect(&nats).await;
+    assert!(peer.send("save", &ion_node("signal", "before")).await.success);
+    redis.pause();
+    let started = Instant::now();
+    assert!(peer.send("save", &ion_node("signal", "during")).await.success);
+    assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
+    assert_eq!(nids(&peer.get("signal", &[]).await).len(), 2);
+    wait_ready(&cluster[0], 503, Duration::from_secs(5)).await;
+    redis.resume();
+    wait_ready(&cluster[0], 200, Duration::from_secs(10)).await;
+    assert_eq!(redis.command(&["HEXISTS", "{islb}:nodes", "dc1.during"]), "1", "the held write reached Redis");
+}

@@ -1,0 +1,144 @@
+//! The replica's link to its store: health, writes held while the store is out of reach,
+//! the change-feed cursor, and the grace period after an outage.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use islb_core::{NodeKey, Timestamp};
+use islb_gob::Node;
+use islb_store::{Cursor, StoreError};
+use tracing::{info, warn};
+
+use crate::throttle::Throttle;
+
+/// A write decided while the store was out of reach.
+#[derive(Debug, Clone)]
+pub(crate) enum Pending {
+    /// Write this node with this deadline.
+    Put(Arc<Node>, Timestamp),
+    /// Remove the node.
+    Delete,
+}
+
+pub(crate) struct StoreLink {
+    kind: &'static str,
+    timeout: Duration,
+    healthy: AtomicBool,
+    reset: AtomicBool,
+    grace_until: AtomicU64,
+    pending: Mutex<HashMap<NodeKey, Pending>>,
+    cursor: Mutex<Cursor>,
+    log: Throttle,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StoreLink {
+    pub(crate) fn new(kind: &'static str, timeout: Duration) -> Self {
+        StoreLink {
+            kind,
+            timeout,
+            healthy: AtomicBool::new(true),
+            reset: AtomicBool::new(false),
+            grace_until: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            cursor: Mutex::new(Cursor::default()),
+            log: Throttle::new(Duration::from_secs(1)),
+        }
+    }
+
+    pub(crate) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy(&self) {
+        self.healthy.store(true, Ordering::Relaxed);
+        metrics::gauge!("islb_store_healthy").set(1.0);
+    }
+
+    fn mark_down(&self, op: &'static str, e: &StoreError) {
+        if matches!(e, StoreError::Reset) {
+            self.mark_reset();
+        }
+        metrics::counter!("islb_store_errors_total", "op" => op).increment(1);
+        metrics::gauge!("islb_store_healthy").set(0.0);
+        let was_healthy = self.healthy.swap(false, Ordering::Relaxed);
+        if was_healthy {
+            warn!(store = self.kind, op, error = %e, "store out of reach; serving from this replica's view, holding writes, expiring nothing");
+        } else if let Some(suppressed) = self.log.allow() {
+            warn!(store = self.kind, op, error = %e, suppressed, "store still out of reach");
+        }
+    }
+
+    /// Runs a store call bounded by the timeout (times `factor`); a failure marks the store
+    /// down.
+    pub(crate) async fn call_always<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+        factor: u32,
+    ) -> Result<T, StoreError> {
+        let limit = self.timeout * factor;
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(limit)),
+        };
+        if let Err(e) = &result {
+            self.mark_down(op, e);
+        }
+        result
+    }
+
+    /// [`StoreLink::call_always`] with the plain timeout, as an `Option`.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
+        self.call_always(op, call, 1).await.ok()
+    }
+
+    pub(crate) fn mark_reset(&self) {
+        self.reset.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn take_reset(&self) -> bool {
+        self.reset.swap(false, Ordering::Relaxed)
+    }
+
+    /// Holds a write until the store is back (the latest write of a node wins).
+    pub(crate) fn hold(&self, key: NodeKey, op: Pending) {
+        let mut p = lock(&self.pending);
+        p.insert(key, op);
+        metrics::gauge!("islb_store_pending_writes").set(p.len() as f64);
+    }
+
+    pub(crate) fn take_pending(&self) -> Vec<(NodeKey, Pending)> {
+        let taken: Vec<_> = lock(&self.pending).drain().collect();
+        if !taken.is_empty() {
+            info!(writes = taken.len(), "writing back what was held during the store outage");
+        }
+        metrics::gauge!("islb_store_pending_writes").set(0.0);
+        taken
+    }
+
+    pub(crate) fn cursor(&self) -> Cursor {
+        lock(&self.cursor).clone()
+    }
+
+    pub(crate) fn set_cursor(&self, c: Cursor) {
+        *lock(&self.cursor) = c;
+    }
+
+    pub(crate) fn set_grace(&self, until: Timestamp) {
+        self.grace_until.store(until.as_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_grace(&self, now: Timestamp) -> bool {
+        now.as_ms() < self.grace_until.load(Ordering::Relaxed)
+    }
+}
