@@ -497,6 +497,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_with_a_private_ca_works_and_an_untrusted_server_is_refused() {
+        let redis = RedisServer::start_tls();
+        let mut cfg = config(&redis, "islb");
+        assert!(cfg.url.starts_with("rediss://"));
+        let err = RedisStore::connect(&cfg).await.err().expect("a server signed by an unknown CA is refused");
+        assert!(!err.to_string().is_empty());
+        cfg.ca_file = Some(redis.ca_file());
+        let s = RedisStore::connect(&cfg).await.expect("TLS with the CA file");
+        let n = Arc::new(Node { dc: "dc1".into(), service: "rtc".into(), nid: "tls".into(), ..Node::default() });
+        assert_eq!(s.put_node(n, Timestamp::from_ms(1)).await.unwrap(), Verdict::Created);
+        s.ping().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_hanging_redis_is_a_timeout_not_a_hang() {
         let redis = RedisServer::start();
         let mut cfg = config(&redis, "islb");

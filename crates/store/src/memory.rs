@@ -54,10 +54,7 @@ impl MemoryStore {
     }
 
     /// Returns the unknown keys, and the nodes whose deadline moved with their new deadline.
-    pub(crate) fn touch(
-        &self,
-        touches: &[(NodeKey, Timestamp)],
-    ) -> (Vec<NodeKey>, Vec<Moved>) {
+    pub(crate) fn touch(&self, touches: &[(NodeKey, Timestamp)]) -> (Vec<NodeKey>, Vec<Moved>) {
         let mut nodes = self.nodes();
         let mut unknown = Vec::new();
         let mut moved = Vec::new();

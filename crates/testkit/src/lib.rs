@@ -219,6 +219,7 @@ pub struct RedisServer {
     dir: TempDir,
     port: u16,
     password: Option<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -230,7 +231,77 @@ impl RedisServer {
     /// Starts a server that requires `AUTH <password>` when `password` is given.
     pub fn start_with_password(password: Option<&str>) -> Self {
         let dir = tempfile::Builder::new().prefix("islb-redis-").tempdir().expect("temp dir");
-        let mut server = RedisServer { child: None, dir, port: 0, password: password.map(str::to_owned) };
+        let mut server = RedisServer { child: None, dir, port: 0, password: password.map(str::to_owned), tls: false };
+        server.start_on_a_free_port();
+        server
+    }
+
+    /// Starts a server that only speaks TLS, with a certificate for 127.0.0.1 signed by a
+    /// fresh CA ([`RedisServer::ca_file`]); made with the `openssl` command.
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-redis-tls-").tempdir().expect("temp dir");
+        let openssl = require_binary("openssl", "install it with `apt-get install openssl`");
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl).args(args).current_dir(dir.path()).output().expect("running openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=islb test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true };
+        server.start_on_a_free_port();
+        server
+    }
+
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn start_on_a_free_port(&mut self) {
+        let server = self;
         for attempt in 0.. {
             let port = free_port();
             match server.spawn(port) {
@@ -241,16 +312,25 @@ impl RedisServer {
                 Err(log) => panic!("redis-server did not start; its log:\n{log}"),
             }
         }
-        server
     }
 
     fn spawn(&mut self, port: u16) -> Result<(), String> {
         let bin = require_binary("redis-server", "install it with `apt-get install redis-server`");
         let log = self.dir.path().join("redis.log");
         let mut cmd = Command::new(bin);
-        cmd.arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        if self.tls {
+            let d = self.dir.path();
+            cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(d.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(d.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(d.join("ca.crt"));
+        } else {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -266,7 +346,13 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return Err(fs::read_to_string(&log).unwrap_or_default());
             }
-            if redis_ping(port, self.password.as_deref()) {
+            let up = if self.tls {
+                TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_millis(200))
+                    .is_ok()
+            } else {
+                redis_ping(port, self.password.as_deref())
+            };
+            if up {
                 self.port = port;
                 self.child = Some(child);
                 return Ok(());
@@ -279,11 +365,12 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:<port>` (with the password when one is set).
+    /// `redis://127.0.0.1:<port>` (with the password when one is set; `rediss://` for TLS).
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
