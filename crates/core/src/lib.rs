@@ -8,11 +8,17 @@
 //!   [`Rejection`] whose text goes back to the requester.
 //! - [`registry`]: the live nodes with their deadlines; writes, departures and expiry
 //!   turn into [`Event`]s; `get` answers.
+//! - [`placement`]: the choice of a node for a new session (capacity, DC, load, ties).
+//! - [`sessions`]: the session table (sid -> node with a fencing version), drain marks,
+//!   and [`sessions::decide`], the decision for one lookup.
 
 pub mod command;
+pub mod placement;
 pub mod registry;
+pub mod sessions;
 pub mod time;
 
 pub use command::{Command, Lookup, Rejection, WriteAction};
 pub use registry::{Departure, Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key};
+pub use sessions::{Decision, Session, Sessions};
 pub use time::Timestamp;

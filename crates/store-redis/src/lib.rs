@@ -11,6 +11,11 @@
 //! | `{prefix}:changes` | stream | one entry per created, changed, deleted or expired node: `seq`, `op` (`put`/`del`), `key`, `node`, `deadline` (trimmed to about 100,000 entries) |
 //! | `{prefix}:seq` | string | counter of change entries (a gap in `seq` tells a replica to reload) |
 //! | `{prefix}:epoch` | string | random token written when the store is set up; its absence means the data is gone (a restart without persistence) |
+//! | `{prefix}:sessions` | hash | field sid → `<version> <DC.NID>` |
+//! | `{prefix}:session-used` | sorted set | member sid, score = last lookup (ms) |
+//! | `{prefix}:drains` | hash | field `DC.NID` → drain deadline (ms, 0 = none) |
+//! | `<dc>/<nid>/<sid>/<uid>` | string | ion's stream record: the JSON list of streams `uid` publishes in `sid` on `nid`; expires after its TTL (24 h) |
+//! | `{prefix}:streams:<sid>` | set | the stream record keys of a session (index; members whose key expired are dropped on read) |
 //!
 //! Connections go through the `redis` crate's connection manager (reconnects by itself);
 //! every call is bounded by the configured timeout.
@@ -19,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use islb_core::{NodeKey, Timestamp, Verdict};
+use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::{Message as _, Node};
-use islb_store::{Change, Changes, Claim, Cursor, Snapshot, Store, StoreError};
+use islb_store::{Change, Changes, Claim, Cursor, SessionClaim, Snapshot, Store, StoreError, StreamKey};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
@@ -94,11 +99,94 @@ return out
 "#;
 
 const SNAPSHOT: &str = r#"
--- KEYS: nodes deadlines changes seq. Returns {hgetall, zrange withscores, last id, seq}
+-- KEYS: nodes deadlines changes seq sessions used drains.
+-- Returns {nodes, deadlines, last id, seq, sessions, session-used, drains}
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if #last > 0 then id = last[1][1] end
-return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), id, redis.call('GET', KEYS[4]) or '0'}
+return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), id,
+        redis.call('GET', KEYS[4]) or '0', redis.call('HGETALL', KEYS[5]),
+        redis.call('ZRANGE', KEYS[6], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[7])}
+"#;
+
+const CLAIM_SESSION: &str = r#"
+-- KEYS: nodes sessions used drains changes seq epoch; ARGV: sid candidate now maxlen
+-- Returns {code, node, version, from, used}: 0 existing, 1 placed, 2 moved, 3 candidate gone.
+if redis.call('EXISTS', KEYS[7]) == 0 then return redis.error_reply('ISLB_RESET store was reset') end
+local now = tonumber(ARGV[3])
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local from = ''
+local version = 0
+if cur then
+  local sp = string.find(cur, ' ', 1, true)
+  version = tonumber(string.sub(cur, 1, sp - 1))
+  local node = string.sub(cur, sp + 1)
+  local d = tonumber(redis.call('HGET', KEYS[4], node) or '0')
+  if redis.call('HEXISTS', KEYS[1], node) == 1 and not (d > 0 and d <= now) then
+    redis.call('ZADD', KEYS[3], 'GT', now, ARGV[1])
+    return {0, node, version, '', redis.call('ZSCORE', KEYS[3], ARGV[1])}
+  end
+  from = node
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return {3, '', version, from, '0'} end
+version = version + 1
+redis.call('HSET', KEYS[2], ARGV[1], version .. ' ' .. ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+local seq = redis.call('INCR', KEYS[6])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'sess', 'key', ARGV[1], 'node', ARGV[2], 'version', version, 'used', now)
+if from == '' then return {1, ARGV[2], version, '', ARGV[3]} end
+return {2, ARGV[2], version, from, ARGV[3]}
+"#;
+
+const MOVE_SESSION: &str = r#"
+-- KEYS: sessions used changes seq; ARGV: sid version to('' = release) now idle_before('' = any) maxlen
+-- Returns {code, node, version, used}: 0 nothing done, 1 released, 2 moved.
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return {0, '', 0, '0'} end
+local sp = string.find(cur, ' ', 1, true)
+local version = tonumber(string.sub(cur, 1, sp - 1))
+local node = string.sub(cur, sp + 1)
+if version ~= tonumber(ARGV[2]) then return {0, '', 0, '0'} end
+local used = redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0'
+if ARGV[5] ~= '' and tonumber(used) >= tonumber(ARGV[5]) then return {0, '', 0, '0'} end
+local seq = redis.call('INCR', KEYS[4])
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'seq', seq, 'op', 'unsess', 'key', ARGV[1])
+  return {1, node, version, used}
+end
+version = version + 1
+if tonumber(ARGV[4]) > tonumber(used) then used = ARGV[4] end
+redis.call('HSET', KEYS[1], ARGV[1], version .. ' ' .. ARGV[3])
+redis.call('ZADD', KEYS[2], 'GT', used, ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'seq', seq, 'op', 'sess', 'key', ARGV[1], 'node', ARGV[3], 'version', version, 'used', used)
+return {2, ARGV[3], version, used}
+"#;
+
+const TOUCH_SESSIONS: &str = r#"
+-- KEYS: sessions used; ARGV: sid1 used1 sid2 used2 ...
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], 'GT', ARGV[i + 1], ARGV[i])
+  end
+end
+return 0
+"#;
+
+const DRAIN: &str = r#"
+-- KEYS: drains changes seq; ARGV: node deadline('' = lift) maxlen
+local seq
+if ARGV[2] == '' then
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+  seq = redis.call('INCR', KEYS[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'op', 'undrain', 'key', ARGV[1])
+  return 1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'op', 'drain', 'key', ARGV[1], 'deadline', ARGV[2])
+return 1
 "#;
 
 /// Connection settings.
@@ -116,11 +204,15 @@ pub struct RedisConfig {
 }
 
 struct Keys {
+    prefix: String,
     nodes: String,
     deadlines: String,
     changes: String,
     seq: String,
     epoch: String,
+    sessions: String,
+    session_used: String,
+    drains: String,
 }
 
 struct Scripts {
@@ -129,6 +221,10 @@ struct Scripts {
     delete: Script,
     claim: Script,
     snapshot: Script,
+    claim_session: Script,
+    move_session: Script,
+    touch_sessions: Script,
+    drain: Script,
 }
 
 /// The Redis backend.
@@ -216,6 +312,10 @@ impl RedisStore {
         let store = RedisStore {
             conn,
             keys: Keys {
+                prefix: p.clone(),
+                sessions: format!("{{{p}}}:sessions"),
+                session_used: format!("{{{p}}}:session-used"),
+                drains: format!("{{{p}}}:drains"),
                 nodes: format!("{{{p}}}:nodes"),
                 deadlines: format!("{{{p}}}:deadlines"),
                 changes: format!("{{{p}}}:changes"),
@@ -228,6 +328,10 @@ impl RedisStore {
                 delete: Script::new(DELETE),
                 claim: Script::new(CLAIM),
                 snapshot: Script::new(SNAPSHOT),
+                claim_session: Script::new(CLAIM_SESSION),
+                move_session: Script::new(MOVE_SESSION),
+                touch_sessions: Script::new(TOUCH_SESSIONS),
+                drain: Script::new(DRAIN),
             }),
         };
         store.reset().await?;
@@ -356,11 +460,38 @@ impl Store for RedisStore {
             .key(&k.deadlines)
             .key(&k.changes)
             .key(&k.seq)
+            .key(&k.sessions)
+            .key(&k.session_used)
+            .key(&k.drains)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
         let parts = as_array(&v)?;
-        let [hash, zset, id, seq] = parts else { return Err(corrupt("snapshot: unexpected reply shape")) };
+        let [hash, zset, id, seq, sessions_hash, used_zset, drains_hash] = parts else {
+            return Err(corrupt("snapshot: unexpected reply shape"));
+        };
+        let mut used = std::collections::HashMap::new();
+        for pair in as_array(used_zset)?.chunks(2) {
+            if let [member, score] = pair {
+                used.insert(as_bytes(member)?.to_vec(), parse_ms(as_bytes(score)?)?);
+            }
+        }
+        let mut sessions = Vec::new();
+        for pair in as_array(sessions_hash)?.chunks(2) {
+            if let [sid, value] = pair {
+                let sid_bytes = as_bytes(sid)?;
+                let (version, node) = parse_session_value(as_bytes(value)?)?;
+                let used = used.get(sid_bytes).copied().unwrap_or_default();
+                sessions.push(Session { sid: String::from_utf8_lossy(sid_bytes).into(), node, version, used });
+            }
+        }
+        let mut drains = Vec::new();
+        for pair in as_array(drains_hash)?.chunks(2) {
+            if let [node, deadline] = pair {
+                let d = parse_ms(as_bytes(deadline)?)?;
+                drains.push((String::from_utf8_lossy(as_bytes(node)?).into(), (d.as_ms() > 0).then_some(d)));
+            }
+        }
         let mut deadlines = std::collections::HashMap::new();
         for pair in as_array(zset)?.chunks(2) {
             if let [member, score] = pair {
@@ -378,7 +509,7 @@ impl Store for RedisStore {
         }
         let id = String::from_utf8_lossy(as_bytes(id)?).into_owned();
         let seq = String::from_utf8_lossy(as_bytes(seq)?).parse().unwrap_or(0);
-        Ok(Snapshot { nodes, cursor: cursor(&id, seq) })
+        Ok(Snapshot { nodes, sessions, drains, cursor: cursor(&id, seq) })
     }
 
     async fn changes(&self, since: &Cursor) -> Result<Changes, StoreError> {
@@ -415,6 +546,24 @@ impl Store for RedisStore {
                         changes.push(Change::Put(node, deadline));
                     }
                     Some(b"del") => changes.push(Change::Delete(key.into())),
+                    Some(b"sess") => {
+                        let field = |n: &str| f.get(n).map(Vec::as_slice).unwrap_or_default();
+                        changes.push(Change::Session(Session {
+                            sid: key.as_str().into(),
+                            node: String::from_utf8_lossy(field("node")).into(),
+                            version: std::str::from_utf8(field("version"))
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0),
+                            used: parse_ms(field("used"))?,
+                        }));
+                    }
+                    Some(b"unsess") => changes.push(Change::SessionGone(key.as_str().into())),
+                    Some(b"drain") => {
+                        let d = parse_ms(f.get("deadline").map(Vec::as_slice).unwrap_or(b"0"))?;
+                        changes.push(Change::Drain(key.into(), (d.as_ms() > 0).then_some(d)));
+                    }
+                    Some(b"undrain") => changes.push(Change::Undrain(key.into())),
                     other => return Err(corrupt(format!("unknown change op {other:?}"))),
                 }
                 last_id = String::from_utf8_lossy(as_bytes(id)?).into_owned();
@@ -426,6 +575,207 @@ impl Store for RedisStore {
         }
         Ok(Changes::Since { changes, cursor: cursor(&last_id, last_seq) })
     }
+
+    async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
+        let k = &self.keys;
+        let v: Value = self
+            .scripts
+            .claim_session
+            .key(&k.nodes)
+            .key(&k.sessions)
+            .key(&k.session_used)
+            .key(&k.drains)
+            .key(&k.changes)
+            .key(&k.seq)
+            .key(&k.epoch)
+            .arg(sid)
+            .arg(&**candidate)
+            .arg(now.as_ms())
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let [code, node, version, from, used] = as_array(&v)? else { return Err(corrupt("claim_session reply shape")) };
+        let session = || -> Result<Session, StoreError> {
+            Ok(Session {
+                sid: sid.into(),
+                node: text(node)?.into(),
+                version: int(version)? as u64,
+                used: parse_ms(as_bytes(used)?)?,
+            })
+        };
+        Ok(match int(code)? {
+            0 => SessionClaim::Existing(session()?),
+            1 => SessionClaim::Placed(session()?),
+            2 => SessionClaim::Moved { session: session()?, from: text(from)?.into() },
+            _ => SessionClaim::CandidateGone,
+        })
+    }
+
+    async fn move_session(
+        &self,
+        sid: &str,
+        version: u64,
+        to: Option<&NodeKey>,
+        idle_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let k = &self.keys;
+        let v: Value = self
+            .scripts
+            .move_session
+            .key(&k.sessions)
+            .key(&k.session_used)
+            .key(&k.changes)
+            .key(&k.seq)
+            .arg(sid)
+            .arg(version)
+            .arg(to.map_or("", |t| &**t))
+            .arg(now.as_ms())
+            .arg(idle_before.map_or(String::new(), |b| b.as_ms().to_string()))
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let [code, node, version, used] = as_array(&v)? else { return Err(corrupt("move_session reply shape")) };
+        Ok(match int(code)? {
+            0 => None,
+            _ => Some(Session {
+                sid: sid.into(),
+                node: text(node)?.into(),
+                version: int(version)? as u64,
+                used: parse_ms(as_bytes(used)?)?,
+            }),
+        })
+    }
+
+    async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
+        let k = &self.keys;
+        for chunk in touches.chunks(BATCH) {
+            let mut inv = self.scripts.touch_sessions.key(&k.sessions);
+            inv.key(&k.session_used);
+            for (sid, t) in chunk {
+                inv.arg(&**sid).arg(t.as_ms());
+            }
+            let _: i64 = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let _: i64 = self
+            .scripts
+            .drain
+            .key(&k.drains)
+            .key(&k.changes)
+            .key(&k.seq)
+            .arg(&**node)
+            .arg(deadline.map_or(0, |d| d.as_ms()))
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let n: i64 = self
+            .scripts
+            .drain
+            .key(&k.drains)
+            .key(&k.changes)
+            .key(&k.seq)
+            .arg(&**node)
+            .arg("")
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
+        let index = format!("{{{}}}:streams:{}", self.keys.prefix, key.sid);
+        let ms = ttl.as_millis().max(1) as u64;
+        let _: Value = redis::pipe()
+            .cmd("SET")
+            .arg(key.redis_key())
+            .arg(json)
+            .arg("PX")
+            .arg(ms)
+            .cmd("SADD")
+            .arg(&index)
+            .arg(key.redis_key())
+            .cmd("PEXPIRE")
+            .arg(&index)
+            .arg(ms)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        let index = format!("{{{}}}:streams:{}", self.keys.prefix, key.sid);
+        let (n, _): (i64, i64) = redis::pipe()
+            .cmd("DEL")
+            .arg(key.redis_key())
+            .cmd("SREM")
+            .arg(&index)
+            .arg(key.redis_key())
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
+        let index = format!("{{{}}}:streams:{sid}", self.keys.prefix);
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn).await.map_err(unavailable)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (k, v) in keys.into_iter().zip(values) {
+            match (v, StreamKey::parse(&k)) {
+                (Some(v), Some(key)) => out.push((key, v)),
+                _ => stale.push(k),
+            }
+        }
+        if !stale.is_empty() {
+            let _: Value =
+                redis::cmd("SREM").arg(&index).arg(&stale).query_async(&mut conn).await.map_err(unavailable)?;
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// `<version> <DC.NID>`.
+fn parse_session_value(v: &[u8]) -> Result<(u64, NodeKey), StoreError> {
+    let text = std::str::from_utf8(v).map_err(corrupt)?;
+    let (version, node) = text.split_once(' ').ok_or_else(|| corrupt(format!("bad session value {text:?}")))?;
+    Ok((version.parse().map_err(|_| corrupt(format!("bad session version {text:?}")))?, node.into()))
+}
+
+fn int(v: &Value) -> Result<i64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => std::str::from_utf8(as_bytes(other)?)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(format!("expected a number, got {other:?}"))),
+    }
+}
+
+fn text(v: &Value) -> Result<String, StoreError> {
+    Ok(String::from_utf8_lossy(as_bytes(v)?).into_owned())
 }
 
 #[cfg(test)]
@@ -469,6 +819,19 @@ mod tests {
         let mut keys: Vec<&str> = keys.lines().collect();
         keys.sort();
         assert_eq!(keys, ["{islb}:changes", "{islb}:deadlines", "{islb}:epoch", "{islb}:nodes", "{islb}:seq"]);
+        let a: NodeKey = "dc1.sfu-1".into();
+        s.claim_session("room1", &a, Timestamp::from_ms(5)).await.unwrap();
+        assert_eq!(redis.command(&["HGET", "{islb}:sessions", "room1"]), "1 dc1.sfu-1");
+        let k = StreamKey { dc: "dc1".into(), nid: "sfu-1".into(), sid: "room1".into(), uid: "peer1".into() };
+        s.put_stream(&k, r#"[{"id":"stream1","tracks":[{"id":"t1","kind":"audio"}]}]"#, Duration::from_secs(86_400))
+            .await
+            .unwrap();
+        assert_eq!(
+            redis.command(&["GET", "dc1/sfu-1/room1/peer1"]),
+            r#"[{"id":"stream1","tracks":[{"id":"t1","kind":"audio"}]}]"#
+        );
+        let ttl: u64 = redis.command(&["TTL", "dc1/sfu-1/room1/peer1"]).parse().unwrap();
+        assert!((86_390..=86_400).contains(&ttl), "24 h TTL, as ion: {ttl}");
         assert_eq!(redis.command(&["ZSCORE", "{islb}:deadlines", "dc1.sfu-1"]), "1700000000000");
         assert_eq!(redis.command(&["HLEN", "{islb}:nodes"]), "1");
     }

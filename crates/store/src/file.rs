@@ -3,21 +3,27 @@
 //!
 //! Every change is committed before the call returns (redb with immediate durability, on
 //! a blocking thread); writes are serialised so the file always holds the state the last
-//! completed call left. Table `nodes`: key `DC.NID`, value = deadline (8 bytes, big
-//! endian, milliseconds since the epoch) followed by the node in gob, as Go encodes it.
+//! completed call left. Tables: `nodes` (key `DC.NID`, value = deadline as 8 bytes big
+//! endian, milliseconds since the epoch, then the node in gob as Go encodes it),
+//! `sessions` (key sid, value = version and last use as 8 bytes each, then the node key),
+//! `drains` (key `DC.NID`, value = deadline, 0 for none). Stream records live in memory
+//! only (they expire after a day and are re-posted by their SFU).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use islb_core::{NodeKey, Timestamp, Verdict};
+use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::{Message as _, Node};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::memory::MemoryStore;
-use crate::{Claim, Snapshot, Store, StoreError};
+use crate::{Claim, SessionClaim, Snapshot, Store, StoreError, StreamKey};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const DRAINS: TableDefinition<&str, u64> = TableDefinition::new("drains");
 
 /// Nodes in memory, durable in a file.
 pub struct FileStore {
@@ -30,6 +36,27 @@ pub struct FileStore {
 enum Op {
     Put(String, Vec<u8>),
     Remove(String),
+    PutSession(String, Vec<u8>),
+    RemoveSession(String),
+    PutDrain(String, u64),
+    RemoveDrain(String),
+}
+
+fn encode_session(s: &Session) -> Vec<u8> {
+    let mut v = s.version.to_be_bytes().to_vec();
+    v.extend_from_slice(&s.used.as_ms().to_be_bytes());
+    v.extend_from_slice(s.node.as_bytes());
+    v
+}
+
+fn decode_session(sid: &str, v: &[u8]) -> Result<Session, StoreError> {
+    if v.len() < 16 {
+        return Err(corrupt(format!("session {sid}: value too short")));
+    }
+    let version = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+    let used = Timestamp::from_ms(u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")));
+    let node = std::str::from_utf8(&v[16..]).map_err(|e| corrupt(format!("session {sid}: {e}")))?;
+    Ok(Session { sid: sid.into(), node: node.into(), version, used })
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -54,6 +81,8 @@ impl FileStore {
         {
             let txn = db.begin_write().map_err(corrupt)?;
             txn.open_table(NODES).map_err(corrupt)?;
+            txn.open_table(SESSIONS).map_err(corrupt)?;
+            txn.open_table(DRAINS).map_err(corrupt)?;
             txn.commit().map_err(corrupt)?;
             let txn = db.begin_read().map_err(corrupt)?;
             let table = txn.open_table(NODES).map_err(corrupt)?;
@@ -66,6 +95,17 @@ impl FileStore {
                 let deadline = Timestamp::from_ms(u64::from_be_bytes(value[..8].try_into().expect("8 bytes")));
                 let node = Node::from_gob(&value[8..]).map_err(|e| corrupt(format!("node {}: {e}", key.value())))?;
                 mem.insert_loaded(Arc::new(node), deadline);
+            }
+            let table = txn.open_table(SESSIONS).map_err(corrupt)?;
+            for row in table.iter().map_err(corrupt)? {
+                let (sid, value) = row.map_err(corrupt)?;
+                mem.insert_session(decode_session(sid.value(), value.value())?);
+            }
+            let table = txn.open_table(DRAINS).map_err(corrupt)?;
+            for row in table.iter().map_err(corrupt)? {
+                let (node, deadline) = row.map_err(corrupt)?;
+                let d = deadline.value();
+                mem.set_drain_now(&node.value().into(), (d > 0).then_some(Timestamp::from_ms(d)));
             }
         }
         Ok(FileStore { mem, db: Arc::new(db), path, write: tokio::sync::Mutex::new(()) })
@@ -84,15 +124,17 @@ impl FileStore {
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(corrupt)?;
             {
-                let mut table = txn.open_table(NODES).map_err(corrupt)?;
+                let mut nodes = txn.open_table(NODES).map_err(corrupt)?;
+                let mut sessions = txn.open_table(SESSIONS).map_err(corrupt)?;
+                let mut drains = txn.open_table(DRAINS).map_err(corrupt)?;
                 for op in &ops {
                     match op {
-                        Op::Put(k, v) => {
-                            table.insert(k.as_str(), v.as_slice()).map_err(corrupt)?;
-                        }
-                        Op::Remove(k) => {
-                            table.remove(k.as_str()).map_err(corrupt)?;
-                        }
+                        Op::Put(k, v) => drop(nodes.insert(k.as_str(), v.as_slice()).map_err(corrupt)?),
+                        Op::Remove(k) => drop(nodes.remove(k.as_str()).map_err(corrupt)?),
+                        Op::PutSession(k, v) => drop(sessions.insert(k.as_str(), v.as_slice()).map_err(corrupt)?),
+                        Op::RemoveSession(k) => drop(sessions.remove(k.as_str()).map_err(corrupt)?),
+                        Op::PutDrain(k, d) => drop(drains.insert(k.as_str(), *d).map_err(corrupt)?),
+                        Op::RemoveDrain(k) => drop(drains.remove(k.as_str()).map_err(corrupt)?),
                     }
                 }
             }
@@ -153,6 +195,77 @@ impl Store for FileStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         Ok(self.mem.snapshot())
     }
+
+    async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
+        let _w = self.write.lock().await;
+        let claim = self.mem.claim_session_now(sid, candidate, now);
+        let changed = match &claim {
+            SessionClaim::Placed(s) | SessionClaim::Moved { session: s, .. } => Some(s),
+            // The last-use time of an existing session is written in batches (touch_sessions).
+            SessionClaim::Existing(_) | SessionClaim::CandidateGone => None,
+        };
+        if let Some(s) = changed {
+            self.commit(vec![Op::PutSession(sid.to_owned(), encode_session(s))]).await?;
+        }
+        Ok(claim)
+    }
+
+    async fn move_session(
+        &self,
+        sid: &str,
+        version: u64,
+        to: Option<&NodeKey>,
+        idle_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let _w = self.write.lock().await;
+        let moved = self.mem.move_session_now(sid, version, to, idle_before, now);
+        match (&moved, to) {
+            (Some(s), Some(_)) => self.commit(vec![Op::PutSession(sid.to_owned(), encode_session(s))]).await?,
+            (Some(_), None) => self.commit(vec![Op::RemoveSession(sid.to_owned())]).await?,
+            (None, _) => {}
+        }
+        Ok(moved)
+    }
+
+    async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        self.mem.touch_sessions_now(touches);
+        let ops = {
+            let st = self.mem.state();
+            touches
+                .iter()
+                .filter_map(|(sid, _)| st.sessions.get(sid))
+                .map(|s| Op::PutSession(s.sid.to_string(), encode_session(s)))
+                .collect()
+        };
+        self.commit(ops).await
+    }
+
+    async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        self.mem.set_drain_now(node, deadline);
+        self.commit(vec![Op::PutDrain(node.to_string(), deadline.map_or(0, |d| d.as_ms()))]).await
+    }
+
+    async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let had = self.mem.clear_drain_now(node);
+        self.commit(vec![Op::RemoveDrain(node.to_string())]).await?;
+        Ok(had)
+    }
+
+    async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.mem.put_stream(key, json, ttl).await
+    }
+
+    async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        self.mem.delete_stream(key).await
+    }
+
+    async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
+        self.mem.streams_of(sid).await
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +303,31 @@ mod tests {
         assert_eq!(snap.nodes.len(), 1);
         assert_eq!(*snap.nodes[0].0, n);
         assert_eq!(snap.nodes[0].1, t.plus_ms(9));
+    }
+
+    #[tokio::test]
+    async fn a_reopened_file_store_knows_every_session_and_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let t = Timestamp::from_ms(1_700_000_000_000);
+        let a: NodeKey = "dc1.a".into();
+        {
+            let s = FileStore::open(&path).unwrap();
+            let n = Node { dc: "dc1".into(), service: "rtc".into(), nid: "a".into(), ..Node::default() };
+            s.put_node(Arc::new(n), t).await.unwrap();
+            s.claim_session("room-1", &a, t).await.unwrap();
+            s.claim_session("room-2", &a, t).await.unwrap();
+            s.move_session("room-2", 1, None, None, t).await.unwrap();
+            s.touch_sessions(&[("room-1".into(), t.plus_ms(5))]).await.unwrap();
+            s.set_drain(&a, Some(t.plus_ms(60_000))).await.unwrap();
+        }
+        let s = FileStore::open(&path).unwrap();
+        let snap = s.load().await.unwrap();
+        assert_eq!(
+            snap.sessions,
+            vec![Session { sid: "room-1".into(), node: a.clone(), version: 1, used: t.plus_ms(5) }]
+        );
+        assert_eq!(snap.drains, vec![(a, Some(t.plus_ms(60_000)))]);
     }
 
     #[test]

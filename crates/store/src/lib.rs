@@ -20,9 +20,10 @@
 //! against the contract.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use islb_core::{NodeKey, Timestamp, Verdict};
+use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::Node;
 
 mod file;
@@ -66,11 +67,15 @@ pub enum Claim {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor(pub String);
 
-/// Every node with its deadline, and the feed position they are current to.
+/// Everything the store holds, and the feed position it is current to.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// The nodes.
+    /// The nodes with their deadlines.
     pub nodes: Vec<(Arc<Node>, Timestamp)>,
+    /// The session placements.
+    pub sessions: Vec<Session>,
+    /// The drain marks (node, deadline after which its sessions move).
+    pub drains: Vec<(NodeKey, Option<Timestamp>)>,
     /// Where [`Store::changes`] continues from.
     pub cursor: Cursor,
 }
@@ -82,6 +87,60 @@ pub enum Change {
     Put(Arc<Node>, Timestamp),
     /// A node was deleted or expired.
     Delete(NodeKey),
+    /// A session was placed or moved.
+    Session(Session),
+    /// A session was released.
+    SessionGone(Arc<str>),
+    /// A node was marked draining.
+    Drain(NodeKey, Option<Timestamp>),
+    /// A drain mark was lifted.
+    Undrain(NodeKey),
+}
+
+/// What [`Store::claim_session`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionClaim {
+    /// The session is already placed on a live node (another lookup or replica won): use it.
+    Existing(Session),
+    /// The session was not placed: it is now, on the candidate.
+    Placed(Session),
+    /// The session was on a node that is gone (or drained past its deadline): it is now on
+    /// the candidate.
+    Moved {
+        /// The new placement.
+        session: Session,
+        /// The node it was on.
+        from: NodeKey,
+    },
+    /// The candidate is not a live node any more: choose again.
+    CandidateGone,
+}
+
+/// Where a stream is published, in ion's Redis key shape `<dc>/<nid>/<sid>/<uid>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    /// DC of the islb that recorded it.
+    pub dc: String,
+    /// The node (SFU) publishing.
+    pub nid: String,
+    /// The session.
+    pub sid: String,
+    /// The publishing peer.
+    pub uid: String,
+}
+
+impl StreamKey {
+    /// `<dc>/<nid>/<sid>/<uid>`.
+    pub fn redis_key(&self) -> String {
+        format!("{}/{}/{}/{}", self.dc, self.nid, self.sid, self.uid)
+    }
+
+    /// Parses `<dc>/<nid>/<sid>/<uid>`.
+    pub fn parse(key: &str) -> Option<StreamKey> {
+        let mut it = key.splitn(4, '/');
+        let (dc, nid, sid, uid) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        Some(StreamKey { dc: dc.into(), nid: nid.into(), sid: sid.into(), uid: uid.into() })
+    }
 }
 
 /// What [`Store::changes`] found.
@@ -141,4 +200,40 @@ pub trait Store: Send + Sync + 'static {
     async fn changes(&self, cursor: &Cursor) -> Result<Changes, StoreError> {
         Ok(Changes::Since { changes: Vec::new(), cursor: cursor.clone() })
     }
+
+    /// Places session `sid` on `candidate` unless it is placed on a live node that is not
+    /// drained past its deadline (atomic: of racing claims of one sid, all agree on one
+    /// node). Marks the session used at `now`.
+    async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError>;
+
+    /// Moves session `sid` to `to` (or releases it when `to` is `None`) if its version is
+    /// still `version` and, with `idle_before`, it was not used since then. Returns the new
+    /// placement (or the released one) when it happened.
+    async fn move_session(
+        &self,
+        sid: &str,
+        version: u64,
+        to: Option<&NodeKey>,
+        idle_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// Marks sessions used (batched lookups of placed sessions).
+    async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError>;
+
+    /// Marks `node` draining, optionally until `deadline`.
+    async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError>;
+
+    /// Lifts a drain mark; returns whether there was one.
+    async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError>;
+
+    /// Records (or replaces) the streams `uid` publishes in `sid` on `nid`: ion's key shape
+    /// and JSON value, forgotten after `ttl`.
+    async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Forgets a stream record; returns whether there was one.
+    async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError>;
+
+    /// The stream records of session `sid`.
+    async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError>;
 }

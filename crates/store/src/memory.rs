@@ -1,24 +1,37 @@
-//! The embedded store: a map in this process, behind a mutex held for microseconds and
+//! The embedded store: maps in this process, behind one mutex held for microseconds and
 //! never across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use islb_core::{NodeKey, Timestamp, Verdict};
+use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::Node;
 
-use crate::{Claim, Cursor, Snapshot, Store, StoreError};
-
-type Nodes = HashMap<NodeKey, (Arc<Node>, Timestamp)>;
+use crate::{Claim, Cursor, SessionClaim, Snapshot, Store, StoreError, StreamKey};
 
 /// A node whose deadline a touch moved, with its new deadline.
 pub(crate) type Moved = (NodeKey, Arc<Node>, Timestamp);
 
-/// Nodes and deadlines in memory: the default store of a single islb.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) nodes: HashMap<NodeKey, (Arc<Node>, Timestamp)>,
+    pub(crate) sessions: HashMap<Arc<str>, Session>,
+    pub(crate) drains: HashMap<NodeKey, Option<Timestamp>>,
+    streams: BTreeMap<StreamKey, (String, std::time::Instant)>,
+}
+
+impl State {
+    fn drained_past(&self, node: &str, now: Timestamp) -> bool {
+        self.drains.get(node).is_some_and(|d| d.is_some_and(|d| d <= now))
+    }
+}
+
+/// Nodes, sessions and drain marks in memory: the default store of a single islb.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    nodes: Mutex<Nodes>,
+    state: Mutex<State>,
 }
 
 impl MemoryStore {
@@ -27,18 +40,18 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn nodes(&self) -> MutexGuard<'_, Nodes> {
-        // Every update is a single insert, remove or field write, so a panic while holding
-        // the lock cannot leave the map half-updated: a poisoned lock is still good to use.
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // Every update is a few inserts or removes that a panic cannot leave half done, so a
+        // poisoned lock is still good to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn put(&self, node: Arc<Node>, deadline: Timestamp) -> (Verdict, Timestamp) {
         let key: NodeKey = node.id().into();
-        let mut nodes = self.nodes();
-        match nodes.get_mut(&key) {
+        let mut st = self.state();
+        match st.nodes.get_mut(&key) {
             None => {
-                nodes.insert(key, (node, deadline));
+                st.nodes.insert(key, (node, deadline));
                 (Verdict::Created, deadline)
             }
             Some((old, d)) => {
@@ -55,11 +68,11 @@ impl MemoryStore {
 
     /// Returns the unknown keys, and the nodes whose deadline moved with their new deadline.
     pub(crate) fn touch(&self, touches: &[(NodeKey, Timestamp)]) -> (Vec<NodeKey>, Vec<Moved>) {
-        let mut nodes = self.nodes();
+        let mut st = self.state();
         let mut unknown = Vec::new();
         let mut moved = Vec::new();
         for (key, deadline) in touches {
-            match nodes.get_mut(key) {
+            match st.nodes.get_mut(key) {
                 Some((node, d)) => {
                     if *deadline > *d {
                         *d = *deadline;
@@ -73,26 +86,101 @@ impl MemoryStore {
     }
 
     pub(crate) fn delete(&self, key: &str) -> Option<Arc<Node>> {
-        self.nodes().remove(key).map(|(n, _)| n)
+        self.state().nodes.remove(key).map(|(n, _)| n)
     }
 
     pub(crate) fn claim(&self, keys: &[NodeKey], now: Timestamp) -> Vec<Claim> {
-        let mut nodes = self.nodes();
+        let mut st = self.state();
         keys.iter()
-            .map(|key| match nodes.get(key) {
+            .map(|key| match st.nodes.get(key) {
                 None => Claim::Gone,
                 Some((_, d)) if *d > now => Claim::NotDue(*d),
-                Some(_) => Claim::Expired(nodes.remove(key).expect("present").0),
+                Some(_) => Claim::Expired(st.nodes.remove(key).expect("present").0),
             })
             .collect()
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
-        Snapshot { nodes: self.nodes().values().cloned().collect(), cursor: Cursor::default() }
+        let st = self.state();
+        Snapshot {
+            nodes: st.nodes.values().cloned().collect(),
+            sessions: st.sessions.values().cloned().collect(),
+            drains: st.drains.iter().map(|(k, d)| (k.clone(), *d)).collect(),
+            cursor: Cursor::default(),
+        }
     }
 
     pub(crate) fn insert_loaded(&self, node: Arc<Node>, deadline: Timestamp) {
-        self.nodes().insert(node.id().into(), (node, deadline));
+        self.state().nodes.insert(node.id().into(), (node, deadline));
+    }
+
+    pub(crate) fn claim_session_now(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> SessionClaim {
+        let mut st = self.state();
+        let current = st.sessions.get(sid).cloned();
+        let from = match current {
+            Some(s) if st.nodes.contains_key(&s.node) && !st.drained_past(&s.node, now) => {
+                let s = st.sessions.get_mut(sid).expect("present");
+                s.used = s.used.max(now);
+                return SessionClaim::Existing(s.clone());
+            }
+            Some(s) => Some(s),
+            None => None,
+        };
+        if !st.nodes.contains_key(candidate) {
+            return SessionClaim::CandidateGone;
+        }
+        let version = from.as_ref().map_or(0, |s| s.version) + 1;
+        let session = Session { sid: sid.into(), node: candidate.clone(), version, used: now };
+        st.sessions.insert(session.sid.clone(), session.clone());
+        match from {
+            None => SessionClaim::Placed(session),
+            Some(old) => SessionClaim::Moved { session, from: old.node },
+        }
+    }
+
+    pub(crate) fn move_session_now(
+        &self,
+        sid: &str,
+        version: u64,
+        to: Option<&NodeKey>,
+        idle_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Option<Session> {
+        let mut st = self.state();
+        let cur = st.sessions.get(sid)?;
+        if cur.version != version || idle_before.is_some_and(|b| cur.used >= b) {
+            return None;
+        }
+        match to {
+            None => st.sessions.remove(sid),
+            Some(node) => {
+                let s =
+                    Session { sid: cur.sid.clone(), node: node.clone(), version: version + 1, used: cur.used.max(now) };
+                st.sessions.insert(s.sid.clone(), s.clone());
+                Some(s)
+            }
+        }
+    }
+
+    pub(crate) fn touch_sessions_now(&self, touches: &[(Arc<str>, Timestamp)]) {
+        let mut st = self.state();
+        for (sid, t) in touches {
+            if let Some(s) = st.sessions.get_mut(sid) {
+                s.used = s.used.max(*t);
+            }
+        }
+    }
+
+    pub(crate) fn insert_session(&self, s: Session) {
+        self.state().sessions.insert(s.sid.clone(), s);
+    }
+
+    pub(crate) fn set_drain_now(&self, node: &NodeKey, deadline: Option<Timestamp>) {
+        self.state().drains.insert(node.clone(), deadline);
+    }
+
+    pub(crate) fn clear_drain_now(&self, node: &NodeKey) -> bool {
+        self.state().drains.remove(node).is_some()
     }
 }
 
@@ -124,6 +212,51 @@ impl Store for MemoryStore {
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
         Ok(self.snapshot())
+    }
+
+    async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
+        Ok(self.claim_session_now(sid, candidate, now))
+    }
+
+    async fn move_session(
+        &self,
+        sid: &str,
+        version: u64,
+        to: Option<&NodeKey>,
+        idle_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        Ok(self.move_session_now(sid, version, to, idle_before, now))
+    }
+
+    async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
+        self.touch_sessions_now(touches);
+        Ok(())
+    }
+
+    async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
+        self.set_drain_now(node, deadline);
+        Ok(())
+    }
+
+    async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
+        Ok(self.clear_drain_now(node))
+    }
+
+    async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.state().streams.insert(key.clone(), (json.to_owned(), std::time::Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        Ok(self.state().streams.remove(key).is_some())
+    }
+
+    async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
+        let mut st = self.state();
+        let now = std::time::Instant::now();
+        st.streams.retain(|_, (_, until)| *until > now);
+        Ok(st.streams.iter().filter(|(k, _)| k.sid == sid).map(|(k, (v, _))| (k.clone(), v.clone())).collect())
     }
 }
 

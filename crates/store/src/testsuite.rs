@@ -6,10 +6,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use islb_core::{NodeKey, Timestamp, Verdict};
+use std::time::Duration;
+
+use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::{Node, Value};
 
-use crate::{Change, Changes, Claim, Store};
+use crate::{Change, Changes, Claim, SessionClaim, Store, StreamKey};
 
 const T0: Timestamp = Timestamp::from_ms(1_700_000_000_000);
 
@@ -41,6 +43,123 @@ where
     many_nodes_round_trip(make().await).await;
     concurrent_claims_have_one_winner(Arc::new(make().await)).await;
     concurrent_puts_have_one_creator(Arc::new(make().await)).await;
+    sessions_stick_to_live_nodes(make().await).await;
+    sessions_move_when_their_node_is_gone_or_drained_past_its_deadline(make().await).await;
+    session_moves_are_fenced_by_version_and_idle_time(make().await).await;
+    concurrent_session_claims_agree(Arc::new(make().await)).await;
+    stream_records_use_ions_key_shape(make().await).await;
+}
+
+fn session(sid: &str, nid: &str, version: u64, used: Timestamp) -> Session {
+    Session { sid: sid.into(), node: key(nid), version, used }
+}
+
+async fn sessions_stick_to_live_nodes(s: impl Store) {
+    s.put_node(node("a"), T0.plus_ms(60_000)).await.unwrap();
+    s.put_node(node("b"), T0.plus_ms(60_000)).await.unwrap();
+    assert_eq!(
+        s.claim_session("room", &key("a"), T0).await.unwrap(),
+        SessionClaim::Placed(session("room", "a", 1, T0))
+    );
+    let again = s.claim_session("room", &key("b"), T0.plus_ms(5)).await.unwrap();
+    assert_eq!(
+        again,
+        SessionClaim::Existing(session("room", "a", 1, T0.plus_ms(5))),
+        "affinity: the candidate is ignored"
+    );
+    assert_eq!(s.claim_session("x", &key("gone"), T0).await.unwrap(), SessionClaim::CandidateGone);
+    let snap = s.load().await.unwrap();
+    assert_eq!(snap.sessions, vec![session("room", "a", 1, T0.plus_ms(5))]);
+}
+
+async fn sessions_move_when_their_node_is_gone_or_drained_past_its_deadline(s: impl Store) {
+    for nid in ["a", "b", "c"] {
+        s.put_node(node(nid), T0.plus_ms(60_000)).await.unwrap();
+    }
+    s.claim_session("room", &key("a"), T0).await.unwrap();
+    s.delete_node("dc1.a").await.unwrap();
+    assert_eq!(
+        s.claim_session("room", &key("b"), T0).await.unwrap(),
+        SessionClaim::Moved { session: session("room", "b", 2, T0), from: key("a") }
+    );
+    s.set_drain(&key("b"), Some(T0.plus_ms(100))).await.unwrap();
+    assert!(matches!(s.claim_session("room", &key("c"), T0.plus_ms(99)).await.unwrap(), SessionClaim::Existing(_)));
+    assert_eq!(
+        s.claim_session("room", &key("c"), T0.plus_ms(100)).await.unwrap(),
+        SessionClaim::Moved { session: session("room", "c", 3, T0.plus_ms(100)), from: key("b") }
+    );
+    let snap = s.load().await.unwrap();
+    assert_eq!(snap.drains, vec![(key("b"), Some(T0.plus_ms(100)))]);
+    assert!(s.clear_drain(&key("b")).await.unwrap());
+    assert!(!s.clear_drain(&key("b")).await.unwrap());
+    s.set_drain(&key("c"), None).await.unwrap();
+    assert_eq!(s.load().await.unwrap().drains, vec![(key("c"), None)]);
+}
+
+async fn session_moves_are_fenced_by_version_and_idle_time(s: impl Store) {
+    s.put_node(node("a"), T0.plus_ms(60_000)).await.unwrap();
+    s.put_node(node("b"), T0.plus_ms(60_000)).await.unwrap();
+    s.claim_session("room", &key("a"), T0).await.unwrap();
+    assert_eq!(s.move_session("room", 7, Some(&key("b")), None, T0).await.unwrap(), None, "stale version");
+    assert_eq!(s.move_session("room", 1, Some(&key("b")), None, T0).await.unwrap(), Some(session("room", "b", 2, T0)));
+    assert_eq!(s.move_session("room", 1, Some(&key("a")), None, T0).await.unwrap(), None, "the version moved on");
+    s.touch_sessions(&[("room".into(), T0.plus_ms(50)), ("nobody".into(), T0)]).await.unwrap();
+    assert_eq!(s.move_session("room", 2, None, Some(T0.plus_ms(50)), T0).await.unwrap(), None, "used since: not idle");
+    assert_eq!(
+        s.move_session("room", 2, None, Some(T0.plus_ms(51)), T0).await.unwrap(),
+        Some(session("room", "b", 2, T0.plus_ms(50))),
+        "idle: released"
+    );
+    assert!(s.load().await.unwrap().sessions.is_empty());
+    assert_eq!(s.move_session("nobody", 1, None, None, T0).await.unwrap(), None);
+}
+
+async fn concurrent_session_claims_agree(s: Arc<impl Store>) {
+    for nid in ["a", "b", "c", "d"] {
+        s.put_node(node(nid), T0.plus_ms(60_000)).await.unwrap();
+    }
+    for round in 0..20 {
+        let sid = format!("room-{round}");
+        let claims = ["a", "b", "c", "d"].map(|nid| {
+            let s = s.clone();
+            let sid = sid.clone();
+            async move { s.claim_session(&sid, &key(nid), T0).await.unwrap() }
+        });
+        let results = futures::future::join_all(claims).await;
+        let nodes: std::collections::BTreeSet<_> = results
+            .iter()
+            .map(|c| match c {
+                SessionClaim::Placed(s) | SessionClaim::Existing(s) | SessionClaim::Moved { session: s, .. } => {
+                    s.node.clone()
+                }
+                SessionClaim::CandidateGone => panic!("all candidates live"),
+            })
+            .collect();
+        assert_eq!(nodes.len(), 1, "round {round}: {results:?}");
+        assert_eq!(results.iter().filter(|c| matches!(c, SessionClaim::Placed(_))).count(), 1);
+    }
+}
+
+async fn stream_records_use_ions_key_shape(s: impl Store) {
+    let k1 = StreamKey { dc: "dc1".into(), nid: "sfu-1".into(), sid: "room1".into(), uid: "peer1".into() };
+    let k2 = StreamKey { uid: "peer2".into(), ..k1.clone() };
+    let other = StreamKey { sid: "room2".into(), ..k1.clone() };
+    assert_eq!(k1.redis_key(), "dc1/sfu-1/room1/peer1");
+    assert_eq!(StreamKey::parse("dc1/sfu-1/room1/peer1"), Some(k1.clone()));
+    let ttl = Duration::from_secs(60);
+    s.put_stream(&k1, r#"[{"id":"s1"}]"#, ttl).await.unwrap();
+    s.put_stream(&k2, r#"[{"id":"s2"}]"#, ttl).await.unwrap();
+    s.put_stream(&other, "[]", ttl).await.unwrap();
+    s.put_stream(&k1, r#"[{"id":"s1b"}]"#, ttl).await.unwrap();
+    let mut got = s.streams_of("room1").await.unwrap();
+    got.sort();
+    assert_eq!(got, vec![(k1.clone(), r#"[{"id":"s1b"}]"#.to_owned()), (k2.clone(), r#"[{"id":"s2"}]"#.to_owned())]);
+    assert!(s.delete_stream(&k1).await.unwrap());
+    assert!(!s.delete_stream(&k1).await.unwrap());
+    assert_eq!(s.streams_of("room1").await.unwrap().len(), 1);
+    s.put_stream(&k1, "[]", Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(s.streams_of("room1").await.unwrap().iter().all(|(k, _)| *k != k1), "expired records are gone");
 }
 
 async fn put_reports_created_changed_unchanged(s: impl Store) {
@@ -176,8 +295,25 @@ async fn changes_reach_the_other_handle((a, b): (impl Store, impl Store)) {
     assert!(changes.is_empty());
     assert_eq!(again, cursor);
     a.claim_expired(&[key("y")], T0).await.unwrap();
-    let Changes::Since { changes, .. } = b.changes(&cursor).await.unwrap() else { panic!("gap") };
+    let Changes::Since { changes, cursor } = b.changes(&cursor).await.unwrap() else { panic!("gap") };
     assert_eq!(changes, vec![Change::Delete(key("y"))], "expiries are changes too");
+    a.put_node(node("z"), T0.plus_ms(60_000)).await.unwrap();
+    a.claim_session("room", &key("z"), T0).await.unwrap();
+    a.set_drain(&key("z"), Some(T0.plus_ms(9))).await.unwrap();
+    a.move_session("room", 1, None, None, T0).await.unwrap();
+    a.clear_drain(&key("z")).await.unwrap();
+    let Changes::Since { changes, .. } = b.changes(&cursor).await.unwrap() else { panic!("gap") };
+    assert_eq!(
+        changes,
+        vec![
+            Change::Put(node("z"), T0.plus_ms(60_000)),
+            Change::Session(session("room", "z", 1, T0)),
+            Change::Drain(key("z"), Some(T0.plus_ms(9))),
+            Change::SessionGone("room".into()),
+            Change::Undrain(key("z")),
+        ],
+        "sessions and drains are in the feed"
+    );
     // A snapshot's cursor is current: nothing before it comes back.
     let snap = b.load().await.unwrap();
     let Changes::Since { changes, .. } = b.changes(&snap.cursor).await.unwrap() else { panic!("gap") };

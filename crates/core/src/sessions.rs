@@ -1,0 +1,410 @@
+//! Session placements as this replica knows them: which node serves each session (sid),
+//! with a fencing version, the load islb put on each node, and drain marks.
+//!
+//! The store holds the authoritative placements (replicas claim atomically); this table is
+//! the replica's copy, kept current from the store's change feed, and the input of the
+//! pure decisions in [`decide`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use islb_gob::Node;
+
+use crate::placement::{self, Candidate, Report};
+use crate::registry::{NodeKey, Registry};
+use crate::time::Timestamp;
+
+/// One placed session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The session id (ion's room id).
+    pub sid: Arc<str>,
+    /// The node serving it (`DC.NID`).
+    pub node: NodeKey,
+    /// Fencing token: bumped by every placement or move, so a stale writer loses.
+    pub version: u64,
+    /// Last lookup of the session (for idle release).
+    pub used: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    node: NodeKey,
+    version: u64,
+    used: Timestamp,
+}
+
+/// How long an unnamed placement (a lookup without a session key) counts as load on the
+/// node it went to: ion's signal sends one lookup per client call and never says when the
+/// call ends.
+pub const UNNAMED_WINDOW_MS: u64 = 10_000;
+
+/// The session table of one replica.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_sid: HashMap<Arc<str>, Entry>,
+    by_node: HashMap<NodeKey, HashSet<Arc<str>>>,
+    pending: HashMap<NodeKey, u64>,
+    unnamed: HashMap<NodeKey, VecDeque<Timestamp>>,
+    drains: HashMap<NodeKey, Option<Timestamp>>,
+}
+
+impl Sessions {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_sid.is_empty()
+    }
+
+    /// The placement of `sid`.
+    pub fn get(&self, sid: &str) -> Option<Session> {
+        self.by_sid.get_key_value(sid).map(|(sid, e)| Session {
+            sid: sid.clone(),
+            node: e.node.clone(),
+            version: e.version,
+            used: e.used,
+        })
+    }
+
+    /// Records a placement (replacing an older version; an older one is ignored).
+    pub fn set(&mut self, s: Session) {
+        if let Some(old) = self.by_sid.get(&s.sid) {
+            if old.version > s.version {
+                return;
+            }
+            let old_node = old.node.clone();
+            self.unindex(&old_node, &s.sid);
+        }
+        self.by_node.entry(s.node.clone()).or_default().insert(s.sid.clone());
+        self.by_sid.insert(s.sid, Entry { node: s.node, version: s.version, used: s.used });
+    }
+
+    /// Marks a session as used now (lookups keep a session from idling out).
+    pub fn touch(&mut self, sid: &str, now: Timestamp) {
+        if let Some(e) = self.by_sid.get_mut(sid) {
+            e.used = e.used.max(now);
+        }
+    }
+
+    /// Forgets a session.
+    pub fn remove(&mut self, sid: &str) -> Option<Session> {
+        let (sid, e) = self.by_sid.remove_entry(sid)?;
+        self.unindex(&e.node, &sid);
+        Some(Session { sid, node: e.node, version: e.version, used: e.used })
+    }
+
+    fn unindex(&mut self, node: &NodeKey, sid: &str) {
+        if let Some(set) = self.by_node.get_mut(node) {
+            set.remove(sid);
+            if set.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// The sessions on `node`.
+    pub fn of_node(&self, node: &str) -> Vec<Session> {
+        let Some(sids) = self.by_node.get(node) else { return Vec::new() };
+        let mut out: Vec<Session> = sids.iter().filter_map(|s| self.get(s)).collect();
+        out.sort_by(|a, b| a.sid.cmp(&b.sid));
+        out
+    }
+
+    /// Every session, by sid.
+    pub fn all(&self) -> Vec<Session> {
+        let mut out: Vec<Session> = self.by_sid.keys().filter_map(|s| self.get(s)).collect();
+        out.sort_by(|a, b| a.sid.cmp(&b.sid));
+        out
+    }
+
+    /// Sessions islb placed on `node`.
+    pub fn count(&self, node: &str) -> u64 {
+        self.by_node.get(node).map_or(0, |s| s.len() as u64)
+    }
+
+    /// Sessions not used since `before` (idle).
+    pub fn idle(&self, before: Timestamp) -> Vec<Session> {
+        self.by_sid.keys().filter_map(|s| self.get(s)).filter(|s| s.used < before).collect()
+    }
+
+    /// A placement on `node` is under way (counts as load at once).
+    pub fn begin_placement(&mut self, node: &NodeKey) {
+        *self.pending.entry(node.clone()).or_default() += 1;
+    }
+
+    /// The placement on `node` is done (its session is in the table now, or it failed).
+    pub fn end_placement(&mut self, node: &NodeKey) {
+        if let Some(n) = self.pending.get_mut(node) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(node);
+            }
+        }
+    }
+
+    /// An unnamed placement went to `node` at `now`.
+    pub fn note_unnamed(&mut self, node: &NodeKey, now: Timestamp) {
+        let q = self.unnamed.entry(node.clone()).or_default();
+        q.push_back(now);
+        // Bounded: beyond this many recent calls the node is busy anyway.
+        if q.len() > 10_000 {
+            q.pop_front();
+        }
+    }
+
+    fn pending_load(&mut self, node: &str, now: Timestamp) -> u64 {
+        let in_flight = self.pending.get(node).copied().unwrap_or(0);
+        let recent = match self.unnamed.get_mut(node) {
+            Some(q) => {
+                while q.front().is_some_and(|t| t.plus_ms(UNNAMED_WINDOW_MS) <= now) {
+                    q.pop_front();
+                }
+                q.len() as u64
+            }
+            None => 0,
+        };
+        in_flight + recent
+    }
+
+    /// Marks `node` as draining (no new sessions), optionally until `deadline` after which
+    /// its sessions move.
+    pub fn drain(&mut self, node: NodeKey, deadline: Option<Timestamp>) {
+        self.drains.insert(node, deadline);
+    }
+
+    /// Lifts a drain mark; returns whether there was one.
+    pub fn undrain(&mut self, node: &str) -> bool {
+        self.drains.remove(node).is_some()
+    }
+
+    /// Whether `node` is draining, and until when.
+    pub fn draining(&self, node: &str) -> Option<Option<Timestamp>> {
+        self.drains.get(node).copied()
+    }
+
+    /// Every drain mark.
+    pub fn drains(&self) -> Vec<(NodeKey, Option<Timestamp>)> {
+        let mut out: Vec<_> = self.drains.iter().map(|(k, d)| (k.clone(), *d)).collect();
+        out.sort();
+        out
+    }
+
+    /// Sessions on drained nodes whose drain deadline has passed (they must move).
+    pub fn drain_overdue(&self, now: Timestamp) -> Vec<Session> {
+        self.drains
+            .iter()
+            .filter(|(_, d)| d.is_some_and(|d| d <= now))
+            .flat_map(|(node, _)| self.of_node(node))
+            .collect()
+    }
+
+    /// The candidates for a new session of `service` (live nodes, with their loads).
+    pub fn candidates(
+        &mut self,
+        registry: &Registry,
+        service: &str,
+        default_capacity: u64,
+        now: Timestamp,
+    ) -> Vec<(Candidate, Arc<Node>)> {
+        let lookup = crate::command::Lookup { service: service.into(), nid: None, params: Default::default() };
+        registry
+            .get(&lookup)
+            .into_iter()
+            .map(|node| {
+                let key = node.id();
+                let c = Candidate {
+                    sessions: self.count(&key),
+                    pending: self.pending_load(&key, now),
+                    draining: self.drains.contains_key(key.as_str()),
+                    report: Report::of(&node),
+                    default_capacity,
+                    dc: node.dc.clone(),
+                    key,
+                };
+                (c, node)
+            })
+            .collect()
+    }
+}
+
+/// What a lookup of a placed service decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The session is placed on a live node: answer it.
+    Existing(Session, Arc<Node>),
+    /// Place the session on this node (claim it in the store); `from` is the node it was on
+    /// if that one is gone.
+    Place {
+        /// The chosen node.
+        node: Arc<Node>,
+        /// Where the session was before, if anywhere.
+        from: Option<NodeKey>,
+    },
+    /// Every node of the service is full or draining (or there is none).
+    NoCapacity,
+}
+
+/// Decides where session `sid` of `service` goes: its current node while that node lives
+/// (draining or not: existing sessions stay), else the best candidate.
+pub fn decide(
+    registry: &Registry,
+    sessions: &mut Sessions,
+    service: &str,
+    sid: &str,
+    prefer_dc: &str,
+    default_capacity: u64,
+    now: Timestamp,
+    random: u64,
+) -> Decision {
+    let current = sessions.get(sid);
+    if let Some(s) = &current
+        && let Some(e) = registry.lookup(&s.node)
+        && e.node.service == service
+        && !sessions.draining(&s.node).is_some_and(|d| d.is_some_and(|d| d <= now))
+    {
+        return Decision::Existing(s.clone(), e.node.clone());
+    }
+    let candidates = sessions.candidates(registry, service, default_capacity, now);
+    let plain: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+    match placement::choose(&plain, prefer_dc, sid, random) {
+        Some(i) => Decision::Place { node: candidates[i].1.clone(), from: current.map(|s| s.node) },
+        None => Decision::NoCapacity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{RegistryConfig, Verdict};
+
+    const T0: Timestamp = Timestamp::from_ms(1_000_000);
+
+    fn registry(nodes: &[(&str, &str)]) -> Registry {
+        let mut r = Registry::new(RegistryConfig { expire_ms: 5_000, placed: ["rtc".to_owned()].into() });
+        for (dc, nid) in nodes {
+            let n = Node { dc: (*dc).into(), service: "rtc".into(), nid: (*nid).into(), ..Node::default() };
+            r.apply_write(Arc::new(n), T0.plus_ms(5_000), Verdict::Created);
+        }
+        r
+    }
+
+    fn session(sid: &str, node: &str, version: u64) -> Session {
+        Session { sid: sid.into(), node: node.into(), version, used: T0 }
+    }
+
+    #[test]
+    fn a_placed_session_stays_on_its_live_node() {
+        let r = registry(&[("dc1", "a"), ("dc1", "b")]);
+        let mut s = Sessions::new();
+        s.set(session("room", "dc1.b", 1));
+        for _ in 0..5 {
+            s.set(session(&format!("other{}", s.len()), "dc1.a", 1));
+        }
+        match decide(&r, &mut s, "rtc", "room", "dc1", 0, T0, 0) {
+            Decision::Existing(sess, node) => {
+                assert_eq!(node.nid, "b");
+                assert_eq!(sess.version, 1);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_session_whose_node_is_gone_is_placed_again_and_says_where_from() {
+        let mut r = registry(&[("dc1", "a"), ("dc1", "b")]);
+        let mut s = Sessions::new();
+        s.set(session("room", "dc1.b", 3));
+        r.apply_departure("dc1.b", true, None);
+        assert_eq!(
+            decide(&r, &mut s, "rtc", "room", "dc1", 0, T0, 0),
+            Decision::Place { node: r.lookup("dc1.a").unwrap().node.clone(), from: Some("dc1.b".into()) }
+        );
+    }
+
+    #[test]
+    fn a_new_session_goes_to_the_least_loaded_node() {
+        let r = registry(&[("dc1", "a"), ("dc1", "b")]);
+        let mut s = Sessions::new();
+        s.set(session("x", "dc1.a", 1));
+        let Decision::Place { node, from: None } = decide(&r, &mut s, "rtc", "new", "dc1", 0, T0, 0) else { panic!() };
+        assert_eq!(node.nid, "b");
+    }
+
+    #[test]
+    fn draining_keeps_existing_sessions_until_the_deadline() {
+        let r = registry(&[("dc1", "a"), ("dc1", "b")]);
+        let mut s = Sessions::new();
+        s.set(session("room", "dc1.a", 1));
+        s.drain("dc1.a".into(), Some(T0.plus_ms(1_000)));
+        assert!(matches!(decide(&r, &mut s, "rtc", "room", "dc1", 0, T0, 0), Decision::Existing(..)));
+        let Decision::Place { node, .. } = decide(&r, &mut s, "rtc", "fresh", "dc1", 0, T0, 0) else { panic!() };
+        assert_eq!(node.nid, "b", "no new session on a draining node");
+        assert_eq!(s.drain_overdue(T0.plus_ms(999)), vec![]);
+        assert_eq!(s.drain_overdue(T0.plus_ms(1_000)), vec![session("room", "dc1.a", 1)]);
+        let Decision::Place { node, from } = decide(&r, &mut s, "rtc", "room", "dc1", 0, T0.plus_ms(1_000), 0) else {
+            panic!()
+        };
+        assert_eq!((node.nid.as_str(), from.as_deref()), ("b", Some("dc1.a")), "past the deadline it moves");
+        assert!(s.undrain("dc1.a"));
+        assert!(!s.undrain("dc1.a"));
+    }
+
+    #[test]
+    fn no_capacity_when_everything_is_full() {
+        let r = registry(&[("dc1", "a")]);
+        let mut s = Sessions::new();
+        s.set(session("x", "dc1.a", 1));
+        assert_eq!(decide(&r, &mut s, "rtc", "y", "dc1", 1, T0, 0), Decision::NoCapacity);
+        assert_eq!(decide(&registry(&[]), &mut Sessions::new(), "rtc", "y", "dc1", 0, T0, 0), Decision::NoCapacity);
+    }
+
+    #[test]
+    fn versions_fence_stale_writes() {
+        let mut s = Sessions::new();
+        s.set(session("room", "dc1.a", 5));
+        s.set(session("room", "dc1.b", 4));
+        assert_eq!(s.get("room").unwrap().node.as_ref(), "dc1.a");
+        s.set(session("room", "dc1.b", 6));
+        assert_eq!(s.get("room").unwrap().node.as_ref(), "dc1.b");
+        assert_eq!((s.count("dc1.a"), s.count("dc1.b")), (0, 1));
+        assert_eq!(s.remove("room").unwrap().version, 6);
+        assert!(s.is_empty() && s.count("dc1.b") == 0);
+    }
+
+    #[test]
+    fn pending_and_recent_unnamed_placements_count_as_load_then_decay() {
+        let r = registry(&[("dc1", "a"), ("dc1", "b")]);
+        let mut s = Sessions::new();
+        let a: NodeKey = "dc1.a".into();
+        s.begin_placement(&a);
+        let Decision::Place { node, .. } = decide(&r, &mut s, "rtc", "n1", "dc1", 0, T0, 0) else { panic!() };
+        assert_eq!(node.nid, "b");
+        s.end_placement(&a);
+        s.note_unnamed(&a, T0);
+        s.note_unnamed(&a, T0);
+        let Decision::Place { node, .. } = decide(&r, &mut s, "rtc", "n2", "dc1", 0, T0.plus_ms(9_999), 0) else {
+            panic!()
+        };
+        assert_eq!(node.nid, "b");
+        let c = s.candidates(&r, "rtc", 0, T0.plus_ms(UNNAMED_WINDOW_MS));
+        assert!(c.iter().all(|(c, _)| c.pending == 0), "unnamed placements decay: {c:?}");
+    }
+
+    #[test]
+    fn idle_sessions_are_found_by_last_use() {
+        let mut s = Sessions::new();
+        s.set(session("a", "dc1.a", 1));
+        s.set(session("b", "dc1.a", 1));
+        s.touch("b", T0.plus_ms(100));
+        assert_eq!(s.idle(T0.plus_ms(50)).iter().map(|s| &*s.sid).collect::<Vec<_>>(), ["a"]);
+    }
+}
