@@ -9,12 +9,14 @@
 //! - [`registry`]: the live nodes with their deadlines; writes, departures and expiry
 //!   turn into [`Event`]s; `get` answers.
 //! - [`placement`]: the choice of a node for a new session (capacity, DC, load, ties).
+//! - [`session_key`]: which session a lookup names (`sid` param or the JWT's claim).
 //! - [`sessions`]: the session table (sid -> node with a fencing version), drain marks,
 //!   and [`sessions::decide`], the decision for one lookup.
 
 pub mod command;
 pub mod placement;
 pub mod registry;
+pub mod session_key;
 pub mod sessions;
 pub mod time;
 

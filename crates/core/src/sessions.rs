@@ -253,23 +253,32 @@ pub enum Decision {
     NoCapacity,
 }
 
-/// Decides where session `sid` of `service` goes: its current node while that node lives
-/// (draining or not: existing sessions stay), else the best candidate.
-pub fn decide(
-    registry: &Registry,
-    sessions: &mut Sessions,
-    service: &str,
-    sid: &str,
-    prefer_dc: &str,
-    default_capacity: u64,
-    now: Timestamp,
-    random: u64,
-) -> Decision {
+/// One lookup of a placed service.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The placed service (`rtc`).
+    pub service: &'a str,
+    /// The session key.
+    pub sid: &'a str,
+    /// The requester's DC.
+    pub prefer_dc: &'a str,
+    /// Capacity of nodes that report none (0: unlimited).
+    pub default_capacity: u64,
+    /// The time.
+    pub now: Timestamp,
+    /// A random number (for large clusters' sampling).
+    pub random: u64,
+}
+
+/// Decides where the session goes: its current node while that node lives (draining or
+/// not, until the drain deadline: existing sessions stay), else the best candidate.
+pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> Decision {
+    let Ask { service, sid, prefer_dc, default_capacity, now, random } = *ask;
     let current = sessions.get(sid);
     if let Some(s) = &current
         && let Some(e) = registry.lookup(&s.node)
         && e.node.service == service
-        && !sessions.draining(&s.node).is_some_and(|d| d.is_some_and(|d| d <= now))
+        && sessions.draining(&s.node).is_none_or(|d| d.is_none_or(|d| d > now))
     {
         return Decision::Existing(s.clone(), e.node.clone());
     }
@@ -297,6 +306,10 @@ mod tests {
         r
     }
 
+    fn ask(sid: &str, default_capacity: u64, now: Timestamp) -> Ask<'_> {
+        Ask { service: "rtc", sid, prefer_dc: "dc1", default_capacity, now, random: 0 }
+    }
+
     fn session(sid: &str, node: &str, version: u64) -> Session {
         Session { sid: sid.into(), node: node.into(), version, used: T0 }
     }
@@ -309,7 +322,7 @@ mod tests {
         for _ in 0..5 {
             s.set(session(&format!("other{}", s.len()), "dc1.a", 1));
         }
-        match decide(&r, &mut s, "rtc", "room", "dc1", 0, T0, 0) {
+        match decide(&r, &mut s, &ask("room", 0, T0)) {
             Decision::Existing(sess, node) => {
                 assert_eq!(node.nid, "b");
                 assert_eq!(sess.version, 1);
@@ -325,7 +338,7 @@ mod tests {
         s.set(session("room", "dc1.b", 3));
         r.apply_departure("dc1.b", true, None);
         assert_eq!(
-            decide(&r, &mut s, "rtc", "room", "dc1", 0, T0, 0),
+            decide(&r, &mut s, &ask("room", 0, T0)),
             Decision::Place { node: r.lookup("dc1.a").unwrap().node.clone(), from: Some("dc1.b".into()) }
         );
     }
@@ -335,7 +348,7 @@ mod tests {
         let r = registry(&[("dc1", "a"), ("dc1", "b")]);
         let mut s = Sessions::new();
         s.set(session("x", "dc1.a", 1));
-        let Decision::Place { node, from: None } = decide(&r, &mut s, "rtc", "new", "dc1", 0, T0, 0) else { panic!() };
+        let Decision::Place { node, from: None } = decide(&r, &mut s, &ask("new", 0, T0)) else { panic!() };
         assert_eq!(node.nid, "b");
     }
 
@@ -345,14 +358,12 @@ mod tests {
         let mut s = Sessions::new();
         s.set(session("room", "dc1.a", 1));
         s.drain("dc1.a".into(), Some(T0.plus_ms(1_000)));
-        assert!(matches!(decide(&r, &mut s, "rtc", "room", "dc1", 0, T0, 0), Decision::Existing(..)));
-        let Decision::Place { node, .. } = decide(&r, &mut s, "rtc", "fresh", "dc1", 0, T0, 0) else { panic!() };
+        assert!(matches!(decide(&r, &mut s, &ask("room", 0, T0)), Decision::Existing(..)));
+        let Decision::Place { node, .. } = decide(&r, &mut s, &ask("fresh", 0, T0)) else { panic!() };
         assert_eq!(node.nid, "b", "no new session on a draining node");
         assert_eq!(s.drain_overdue(T0.plus_ms(999)), vec![]);
         assert_eq!(s.drain_overdue(T0.plus_ms(1_000)), vec![session("room", "dc1.a", 1)]);
-        let Decision::Place { node, from } = decide(&r, &mut s, "rtc", "room", "dc1", 0, T0.plus_ms(1_000), 0) else {
-            panic!()
-        };
+        let Decision::Place { node, from } = decide(&r, &mut s, &ask("room", 0, T0.plus_ms(1_000))) else { panic!() };
         assert_eq!((node.nid.as_str(), from.as_deref()), ("b", Some("dc1.a")), "past the deadline it moves");
         assert!(s.undrain("dc1.a"));
         assert!(!s.undrain("dc1.a"));
@@ -363,8 +374,8 @@ mod tests {
         let r = registry(&[("dc1", "a")]);
         let mut s = Sessions::new();
         s.set(session("x", "dc1.a", 1));
-        assert_eq!(decide(&r, &mut s, "rtc", "y", "dc1", 1, T0, 0), Decision::NoCapacity);
-        assert_eq!(decide(&registry(&[]), &mut Sessions::new(), "rtc", "y", "dc1", 0, T0, 0), Decision::NoCapacity);
+        assert_eq!(decide(&r, &mut s, &ask("y", 1, T0)), Decision::NoCapacity);
+        assert_eq!(decide(&registry(&[]), &mut Sessions::new(), &ask("y", 0, T0)), Decision::NoCapacity);
     }
 
     #[test]
@@ -386,14 +397,12 @@ mod tests {
         let mut s = Sessions::new();
         let a: NodeKey = "dc1.a".into();
         s.begin_placement(&a);
-        let Decision::Place { node, .. } = decide(&r, &mut s, "rtc", "n1", "dc1", 0, T0, 0) else { panic!() };
+        let Decision::Place { node, .. } = decide(&r, &mut s, &ask("n1", 0, T0)) else { panic!() };
         assert_eq!(node.nid, "b");
         s.end_placement(&a);
         s.note_unnamed(&a, T0);
         s.note_unnamed(&a, T0);
-        let Decision::Place { node, .. } = decide(&r, &mut s, "rtc", "n2", "dc1", 0, T0.plus_ms(9_999), 0) else {
-            panic!()
-        };
+        let Decision::Place { node, .. } = decide(&r, &mut s, &ask("n2", 0, T0.plus_ms(9_999))) else { panic!() };
         assert_eq!(node.nid, "b");
         let c = s.candidates(&r, "rtc", 0, T0.plus_ms(UNNAMED_WINDOW_MS));
         assert!(c.iter().all(|(c, _)| c.pending == 0), "unnamed placements decay: {c:?}");

@@ -106,6 +106,15 @@ pub(crate) struct ServeArgs {
     /// Services placed per session, comma-separated; empty for Go's behaviour (file: [placement] services) [default: rtc]
     #[arg(long, env = "ISLB_PLACEMENT_SERVICES", value_name = "LIST")]
     pub(crate) placement_services: Option<String>,
+    /// Sessions not looked up for this long are released [default: 1day]
+    #[arg(long, env = "ISLB_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) session_ttl: Option<Duration>,
+    /// Most sessions placed on a node that reports no capacity; 0 for no limit [default: 0]
+    #[arg(long, env = "ISLB_DEFAULT_CAPACITY", value_name = "SESSIONS")]
+    pub(crate) default_capacity: Option<u64>,
+    /// HMAC secret to verify the JWT in a lookup's authorization (HS256/384/512); unset: claims are only decoded
+    #[arg(long, env = "ISLB_JWT_KEY", value_name = "SECRET", hide_env_values = true)]
+    pub(crate) jwt_key: Option<String>,
 }
 
 impl ServeArgs {
@@ -128,6 +137,9 @@ impl ServeArgs {
             max_message_size: self.max_message_size,
             keepalive_interval: self.keepalive_interval,
             placement_services: self.placement_services.clone(),
+            session_ttl: self.session_ttl,
+            default_capacity: self.default_capacity,
+            jwt_key: self.jwt_key.clone(),
         }
     }
 }

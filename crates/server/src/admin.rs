@@ -8,6 +8,12 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/status` | JSON: nid, dc, version, uptime, node count, store and NATS state |
 //! | `GET /v1/nodes[?service=S]` | JSON: every registered node (placed services included) with its deadline |
+//! | `GET /v1/sessions[?node=NID]` | JSON: session placements (of one node), and drain marks |
+//! | `POST /v1/drain?node=NID[&deadline=30m]` | no new sessions on the node; its sessions move after the deadline |
+//! | `POST /v1/undrain?node=NID` | lifts the drain |
+//! | `POST /v1/release?sid=SID` | releases a session (its next lookup places it afresh) |
+//!
+//! `NID` may be a bare NID (when one node has it) or `DC.NID`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +61,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/sessions", get(sessions))
+        .route("/v1/drain", axum::routing::post(drain))
+        .route("/v1/undrain", axum::routing::post(undrain))
+        .route("/v1/release", axum::routing::post(release))
         .with_state(state)
 }
 
@@ -145,4 +155,90 @@ async fn nodes(State(s): State<AdminState>, Query(q): Query<NodesQuery>) -> Json
         .collect();
     out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Json(json!({ "nodes": out }))
+}
+
+#[derive(Deserialize)]
+struct NodeQuery {
+    node: Option<String>,
+    deadline: Option<String>,
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Resolves an operator's node name: `DC.NID`, or a NID that one registered node has.
+pub fn resolve_node(discovery: &Discovery, name: &str) -> Result<islb_core::NodeKey, String> {
+    let r = discovery.registry();
+    if r.lookup(name).is_some() {
+        return Ok(name.into());
+    }
+    let matches: Vec<_> = r.entries().filter(|(_, e)| e.node.nid == name).map(|(k, _)| k.clone()).collect();
+    match matches.len() {
+        1 => Ok(matches[0].clone()),
+        0 if name.contains('.') => Ok(name.into()),
+        0 => Err(format!("no registered node has NID {name:?} (give DC.NID to name one that is not registered)")),
+        _ => Err(format!("NID {name:?} is registered in several DCs; give DC.NID")),
+    }
+}
+
+fn session_json(s: &islb_core::Session) -> serde_json::Value {
+    json!({ "sid": &*s.sid, "node": &*s.node, "version": s.version, "used": s.used.to_string() })
+}
+
+async fn sessions(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
+    let node = match q.node.as_deref().map(|n| resolve_node(&s.discovery, n)).transpose() {
+        Ok(n) => n,
+        Err(e) => return bad_request(e),
+    };
+    let list: Vec<_> = s.discovery.sessions(node.as_deref()).iter().map(session_json).collect();
+    let drains: Vec<_> = s
+        .discovery
+        .drains()
+        .into_iter()
+        .map(|(n, d)| json!({ "node": &*n, "deadline": d.map(|d| d.to_string()) }))
+        .collect();
+    Json(json!({ "sessions": list, "drains": drains })).into_response()
+}
+
+async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
+    let Some(name) = q.node else { return bad_request("node= is required") };
+    let node = match resolve_node(&s.discovery, &name) {
+        Ok(n) => n,
+        Err(e) => return bad_request(e),
+    };
+    let deadline = match q.deadline.as_deref().map(crate::config::parse_duration).transpose() {
+        Ok(d) => d.map(|d| islb_core::Timestamp::now().plus(d)),
+        Err(e) => return bad_request(e),
+    };
+    match s.discovery.drain(&node, deadline).await {
+        Ok(()) => Json(json!({ "node": &*node, "draining": true, "deadline": deadline.map(|d| d.to_string()),
+            "sessions": s.discovery.sessions(Some(&node)).len() }))
+        .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+async fn undrain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
+    let Some(name) = q.node else { return bad_request("node= is required") };
+    let node = match resolve_node(&s.discovery, &name) {
+        Ok(n) => n,
+        Err(e) => return bad_request(e),
+    };
+    match s.discovery.undrain(&node).await {
+        Ok(was) => Json(json!({ "node": &*node, "draining": false, "was_draining": was })).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SidQuery {
+    sid: String,
+}
+
+async fn release(State(s): State<AdminState>, Query(q): Query<SidQuery>) -> Response {
+    match s.discovery.release_session(&q.sid).await {
+        Some(released) => Json(json!({ "released": session_json(&released) })).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no session {:?}", q.sid) }))).into_response(),
+    }
 }

@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(2);
 /// Default bound on any store call.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default idle time after which a session is released (ion's Redis keys: 24 h).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Services placed per session by default.
 pub const DEFAULT_PLACEMENT_SERVICES: &[&str] = &["rtc"];
 
@@ -163,6 +165,12 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Services placed per session (hidden from `get *` and from save events).
     pub placement_services: BTreeSet<String>,
+    /// Sessions not looked up for this long are released.
+    pub session_ttl: Duration,
+    /// Capacity (sessions) of nodes that report none; 0: unlimited.
+    pub default_capacity: u64,
+    /// HMAC secret to verify JWTs in `authorization` (none: claims are only decoded).
+    pub jwt_key: Option<String>,
     /// ion's `[redis]` section as read (its URL is the store when `store` is not set).
     pub ion_redis: Option<IonRedis>,
 }
@@ -187,6 +195,9 @@ impl Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             keepalive_interval: DEFAULT_KEEPALIVE,
             placement_services: DEFAULT_PLACEMENT_SERVICES.iter().map(|s| s.to_string()).collect(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            default_capacity: 0,
+            jwt_key: None,
             ion_redis: None,
         }
     }
@@ -226,6 +237,9 @@ impl Config {
         if self.max_message_size < 1024 {
             return bad("max-message-size", format!("{} is too small (minimum 1024 bytes)", self.max_message_size));
         }
+        if self.session_ttl < Duration::from_secs(1) {
+            return bad("session-ttl", "must be at least 1s".into());
+        }
         if self.store_timeout.is_zero() {
             return bad("store-timeout", "must be more than 0".into());
         }
@@ -260,6 +274,9 @@ impl Config {
             ("max-message-size", self.max_message_size.to_string()),
             ("keepalive-interval", humantime::format_duration(self.keepalive_interval).to_string()),
             ("placement-services", self.placement_services.iter().cloned().collect::<Vec<_>>().join(",")),
+            ("session-ttl", humantime::format_duration(self.session_ttl).to_string()),
+            ("default-capacity", self.default_capacity.to_string()),
+            ("jwt-key", if self.jwt_key.is_some() { "***".into() } else { String::new() }),
         ]
     }
 }
@@ -313,6 +330,9 @@ pub struct Overrides {
     pub keepalive_interval: Option<Duration>,
     /// Comma-separated; empty disables placement.
     pub placement_services: Option<String>,
+    pub session_ttl: Option<Duration>,
+    pub default_capacity: Option<u64>,
+    pub jwt_key: Option<String>,
 }
 
 impl Overrides {
@@ -365,6 +385,15 @@ impl Overrides {
         }
         if let Some(v) = &self.placement_services {
             cfg.placement_services = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
+        if let Some(v) = self.session_ttl {
+            cfg.session_ttl = v;
+        }
+        if let Some(v) = self.default_capacity {
+            cfg.default_capacity = v;
+        }
+        if let Some(v) = &self.jwt_key {
+            cfg.jwt_key = Some(v.clone()).filter(|k| !k.is_empty());
         }
         Ok(())
     }
@@ -438,6 +467,10 @@ struct FileLayer {
     max_message_size: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     keepalive_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_ttl: Option<Duration>,
+    default_capacity: Option<u64>,
+    jwt_key: Option<String>,
     placement: Option<PlacementSection>,
     // ion's islb.toml
     global: Option<IonGlobal>,
@@ -583,6 +616,15 @@ impl FileLayer {
         }
         if let Some(services) = self.placement.and_then(|p| p.services) {
             cfg.placement_services = services.into_iter().collect();
+        }
+        if let Some(v) = self.session_ttl {
+            cfg.session_ttl = v;
+        }
+        if let Some(v) = self.default_capacity {
+            cfg.default_capacity = v;
+        }
+        if let Some(v) = self.jwt_key {
+            cfg.jwt_key = Some(v).filter(|k| !k.is_empty());
         }
         Ok(())
     }

@@ -29,7 +29,9 @@ use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use islb_core::{Command, Event, EventKind, Lookup, NodeKey, Registry, Timestamp, Verdict, WriteAction, node_key};
+use islb_core::{
+    Command, Event, EventKind, Lookup, NodeKey, Registry, Session, Sessions, Timestamp, Verdict, WriteAction, node_key,
+};
 use islb_gob::{GetResponse, Limits, Message as _, Node, Request, Response};
 use islb_store::{Change, Changes, Claim, Store, StoreError};
 use tokio::sync::Notify;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::link::{Pending, StoreLink};
+use crate::placement::{MoveReason, PlacementConfig, PlacementState};
 use crate::throttle::Throttle;
 
 /// The subject every registry request arrives on.
@@ -67,10 +70,12 @@ pub struct Discovery {
     expiry_wake: Notify,
     get_cache: Mutex<HashMap<CacheKey, (u64, Bytes)>>,
     bad_input_log: Throttle,
+    pub(crate) capacity_log: Throttle,
     link: StoreLink,
+    pub(crate) placement: PlacementState,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a few map operations that cannot be left half done by a
     // panic, so a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -94,6 +99,7 @@ impl Discovery {
         store: Arc<dyn Store>,
         max_message_size: usize,
         store_timeout: Duration,
+        placement: PlacementConfig,
     ) -> Self {
         let store_kind = store.kind();
         Discovery {
@@ -105,8 +111,38 @@ impl Discovery {
             expiry_wake: Notify::new(),
             get_cache: Mutex::new(HashMap::new()),
             bad_input_log: Throttle::new(Duration::from_secs(1)),
+            capacity_log: Throttle::new(Duration::from_secs(1)),
             link: StoreLink::new(store_kind, store_timeout),
+            placement: PlacementState::new(placement),
         }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn link_healthy(&self) -> bool {
+        self.link.healthy()
+    }
+
+    pub(crate) async fn store_call_pub<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
+        self.store_call(op, call).await
+    }
+
+    pub(crate) async fn link_call<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.link.call_always(op, call, 1).await
+    }
+
+    pub(crate) async fn sync_now(&self) {
+        self.sync().await
     }
 
     /// Locks the registry view (never held across an `.await`).
@@ -254,11 +290,17 @@ impl Discovery {
             }
         };
         let events = self.registry().apply_departure(&key, existed, found.or_else(|| Some(Arc::new(node))));
-        self.publish(events).await;
+        self.publish(events.clone()).await;
+        for e in events {
+            self.fail_over(&e.node, MoveReason::NodeDown).await;
+        }
         ok_reply()
     }
 
     async fn get(&self, lookup: &Lookup) -> Bytes {
+        if lookup.service != "*" && self.registry().is_placed(&lookup.service) {
+            return self.lookup_placed(lookup).await;
+        }
         // Read what other replicas wrote first, so a node saved through any replica is
         // listed here at once (one round trip when nothing changed).
         if self.store.shared() && self.link.healthy() {
@@ -317,6 +359,21 @@ impl Discovery {
             for (node, deadline) in snapshot.nodes {
                 r.upsert(node, deadline);
             }
+            // The store's placements replace this replica's (it is the authority), except
+            // placements made here during an outage and not claimed yet.
+            let held = lock(&self.placement.held);
+            let mut sessions = lock(&self.placement.sessions);
+            let mine: Vec<Session> = held.keys().filter_map(|sid| sessions.get(sid)).collect();
+            *sessions = Sessions::new();
+            for s in snapshot.sessions {
+                sessions.set(s);
+            }
+            for s in mine {
+                sessions.set(s);
+            }
+            for (node, deadline) in snapshot.drains {
+                sessions.drain(node, deadline);
+            }
         }
         self.link.set_cursor(snapshot.cursor);
         self.expiry_wake.notify_one();
@@ -330,11 +387,20 @@ impl Discovery {
             Some(Changes::Since { changes, cursor }) => {
                 if !changes.is_empty() {
                     let mut r = self.registry();
+                    let mut sessions = lock(&self.placement.sessions);
                     for change in changes {
                         match change {
                             Change::Put(node, deadline) => r.upsert(node, deadline),
                             Change::Delete(key) => {
                                 r.remove(&key);
+                            }
+                            Change::Session(s) => sessions.set(s),
+                            Change::SessionGone(sid) => {
+                                sessions.remove(&sid);
+                            }
+                            Change::Drain(node, deadline) => sessions.drain(node, deadline),
+                            Change::Undrain(node) => {
+                                sessions.undrain(&node);
                             }
                         }
                     }
@@ -365,6 +431,7 @@ impl Discovery {
                 if self.store.shared() {
                     self.sync().await;
                 }
+                self.placement_housekeeping().await;
             } else {
                 self.recover().await;
             }
@@ -409,6 +476,22 @@ impl Discovery {
                     return;
                 }
             }
+            let (sessions, drains) = {
+                let s = lock(&self.placement.sessions);
+                (s.all(), s.drains())
+            };
+            for s in sessions {
+                lock(&self.placement.held).insert(s.sid.clone(), s.node.clone());
+            }
+            for (node, deadline) in drains {
+                if self.link.call_always("set_drain", self.store.set_drain(&node, deadline), 1).await.is_err() {
+                    self.link.mark_reset();
+                    return;
+                }
+            }
+        }
+        if !self.replay_held_sessions().await {
+            return;
         }
         self.link.set_healthy();
         self.flush().await;
@@ -452,7 +535,10 @@ impl Discovery {
             match claim {
                 Claim::Expired(node) => {
                     let events = self.registry().apply_departure(key, true, Some(node));
-                    self.publish(events).await;
+                    self.publish(events.clone()).await;
+                    for e in &events {
+                        self.fail_over(&e.node, MoveReason::NodeDown).await;
+                    }
                     metrics::counter!("islb_nodes_expired_total").increment(1);
                     if let Some(deadline) = deadline {
                         let late = deadline.until(Timestamp::now());
@@ -487,6 +573,7 @@ impl Discovery {
         if !self.link.healthy() {
             return; // kept until the store is back
         }
+        self.flush_session_touches().await;
         let batch: Vec<(NodeKey, Timestamp)> = std::mem::take(&mut *lock(&self.touches)).into_iter().collect();
         if batch.is_empty() {
             return;

@@ -23,6 +23,7 @@ pub mod config;
 pub mod discovery;
 mod link;
 pub mod nats;
+pub mod placement;
 pub mod selfreg;
 pub mod telemetry;
 mod throttle;
@@ -125,8 +126,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         expire_ms: u64::try_from(cfg.expire.as_millis()).unwrap_or(u64::MAX),
         placed: cfg.placement_services.clone(),
     });
-    let discovery =
-        Arc::new(Discovery::new(client.clone(), registry, store.clone(), cfg.max_message_size, cfg.store_timeout));
+    let placement = placement::PlacementConfig {
+        dc: cfg.dc.clone(),
+        default_capacity: cfg.default_capacity,
+        session_ttl: cfg.session_ttl,
+        jwt_key: cfg.jwt_key.as_ref().map(|k| islb_core::session_key::JwtKey::hmac(k.as_bytes())),
+    };
+    let discovery = Arc::new(Discovery::new(
+        client.clone(),
+        registry,
+        store.clone(),
+        cfg.max_message_size,
+        cfg.store_timeout,
+        placement,
+    ));
     match discovery.load_from_store().await {
         Ok(0) => {}
         Ok(n) => info!(nodes = n, store = store.kind(), "nodes restored from the store"),

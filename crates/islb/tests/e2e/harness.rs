@@ -49,6 +49,11 @@ impl Islb {
     pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http, path)
     }
+
+    /// `POST path` on the admin server: (status, body).
+    pub(crate) fn http_post(&self, path: &str) -> (u16, String) {
+        http(self.http, "POST", path)
+    }
 }
 
 fn rand_suffix() -> u32 {
@@ -59,9 +64,14 @@ fn rand_suffix() -> u32 {
 
 /// A minimal HTTP/1.1 GET.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path)
+}
+
+/// A minimal HTTP/1.1 request without a body.
+pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("admin HTTP reachable");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
@@ -136,5 +146,53 @@ impl Peer {
             Ok(Ok(msg)) => Some(msg.payload.to_vec()),
             _ => None,
         }
+    }
+}
+
+/// Keeps nodes alive as ion's KeepAlive does (save, then update every `period`) until
+/// dropped; each node's loop can be stopped alone (an SFU dying).
+pub(crate) struct KeepAlive {
+    tasks: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
+}
+
+impl KeepAlive {
+    pub(crate) async fn start(nats: &NatsServer, nodes: &[Node], period: Duration) -> KeepAlive {
+        let client = async_nats::connect(nats.url()).await.expect("NATS connection");
+        let mut tasks = std::collections::HashMap::new();
+        for n in nodes {
+            let client = client.clone();
+            let n = n.clone();
+            let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
+            let req = |action: &str| Request { action: action.into(), node: n.clone(), ..Request::default() }.to_gob();
+            let (save, update) = (req("save"), req("update"));
+            // The first save is sent before this returns: the node is registered.
+            let reply = client.request(subject.clone(), save.into()).await.expect("save answered");
+            assert!(Response::from_gob(&reply.payload).expect("a Response").success);
+            let task = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.request(subject.clone(), update.clone().into()),
+                    )
+                    .await;
+                }
+            });
+            tasks.insert(n.nid.clone(), task);
+        }
+        KeepAlive { tasks }
+    }
+
+    /// Stops one node's keep-alives (it falls silent, as a crashed SFU).
+    pub(crate) fn silence(&mut self, nid: &str) {
+        if let Some(t) = self.tasks.remove(nid) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.tasks.values().for_each(|t| t.abort());
     }
 }

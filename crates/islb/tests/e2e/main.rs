@@ -3,5 +3,6 @@
 
 mod foundation;
 mod harness;
+mod placement;
 mod registry;
 mod storage;

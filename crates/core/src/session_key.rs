@@ -1,0 +1,176 @@
+//! The session key of a lookup: which room a client call belongs to.
+//!
+//! ion's signal node forwards the client call's gRPC metadata as the `get` params. islb
+//! reads, in order:
+//!
+//! 1. param `sid`: any Go scalar (a string, or an `int` read in its Go spelling);
+//! 2. the `sid` claim of the JWT in param `authorization` (ion's signal passes the raw
+//!    token; a `Bearer ` prefix is accepted too). Without a configured key the claims are
+//!    only decoded (signal verified the token already); with a key, an HS256/HS384/HS512
+//!    signature is verified and a token that fails is refused.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use islb_gob::ValueMap;
+
+use crate::command::{Rejection, param_string};
+
+/// Why a lookup's session key could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// A param of the wrong Go type.
+    #[error(transparent)]
+    Param(#[from] Rejection),
+    /// The token is not a JWT (three base64url parts, a JSON header and claims).
+    #[error("authorization is not a JWT: {0}")]
+    Malformed(&'static str),
+    /// The token's signature does not verify with the configured key, or uses an
+    /// algorithm islb does not verify.
+    #[error("authorization JWT refused: {0}")]
+    Refused(&'static str),
+}
+
+/// A key to verify JWT signatures with (HMAC).
+#[derive(Clone)]
+pub struct JwtKey(Vec<u8>);
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKey(***)")
+    }
+}
+
+impl JwtKey {
+    /// A shared secret for HS256, HS384 and HS512.
+    pub fn hmac(secret: impl Into<Vec<u8>>) -> Self {
+        JwtKey(secret.into())
+    }
+
+    fn verify(&self, alg: &str, signed: &[u8], signature: &[u8]) -> Result<(), KeyError> {
+        let ok = match alg {
+            "HS256" => mac::<sha2::Sha256>(&self.0, signed, signature),
+            "HS384" => mac::<sha2::Sha384>(&self.0, signed, signature),
+            "HS512" => mac::<sha2::Sha512>(&self.0, signed, signature),
+            _ => return Err(KeyError::Refused("unsupported algorithm (islb verifies HS256, HS384, HS512)")),
+        };
+        if ok { Ok(()) } else { Err(KeyError::Refused("bad signature")) }
+    }
+}
+
+fn mac<D>(key: &[u8], signed: &[u8], signature: &[u8]) -> bool
+where
+    Hmac<D>: KeyInit + Mac,
+    D: hmac::EagerHash,
+{
+    let Ok(mut m) = <Hmac<D> as KeyInit>::new_from_slice(key) else { return false };
+    m.update(signed);
+    m.verify_slice(signature).is_ok()
+}
+
+/// The session key of a lookup, if it names one.
+pub fn session_key(params: &ValueMap, jwt_key: Option<&JwtKey>) -> Result<Option<String>, KeyError> {
+    if let Some(sid) = param_string(params, "sid")?.filter(|s| !s.is_empty()) {
+        return Ok(Some(sid));
+    }
+    let Some(token) = param_string(params, "authorization")? else { return Ok(None) };
+    let token = token.trim();
+    let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token).trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    jwt_sid(token, jwt_key)
+}
+
+fn jwt_sid(token: &str, key: Option<&JwtKey>) -> Result<Option<String>, KeyError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(KeyError::Malformed("expected three dot-separated parts"));
+    };
+    let decode = |p: &str| B64.decode(p).map_err(|_| KeyError::Malformed("a part is not base64url"));
+    let header: serde_json::Value =
+        serde_json::from_slice(&decode(header)?).map_err(|_| KeyError::Malformed("header is not JSON"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&decode(claims)?).map_err(|_| KeyError::Malformed("claims are not JSON"))?;
+    if let Some(key) = key {
+        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("none");
+        let signed_len = token.len() - signature.len() - 1;
+        key.verify(alg, &token.as_bytes()[..signed_len], &decode(signature)?)?;
+    }
+    Ok(match claims.get("sid") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use islb_gob::Value;
+
+    fn params(pairs: &[(&str, Value)]) -> ValueMap {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    }
+
+    fn jwt(header: &str, claims: &str, key: Option<&[u8]>) -> String {
+        let signed = format!("{}.{}", B64.encode(header), B64.encode(claims));
+        let sig = match key {
+            Some(k) => {
+                let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(k).unwrap();
+                m.update(signed.as_bytes());
+                B64.encode(m.finalize().into_bytes())
+            }
+            None => String::new(),
+        };
+        format!("{signed}.{sig}")
+    }
+
+    #[test]
+    fn the_sid_param_comes_first_in_any_scalar_type() {
+        assert_eq!(session_key(&params(&[("sid", "room-1".into())]), None), Ok(Some("room-1".into())));
+        assert_eq!(session_key(&params(&[("sid", Value::Int64(42))]), None), Ok(Some("42".into())));
+        let t = jwt(r#"{"alg":"none"}"#, r#"{"sid":"from-jwt"}"#, None);
+        assert_eq!(
+            session_key(&params(&[("sid", "p".into()), ("authorization", t.into())]), None),
+            Ok(Some("p".into()))
+        );
+        assert_eq!(session_key(&params(&[]), None), Ok(None));
+        assert!(matches!(session_key(&params(&[("sid", Value::List(vec![]))]), None), Err(KeyError::Param(_))));
+    }
+
+    #[test]
+    fn the_sid_claim_of_an_unverified_jwt_with_or_without_bearer() {
+        // The token ionpeer's signal-sim sends: alg none, no signature.
+        let t = jwt(r#"{"alg":"none","typ":"JWT"}"#, r#"{"sid":"room-7","uid":"u1","services":["rtc"]}"#, None);
+        assert_eq!(session_key(&params(&[("authorization", t.clone().into())]), None), Ok(Some("room-7".into())));
+        let bearer = format!("Bearer {t}");
+        assert_eq!(session_key(&params(&[("authorization", bearer.into())]), None), Ok(Some("room-7".into())));
+        let no_sid = jwt(r#"{"alg":"none"}"#, r#"{"uid":"u1"}"#, None);
+        assert_eq!(session_key(&params(&[("authorization", no_sid.into())]), None), Ok(None));
+        // ion's examples pass the literal "token".
+        assert!(matches!(
+            session_key(&params(&[("authorization", "token".into())]), None),
+            Err(KeyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn with_a_key_the_signature_is_verified() {
+        let key = JwtKey::hmac(b"s3cret".to_vec());
+        let good = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"sid":"room-9"}"#, Some(b"s3cret"));
+        assert_eq!(session_key(&params(&[("authorization", good.into())]), Some(&key)), Ok(Some("room-9".into())));
+        let forged = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"sid":"room-9"}"#, Some(b"guess"));
+        assert_eq!(
+            session_key(&params(&[("authorization", forged.into())]), Some(&key)),
+            Err(KeyError::Refused("bad signature"))
+        );
+        let unsigned = jwt(r#"{"alg":"none"}"#, r#"{"sid":"room-9"}"#, None);
+        assert!(matches!(
+            session_key(&params(&[("authorization", unsigned.into())]), Some(&key)),
+            Err(KeyError::Refused(_))
+        ));
+        assert_eq!(format!("{key:?}"), "JwtKey(***)");
+    }
+}

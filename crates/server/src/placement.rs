@@ -1,0 +1,486 @@
+//! Session placement, the shell around [`islb_core::sessions`]: lookups of placed services
+//! (`get rtc` with the client call's metadata), claims in the store, fail-over when a node
+//! leaves, drains, idle release, and the `islb.session.<sid>` move events.
+//!
+//! A lookup with a session key answers exactly one node: the session's node while it
+//! lives, else the best candidate, claimed atomically in the store so that concurrent
+//! joins on any replica agree. Without a session key it answers every live node of the
+//! service, best first, and counts the first as an unnamed placement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use islb_core::session_key::{JwtKey, KeyError, session_key};
+use islb_core::sessions::{Ask, Decision, decide};
+use islb_core::{Lookup, NodeKey, Session, Sessions, Timestamp, placement};
+use islb_gob::{GetResponse, Message as _, Node};
+use islb_store::SessionClaim;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::discovery::{Discovery, lock};
+
+/// Placement settings.
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    /// islb's DC: preferred when a lookup names none (param `dc`).
+    pub dc: String,
+    /// Capacity of nodes that state none (0: unlimited).
+    pub default_capacity: u64,
+    /// Sessions not looked up for this long are released.
+    pub session_ttl: Duration,
+    /// Verifies JWT signatures when set.
+    pub jwt_key: Option<JwtKey>,
+}
+
+/// The placement state of one replica.
+pub(crate) struct PlacementState {
+    pub(crate) config: PlacementConfig,
+    pub(crate) sessions: Mutex<Sessions>,
+    /// Session use times not yet written to the store.
+    pub(crate) touches: Mutex<HashMap<Arc<str>, Timestamp>>,
+    /// Placements made while the store was out of reach, to claim when it is back.
+    pub(crate) held: Mutex<HashMap<Arc<str>, NodeKey>>,
+    /// When idle sessions were last looked for (ms).
+    last_idle_sweep: std::sync::atomic::AtomicU64,
+}
+
+impl PlacementState {
+    pub(crate) fn new(config: PlacementConfig) -> Self {
+        PlacementState {
+            config,
+            sessions: Mutex::new(Sessions::new()),
+            touches: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            last_idle_sweep: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// Why a session moved (the `reason` of an `islb.session.<sid>` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveReason {
+    /// Its node was deleted or expired.
+    NodeDown,
+    /// Its node was drained and the drain deadline passed.
+    Drain,
+    /// Released by an operator.
+    Released,
+    /// Not looked up for `session-ttl`.
+    Idle,
+    /// Its node left and no other node had room.
+    NoCapacity,
+}
+
+/// The JSON published on `islb.session.<sid>` when a session moves or is released.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionEvent {
+    /// The session.
+    pub sid: String,
+    /// NID of the node it was on (`null` if none).
+    pub from: Option<String>,
+    /// NID of the node it is on now (`null` when released).
+    pub to: Option<String>,
+    /// `DC.NID` keys of the same nodes.
+    pub from_key: Option<String>,
+    /// `DC.NID` of the new node.
+    pub to_key: Option<String>,
+    /// Why.
+    pub reason: MoveReason,
+    /// The placement's fencing version after the move.
+    pub version: u64,
+    /// When (RFC 3339).
+    pub time: String,
+}
+
+fn nid_of(key: &str) -> String {
+    key.split_once('.').map_or(key, |(_, nid)| nid).to_owned()
+}
+
+/// The subject of a session's events: `islb.session.<sid>` (characters that cannot be in
+/// a subject token become `_`).
+pub fn session_subject(sid: &str) -> String {
+    let clean: String = sid.chars().map(|c| if c.is_whitespace() || c == '*' || c == '>' { '_' } else { c }).collect();
+    format!("islb.session.{clean}")
+}
+
+fn random() -> u64 {
+    rand::random()
+}
+
+impl Discovery {
+    /// A `get` of a placed service.
+    pub(crate) async fn lookup_placed(&self, lookup: &Lookup) -> Bytes {
+        let reply = |nodes: Vec<Arc<Node>>| -> Bytes {
+            GetResponse { nodes: nodes.iter().map(|n| (**n).clone()).collect() }.to_gob().into()
+        };
+        let prefer_dc = islb_core::command::param_string(&lookup.params, "dc")
+            .ok()
+            .flatten()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| self.placement.config.dc.clone());
+        let sid = match session_key(&lookup.params, self.placement.config.jwt_key.as_ref()) {
+            Ok(k) => k,
+            Err(e) => {
+                metrics::counter!("islb_placements_total", "outcome" => "refused").increment(1);
+                let label = match e {
+                    KeyError::Param(_) => "bad_param",
+                    KeyError::Malformed(_) => "bad_jwt",
+                    KeyError::Refused(_) => "jwt_refused",
+                };
+                metrics::counter!("islb_bad_requests_total", "reason" => label).increment(1);
+                warn!(service = %lookup.service, error = %e, "lookup refused: no node answered");
+                return reply(Vec::new());
+            }
+        };
+        if self.store().shared() && self.link_healthy() {
+            self.sync_now().await;
+        }
+        match sid {
+            Some(sid) => reply(self.place(&lookup.service, &sid, &prefer_dc).await.into_iter().collect()),
+            None => reply(self.place_unnamed(&lookup.service, &prefer_dc)),
+        }
+    }
+
+    /// Every live node of `service`, best first; the first takes an unnamed placement.
+    fn place_unnamed(&self, service: &str, prefer_dc: &str) -> Vec<Arc<Node>> {
+        let now = Timestamp::now();
+        let r = self.registry();
+        let mut sessions = lock(&self.placement.sessions);
+        let candidates = sessions.candidates(&r, service, self.placement.config.default_capacity, now);
+        let plain: Vec<_> = candidates.iter().map(|(c, _)| c.clone()).collect();
+        let session = format!("unnamed-{}", random());
+        let order = placement::rank(&plain, prefer_dc, &session);
+        if let Some(&first) = order.first()
+            && plain[first].eligible()
+        {
+            sessions.note_unnamed(&plain[first].key.as_str().into(), now);
+            metrics::counter!("islb_placements_total", "outcome" => "unnamed").increment(1);
+        } else {
+            metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
+        }
+        order.into_iter().map(|i| candidates[i].1.clone()).collect()
+    }
+
+    /// The node for session `sid` of `service`, placing it if needed; `None` when no node
+    /// has room.
+    pub(crate) async fn place(&self, service: &str, sid: &str, prefer_dc: &str) -> Option<Arc<Node>> {
+        for _attempt in 0..3 {
+            let now = Timestamp::now();
+            let decision = {
+                let r = self.registry();
+                let mut sessions = lock(&self.placement.sessions);
+                let ask = Ask {
+                    service,
+                    sid,
+                    prefer_dc,
+                    default_capacity: self.placement.config.default_capacity,
+                    now,
+                    random: random(),
+                };
+                let d = decide(&r, &mut sessions, &ask);
+                if let Decision::Place { node, .. } = &d {
+                    sessions.begin_placement(&node.id().into());
+                }
+                d
+            };
+            match decision {
+                Decision::Existing(session, node) => {
+                    lock(&self.placement.sessions).touch(sid, now);
+                    lock(&self.placement.touches).insert(session.sid, now);
+                    metrics::counter!("islb_placements_total", "outcome" => "existing").increment(1);
+                    return Some(node);
+                }
+                Decision::NoCapacity => {
+                    metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
+                    if let Some(suppressed) = self.capacity_log.allow() {
+                        warn!(
+                            service,
+                            sid, suppressed, "no node of the service has room: lookup answered with no node"
+                        );
+                    }
+                    return None;
+                }
+                Decision::Place { node, from } => {
+                    let key: NodeKey = node.id().into();
+                    let claim = self.store_call_pub("claim_session", self.store().claim_session(sid, &key, now)).await;
+                    let claim = claim.unwrap_or_else(|| {
+                        // The store is out of reach: place here and claim when it is back.
+                        lock(&self.placement.held).insert(sid.into(), key.clone());
+                        let version = lock(&self.placement.sessions).get(sid).map_or(0, |s| s.version) + 1;
+                        let session = Session { sid: sid.into(), node: key.clone(), version, used: now };
+                        match from.clone() {
+                            Some(from) => SessionClaim::Moved { session, from },
+                            None => SessionClaim::Placed(session),
+                        }
+                    });
+                    lock(&self.placement.sessions).end_placement(&key);
+                    match claim {
+                        SessionClaim::CandidateGone => {
+                            // This view still lists a node the store has lost: catch up and choose again.
+                            self.sync_now().await;
+                            continue;
+                        }
+                        SessionClaim::Existing(s) => {
+                            let node = self.registry().lookup(&s.node).map(|e| e.node.clone());
+                            lock(&self.placement.sessions).set(s);
+                            metrics::counter!("islb_placements_total", "outcome" => "existing").increment(1);
+                            match node {
+                                Some(n) => return Some(n),
+                                None => {
+                                    self.sync_now().await;
+                                    continue;
+                                }
+                            }
+                        }
+                        SessionClaim::Placed(s) => {
+                            lock(&self.placement.sessions).set(s);
+                            metrics::counter!("islb_placements_total", "outcome" => "placed").increment(1);
+                            return Some(node);
+                        }
+                        SessionClaim::Moved { session, from } => {
+                            let event = SessionEvent {
+                                sid: sid.to_owned(),
+                                from: Some(nid_of(&from)),
+                                to: Some(node.nid.clone()),
+                                from_key: Some(from.to_string()),
+                                to_key: Some(key.to_string()),
+                                reason: self.why_moved(&from, now),
+                                version: session.version,
+                                time: now.to_string(),
+                            };
+                            lock(&self.placement.sessions).set(session);
+                            metrics::counter!("islb_placements_total", "outcome" => "moved").increment(1);
+                            self.publish_session_event(event).await;
+                            return Some(node);
+                        }
+                    }
+                }
+            }
+        }
+        warn!(service, sid, "placement did not settle after 3 attempts");
+        None
+    }
+
+    fn why_moved(&self, from: &str, now: Timestamp) -> MoveReason {
+        let sessions = lock(&self.placement.sessions);
+        match sessions.draining(from) {
+            Some(Some(d)) if d <= now && self.registry().lookup(from).is_some() => MoveReason::Drain,
+            _ => MoveReason::NodeDown,
+        }
+    }
+
+    pub(crate) async fn publish_session_event(&self, event: SessionEvent) {
+        info!(sid = %event.sid, from = ?event.from, to = ?event.to, reason = ?event.reason, "session moved");
+        let payload = serde_json::to_vec(&event).expect("serialisable");
+        if let Err(e) = self.client().publish(session_subject(&event.sid), payload.into()).await {
+            warn!(error = %e, sid = %event.sid, "could not publish a session event");
+        }
+        metrics::counter!("islb_session_moves_total", "reason" => format!("{:?}", event.reason)).increment(1);
+    }
+
+    /// Moves the sessions of `node` elsewhere (it left, and this replica announced it).
+    pub(crate) async fn fail_over(&self, node: &Node, reason: MoveReason) {
+        let key = node.id();
+        let sessions = lock(&self.placement.sessions).of_node(&key);
+        if sessions.is_empty() {
+            return;
+        }
+        info!(node = %key, sessions = sessions.len(), ?reason, "moving the sessions of a departed node");
+        let services = [node.service.clone()];
+        for s in sessions {
+            self.move_one(&s, &services, reason).await;
+        }
+    }
+
+    /// Moves one session to the best other node (or releases it when none has room).
+    async fn move_one(&self, s: &Session, services: &[String], reason: MoveReason) {
+        let now = Timestamp::now();
+        let target = {
+            let r = self.registry();
+            let mut sessions = lock(&self.placement.sessions);
+            let mut best = None;
+            for service in services {
+                let candidates = sessions.candidates(&r, service, self.placement.config.default_capacity, now);
+                let plain: Vec<_> =
+                    candidates.iter().map(|(c, _)| c.clone()).filter(|c| c.key.as_str() != &*s.node).collect();
+                let nodes: Vec<_> =
+                    candidates.iter().filter(|(c, _)| c.key.as_str() != &*s.node).map(|(_, n)| n.clone()).collect();
+                if let Some(i) = placement::choose(&plain, &self.placement.config.dc, &s.sid, random()) {
+                    best = Some(nodes[i].clone());
+                    break;
+                }
+            }
+            if let Some(n) = &best {
+                sessions.begin_placement(&n.id().into());
+            }
+            best
+        };
+        let to_key: Option<NodeKey> = target.as_ref().map(|n| n.id().into());
+        let moved = self
+            .store_call_pub("move_session", self.store().move_session(&s.sid, s.version, to_key.as_ref(), None, now))
+            .await;
+        if let Some(k) = &to_key {
+            lock(&self.placement.sessions).end_placement(k);
+        }
+        let Some(Some(new)) = moved else { return }; // someone else moved it, or the store is out of reach
+        {
+            let mut sessions = lock(&self.placement.sessions);
+            match &to_key {
+                Some(_) => sessions.set(new.clone()),
+                None => {
+                    sessions.remove(&s.sid);
+                }
+            }
+        }
+        let event = SessionEvent {
+            sid: s.sid.to_string(),
+            from: Some(nid_of(&s.node)),
+            to: target.as_ref().map(|n| n.nid.clone()),
+            from_key: Some(s.node.to_string()),
+            to_key: to_key.map(|k| k.to_string()),
+            reason: if target.is_some() { reason } else { MoveReason::NoCapacity },
+            version: if target.is_some() { new.version } else { s.version },
+            time: now.to_string(),
+        };
+        self.publish_session_event(event).await;
+    }
+
+    /// Releases session `sid` (operator request); returns it if it was placed.
+    pub async fn release_session(&self, sid: &str) -> Option<Session> {
+        let current = lock(&self.placement.sessions).get(sid)?;
+        let now = Timestamp::now();
+        let released = self
+            .store_call_pub("move_session", self.store().move_session(sid, current.version, None, None, now))
+            .await??;
+        lock(&self.placement.sessions).remove(sid);
+        self.publish_session_event(SessionEvent {
+            sid: sid.to_owned(),
+            from: Some(nid_of(&released.node)),
+            to: None,
+            from_key: Some(released.node.to_string()),
+            to_key: None,
+            reason: MoveReason::Released,
+            version: released.version,
+            time: now.to_string(),
+        })
+        .await;
+        Some(released)
+    }
+
+    /// Drains node `node` (`DC.NID`): no new sessions; existing ones move after `deadline`.
+    pub async fn drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), String> {
+        self.store_call_pub("set_drain", self.store().set_drain(node, deadline))
+            .await
+            .ok_or_else(|| "the store is out of reach; try again".to_owned())?;
+        lock(&self.placement.sessions).drain(node.clone(), deadline);
+        info!(node = %node, deadline = ?deadline.map(|d| d.to_string()), "node drained");
+        Ok(())
+    }
+
+    /// Lifts a drain; returns whether the node was draining.
+    pub async fn undrain(&self, node: &NodeKey) -> Result<bool, String> {
+        let had = self
+            .store_call_pub("clear_drain", self.store().clear_drain(node))
+            .await
+            .ok_or_else(|| "the store is out of reach; try again".to_owned())?;
+        lock(&self.placement.sessions).undrain(node);
+        info!(node = %node, "node undrained");
+        Ok(had)
+    }
+
+    /// The sessions placed (on `node` only, if given).
+    pub fn sessions(&self, node: Option<&str>) -> Vec<Session> {
+        let s = lock(&self.placement.sessions);
+        match node {
+            Some(n) => s.of_node(n),
+            None => s.all(),
+        }
+    }
+
+    /// Drain marks.
+    pub fn drains(&self) -> Vec<(NodeKey, Option<Timestamp>)> {
+        lock(&self.placement.sessions).drains()
+    }
+
+    /// Moves sessions off nodes drained past their deadline, and releases idle sessions.
+    pub(crate) async fn placement_housekeeping(&self) {
+        let now = Timestamp::now();
+        let overdue = lock(&self.placement.sessions).drain_overdue(now);
+        let placed: Vec<String> = self.registry().config().placed.iter().cloned().collect();
+        for s in overdue {
+            let services = match self.registry().lookup(&s.node) {
+                Some(e) => vec![e.node.service.clone()],
+                None => placed.clone(),
+            };
+            self.move_one(&s, &services, MoveReason::Drain).await;
+        }
+        // Idle sessions: looked for once a minute (or a tenth of the TTL, if shorter).
+        let ttl = self.placement.config.session_ttl;
+        let every = (ttl / 10).min(Duration::from_secs(60)).as_millis() as u64;
+        let last = self.placement.last_idle_sweep.load(std::sync::atomic::Ordering::Relaxed);
+        if now.as_ms() < last + every {
+            return;
+        }
+        self.placement.last_idle_sweep.store(now.as_ms(), std::sync::atomic::Ordering::Relaxed);
+        let before = Timestamp::from_ms(now.as_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
+        let idle = lock(&self.placement.sessions).idle(before);
+        for s in idle {
+            if let Some(Some(released)) = self
+                .store_call_pub("move_session", self.store().move_session(&s.sid, s.version, None, Some(before), now))
+                .await
+            {
+                lock(&self.placement.sessions).remove(&s.sid);
+                self.publish_session_event(SessionEvent {
+                    sid: s.sid.to_string(),
+                    from: Some(nid_of(&released.node)),
+                    to: None,
+                    from_key: Some(released.node.to_string()),
+                    to_key: None,
+                    reason: MoveReason::Idle,
+                    version: released.version,
+                    time: now.to_string(),
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Writes batched session use times.
+    pub(crate) async fn flush_session_touches(&self) {
+        let batch: Vec<(Arc<str>, Timestamp)> =
+            std::mem::take(&mut *lock(&self.placement.touches)).into_iter().collect();
+        if batch.is_empty() {
+            return;
+        }
+        if self.store_call_pub("touch_sessions", self.store().touch_sessions(&batch)).await.is_none() {
+            let mut t = lock(&self.placement.touches);
+            for (k, v) in batch {
+                let e = t.entry(k).or_insert(v);
+                *e = (*e).max(v);
+            }
+        }
+    }
+
+    /// Claims the placements made while the store was out of reach (the store's answer
+    /// wins where another replica placed the same session meanwhile).
+    pub(crate) async fn replay_held_sessions(&self) -> bool {
+        let held: Vec<(Arc<str>, NodeKey)> = lock(&self.placement.held).drain().collect();
+        for (sid, node) in held {
+            match self.link_call("claim_session", self.store().claim_session(&sid, &node, Timestamp::now())).await {
+                Ok(SessionClaim::Existing(s) | SessionClaim::Placed(s) | SessionClaim::Moved { session: s, .. }) => {
+                    lock(&self.placement.sessions).set(s);
+                }
+                Ok(SessionClaim::CandidateGone) => {}
+                Err(_) => {
+                    lock(&self.placement.held).insert(sid, node);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
