@@ -8,12 +8,17 @@
 //! - `load`: registers N nodes (as ion's save) with C concurrent requesters.
 //! - `rss`: prints a process's resident memory.
 
+mod sim;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use islb_gob::{Message as _, Node, Request, Response, Rpc, Value};
+
+#[global_allocator]
+static ALLOC: sim::Counting = sim::Counting;
 
 #[derive(Parser)]
 #[command(name = "islb-bench", about = "Benchmark helpers for scripts/bench")]
@@ -50,6 +55,32 @@ enum Cmd {
     },
     /// Print the resident memory (VmRSS, bytes) of a process.
     Rss { pid: u32 },
+    /// Session lookups (`get rtc` with a sid param) from C concurrent connections, as ion's
+    /// signal sends them: throughput and latency (point it at `echo` for the baseline).
+    Lookups {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value_t = 1_000)]
+        sids: usize,
+        #[arg(long, short, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Placement simulator (pure core, no I/O) against random choice and round robin.
+    Sim {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        sessions: usize,
+        /// Chance that an operation ends a live session instead of starting one.
+        #[arg(long, default_value_t = 0.1)]
+        churn: f64,
+        #[arg(long, default_value_t = 100)]
+        failures: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Echo { url } => echo(&url).await,
         Cmd::Load { url, nodes, concurrency } => load(&url, nodes, concurrency).await,
         Cmd::Expiry { url, nodes, expire_ms } => expiry(&url, nodes, Duration::from_millis(expire_ms)).await,
+        Cmd::Lookups { url, sids, concurrency, duration } => lookups(&url, sids, concurrency, duration).await,
+        Cmd::Sim { nodes, sessions, churn, failures, seed } => {
+            sim::run(&sim::SimConfig { nodes, sessions, churn, failures, seed });
+            Ok(())
+        }
         Cmd::Rss { pid } => {
             println!("{}", rss(pid)?);
             Ok(())
@@ -151,6 +187,54 @@ async fn expiry(url: &str, count: usize, expire: Duration) -> anyhow::Result<()>
         q(0.5).as_secs_f64() * 1e3,
         q(0.99).as_secs_f64() * 1e3,
         late[late.len() - 1].as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn lookups(url: &str, sids: usize, concurrency: usize, d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    let workers = (0..concurrency).map(|w| {
+        let url = url.to_owned();
+        tokio::spawn(async move {
+            let client = async_nats::connect(url).await?;
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = w;
+            while Instant::now() < end {
+                let mut req = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
+                req.params.insert("sid".into(), Value::String(format!("room-{}", (i * 7919) % sids)));
+                req.params.insert("content-type".into(), Value::String("application/grpc".into()));
+                let t = Instant::now();
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    client.request("node.publish.rtc", req.to_gob().into()),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => lat.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+                i += concurrency;
+            }
+            anyhow::Ok((lat, errors))
+        })
+    });
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for w in futures::future::join_all(workers).await {
+        let (lat, e) = w??;
+        all.extend(lat);
+        errors += e;
+    }
+    all.sort();
+    anyhow::ensure!(!all.is_empty(), "no replies ({errors} errors)");
+    let q = |f: f64| all[((all.len() - 1) as f64 * f) as usize];
+    println!(
+        "lookups: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
+        all.len(),
+        all.len() as f64 / d.as_secs_f64(),
+        q(0.5),
+        q(0.99)
     );
     Ok(())
 }

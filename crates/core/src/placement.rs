@@ -123,7 +123,9 @@ pub fn rendezvous(session: &str, node: &str) -> u64 {
     fnv(&[session.as_bytes(), node.as_bytes()])
 }
 
-fn better(a: &Candidate, b: &Candidate, session: &str) -> bool {
+/// Whether `a` is a better place than `b` for `session` (lower score; on a tie, the
+/// higher rendezvous weight).
+pub fn better(a: &Candidate, b: &Candidate, session: &str) -> bool {
     let (sa, sb) = (a.score(), b.score());
     if (sa - sb).abs() > 1e-12 {
         return sa < sb;

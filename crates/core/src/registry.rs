@@ -118,8 +118,42 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct Service {
+    /// In key order, for answers.
     keys: BTreeSet<NodeKey>,
     generation: u64,
+    /// By position, for random sampling (placement in large clusters).
+    all: Indexed,
+    by_dc: HashMap<String, Indexed>,
+}
+
+/// A set of keys that can also be read by position (swap-remove on removal).
+#[derive(Debug, Default)]
+struct Indexed {
+    list: Vec<NodeKey>,
+    pos: HashMap<NodeKey, usize>,
+}
+
+impl Indexed {
+    fn insert(&mut self, key: NodeKey) {
+        if !self.pos.contains_key(&key) {
+            self.pos.insert(key.clone(), self.list.len());
+            self.list.push(key);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some(i) = self.pos.remove(key) else { return };
+        let last = self.list.pop().expect("non-empty");
+        if i < self.list.len() {
+            self.pos.insert(last.clone(), i);
+            self.list[i] = last;
+        }
+    }
+}
+
+/// The DC part of a `DC.NID` key.
+fn dc_of(key: &str) -> &str {
+    key.split_once('.').map_or("", |(dc, _)| dc)
 }
 
 impl Registry {
@@ -258,13 +292,30 @@ impl Registry {
     }
 
     fn index(&mut self, service: &str, key: NodeKey) {
-        self.services.entry(service.to_owned()).or_default().keys.insert(key);
+        let s = self.services.entry(service.to_owned()).or_default();
+        s.all.insert(key.clone());
+        s.by_dc.entry(dc_of(&key).to_owned()).or_default().insert(key.clone());
+        s.keys.insert(key);
     }
 
     fn unindex(&mut self, service: &str, key: &str) {
         if let Some(s) = self.services.get_mut(service) {
             s.keys.remove(key);
+            s.all.remove(key);
+            if let Some(d) = s.by_dc.get_mut(dc_of(key)) {
+                d.remove(key);
+            }
         }
+    }
+
+    /// The nodes of `service`, in no particular order (for random sampling).
+    pub fn service_nodes(&self, service: &str) -> &[NodeKey] {
+        self.services.get(service).map_or(&[], |s| &s.all.list)
+    }
+
+    /// The nodes of `service` in `dc`, in no particular order.
+    pub fn service_dc_nodes(&self, service: &str, dc: &str) -> &[NodeKey] {
+        self.services.get(service).and_then(|s| s.by_dc.get(dc)).map_or(&[], |d| &d.list)
     }
 
     fn bump(&mut self, service: &str) {
@@ -472,7 +523,25 @@ mod tests {
         r.upsert(node("signal", "x"), T0);
         r.upsert(node("room", "x"), T0);
         assert!(r.get(&lookup("signal")).is_empty());
+        assert!(r.service_nodes("signal").is_empty());
         assert_eq!(r.get(&lookup("room")).len(), 1);
+        assert_eq!(r.service_dc_nodes("room", "dc1"), ["dc1.x".into()] as [NodeKey; 1]);
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn positional_indexes_follow_inserts_and_removals() {
+        let mut r = reg();
+        for i in 0..10 {
+            r.upsert(node("rtc", &format!("n{i}")), T0);
+        }
+        for i in (0..10).step_by(3) {
+            r.remove(&format!("dc1.n{i}"));
+        }
+        let mut all: Vec<String> = r.service_nodes("rtc").iter().map(|k| k.to_string()).collect();
+        all.sort();
+        assert_eq!(all, ["dc1.n1", "dc1.n2", "dc1.n4", "dc1.n5", "dc1.n7", "dc1.n8"]);
+        assert_eq!(r.service_dc_nodes("rtc", "dc1").len(), 6);
+        assert!(r.service_dc_nodes("rtc", "dc9").is_empty());
     }
 }

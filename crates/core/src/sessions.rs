@@ -207,6 +207,27 @@ impl Sessions {
             .collect()
     }
 
+    /// One node as a candidate (with its load), if it is registered.
+    pub fn candidate(
+        &mut self,
+        registry: &Registry,
+        key: &str,
+        default_capacity: u64,
+        now: Timestamp,
+    ) -> Option<(Candidate, Arc<Node>)> {
+        let node = registry.lookup(key)?.node.clone();
+        let c = Candidate {
+            sessions: self.count(key),
+            pending: self.pending_load(key, now),
+            draining: self.drains.contains_key(key),
+            report: Report::of(&node),
+            default_capacity,
+            dc: node.dc.clone(),
+            key: key.to_owned(),
+        };
+        Some((c, node))
+    }
+
     /// The candidates for a new session of `service` (live nodes, with their loads).
     pub fn candidates(
         &mut self,
@@ -282,12 +303,52 @@ pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> De
     {
         return Decision::Existing(s.clone(), e.node.clone());
     }
+    let from = current.map(|s| s.node);
+    if registry.service_nodes(service).len() > placement::EXACT_LIMIT
+        && let Some(node) = sample(registry, sessions, ask)
+    {
+        return Decision::Place { node, from };
+    }
     let candidates = sessions.candidates(registry, service, default_capacity, now);
     let plain: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
     match placement::choose(&plain, prefer_dc, sid, random) {
-        Some(i) => Decision::Place { node: candidates[i].1.clone(), from: current.map(|s| s.node) },
+        Some(i) => Decision::Place { node: candidates[i].1.clone(), from },
         None => Decision::NoCapacity,
     }
+}
+
+/// Power of two choices in a large cluster, in O(1): up to 16 random draws (from the
+/// requester's DC when it has nodes of the service) to find two eligible nodes; the better
+/// wins. `None` when the draws find none (a mostly full or draining cluster: the caller
+/// then scans every node, which applies the rules exactly).
+fn sample(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> Option<Arc<Node>> {
+    let local = registry.service_dc_nodes(ask.service, ask.prefer_dc);
+    let pool = if local.is_empty() { registry.service_nodes(ask.service) } else { local };
+    let mut state = ask.random;
+    let mut next = || {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut picks: Vec<(Candidate, Arc<Node>)> = Vec::with_capacity(2);
+    for _ in 0..16 {
+        let key = &pool[(next() % pool.len() as u64) as usize];
+        if picks.iter().any(|(c, _)| c.key == **key) {
+            continue;
+        }
+        if let Some((c, n)) = sessions.candidate(registry, key, ask.default_capacity, ask.now)
+            && c.eligible()
+        {
+            picks.push((c, n));
+            if picks.len() == 2 {
+                break;
+            }
+        }
+    }
+    picks.into_iter().reduce(|a, b| if placement::better(&b.0, &a.0, ask.sid) { b } else { a }).map(|(_, n)| n)
 }
 
 #[cfg(test)]
@@ -406,6 +467,45 @@ mod tests {
         assert_eq!(node.nid, "b");
         let c = s.candidates(&r, "rtc", 0, T0.plus_ms(UNNAMED_WINDOW_MS));
         assert!(c.iter().all(|(c, _)| c.pending == 0), "unnamed placements decay: {c:?}");
+    }
+
+    #[test]
+    fn large_clusters_sample_two_nodes_and_prefer_the_less_loaded() {
+        let nodes: Vec<(String, String)> = (0..200).map(|i| ("dc1".to_owned(), format!("n{i}"))).collect();
+        let refs: Vec<(&str, &str)> = nodes.iter().map(|(d, n)| (d.as_str(), n.as_str())).collect();
+        let r = registry(&refs);
+        let mut s = Sessions::new();
+        // Load every node but n7 heavily: sampling two nodes at a time, the empty node wins
+        // whenever it is drawn, and the loads stay within the sampled pair's.
+        for i in 0..200 {
+            for j in 0..(if i == 7 { 0 } else { 5 }) {
+                s.set(session(&format!("s{i}-{j}"), &format!("dc1.n{i}"), 1));
+            }
+        }
+        let mut hits_n7 = 0;
+        for seed in 0..400u64 {
+            let a = Ask { service: "rtc", sid: "x", prefer_dc: "dc1", default_capacity: 0, now: T0, random: seed };
+            let Decision::Place { node, .. } = decide(&r, &mut s, &a) else { panic!() };
+            hits_n7 += usize::from(node.nid == "n7");
+        }
+        // n7 is in about 2/200 of the samples.
+        assert!((1..=20).contains(&hits_n7), "{hits_n7}");
+    }
+
+    #[test]
+    fn a_mostly_full_large_cluster_falls_back_to_an_exact_scan() {
+        let nodes: Vec<(String, String)> = (0..100).map(|i| ("dc1".to_owned(), format!("n{i}"))).collect();
+        let refs: Vec<(&str, &str)> = nodes.iter().map(|(d, n)| (d.as_str(), n.as_str())).collect();
+        let r = registry(&refs);
+        let mut s = Sessions::new();
+        for i in 0..100 {
+            if i != 42 {
+                s.drain(format!("dc1.n{i}").into(), None);
+            }
+        }
+        let a = Ask { service: "rtc", sid: "x", prefer_dc: "dc1", default_capacity: 0, now: T0, random: 1 };
+        let Decision::Place { node, .. } = decide(&r, &mut s, &a) else { panic!() };
+        assert_eq!(node.nid, "n42", "the one node left is found");
     }
 
     #[test]
