@@ -40,7 +40,10 @@ fn generated_code_is_current() {
             }
         }
     }
-    assert!(stale.is_empty(), "src/gen is stale ({stale:?}): run ISLB_BLESS=1 cargo test -p islb-proto --test generated");
+    assert!(
+        stale.is_empty(),
+        "src/gen is stale ({stale:?}): run ISLB_BLESS=1 cargo test -p islb-proto --test generated"
+    );
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

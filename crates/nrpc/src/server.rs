@@ -1,0 +1,462 @@
+//! The nrpc server: gRPC services over NATS, as nats-grpc's Go clients expect them.
+//!
+//! Per service one queue subscription `nrpc.<nid>.<Service>.>` (queue group = the service
+//! name). Frames of one call share the request's reply inbox, which keys the call; they are
+//! handled strictly in arrival order (one loop per service hands each call's messages to
+//! its handler through a channel). The rules (shared/protocol/nrpc.md sections 3 and 11):
+//!
+//! - route by subject, never by `Call.method`;
+//! - `call` opens the call (unknown method: `end{Unimplemented}`); the handler reads the
+//!   first `data` itself, so a unary call starts on it without waiting for a half-close;
+//! - `end` without status is a half-close; `end` with any status (even 0) cancels the call
+//!   and nothing is sent back;
+//! - the answer is `data` frames and exactly one `end`, without status on success; no
+//!   `begin` (header metadata can crash Go clients); empty messages are padded;
+//! - frames without a reply subject, for inboxes without a call, garbage and oversized
+//!   messages are answered (when there is someone to answer) or dropped, and counted;
+//! - calls that receive nothing for `idle_timeout` are ended (`DEADLINE_EXCEEDED`): Go
+//!   clients never say when they abandon a stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, Message, Subject};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use islb_proto::nrpc::{self, request};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::frame::{self, Metadata};
+use crate::status::Status;
+use crate::subject;
+
+/// What a handler knows about its call.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    /// The full service name (`islb.ISLB`).
+    pub service: String,
+    /// The method name (`FindNode`).
+    pub method: String,
+    /// The request metadata.
+    pub metadata: Metadata,
+    /// The caller's node id (`Call.nid`; Go sets it on streams only).
+    pub peer_nid: String,
+}
+
+/// The request messages of a call, in arrival order; `None` after the client half-closed.
+pub struct Incoming {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+}
+
+impl Incoming {
+    /// The next request message, or `None` at half-close.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+
+    /// The next request message decoded as `M`.
+    pub async fn message<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        match self.next().await {
+            None => Ok(None),
+            Some(b) => {
+                M::decode(b).map(Some).map_err(|e| Status::invalid_argument(format!("bad request message: {e}")))
+            }
+        }
+    }
+
+    /// The one request message of a unary or server-streaming call.
+    pub async fn single<M: prost::Message + Default>(&mut self) -> Result<M, Status> {
+        self.message().await?.ok_or_else(|| Status::internal("missing request message"))
+    }
+}
+
+/// Sends the response messages of a call.
+#[derive(Clone)]
+pub struct Outgoing {
+    client: Client,
+    reply: Subject,
+    max: usize,
+}
+
+impl Outgoing {
+    /// Sends one response message (`data` frame).
+    pub async fn send(&self, msg: Bytes) -> Result<(), Status> {
+        if msg.len() > self.max {
+            return Err(Status::resource_exhausted(format!(
+                "response message of {} bytes exceeds the limit of {} bytes",
+                msg.len(),
+                self.max
+            )));
+        }
+        self.client
+            .publish(self.reply.clone(), frame::response_data(msg))
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot send: {e}")))
+    }
+
+    /// Sends one response message.
+    pub async fn send_message(&self, m: &impl prost::Message) -> Result<(), Status> {
+        self.send(m.encode_to_vec().into()).await
+    }
+}
+
+/// A gRPC service served over nrpc.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// The full service name, e.g. `islb.ISLB`.
+    fn name(&self) -> &'static str;
+    /// Whether the service has this method (others get `UNIMPLEMENTED`).
+    fn has_method(&self, method: &str) -> bool;
+    /// Serves one call; returning ends it (`Ok`: success, `Err`: that status).
+    async fn call(&self, info: CallInfo, incoming: Incoming, outgoing: Outgoing) -> Result<(), Status>;
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's id (a subject token; unique per process).
+    pub nid: String,
+    /// A call that receives nothing for this long is ended.
+    pub idle_timeout: Duration,
+    /// Largest request or response message.
+    pub max_message_size: usize,
+    /// Most calls open at once.
+    pub max_calls: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `nid`: 10 minutes idle, 1 MiB messages, 10,000 calls.
+    pub fn new(nid: impl Into<String>) -> Self {
+        ServerConfig {
+            nid: nid.into(),
+            idle_timeout: Duration::from_secs(600),
+            max_message_size: 1 << 20,
+            max_calls: 10_000,
+        }
+    }
+}
+
+struct CallState {
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    cancel: CancellationToken,
+    last: Instant,
+    peer_nid: String,
+}
+
+type Calls = Arc<Mutex<HashMap<String, CallState>>>;
+
+fn lock(calls: &Calls) -> MutexGuard<'_, HashMap<String, CallState>> {
+    calls.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An nrpc server being assembled.
+pub struct Server {
+    client: Client,
+    config: ServerConfig,
+    services: Vec<Arc<dyn Service>>,
+}
+
+/// A running server.
+pub struct Running {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    calls: Calls,
+    active: Arc<AtomicU64>,
+}
+
+impl Server {
+    /// A server for node `config.nid` on `client`.
+    pub fn new(client: Client, config: ServerConfig) -> Self {
+        Server { client, config, services: Vec::new() }
+    }
+
+    /// Adds a service.
+    pub fn add(&mut self, service: Arc<dyn Service>) -> &mut Self {
+        self.services.push(service);
+        self
+    }
+
+    /// The names of the services added, sorted.
+    pub fn service_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.services.iter().map(|s| s.name().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// Subscribes every service and starts serving.
+    pub async fn start(self) -> Result<Running, async_nats::SubscribeError> {
+        let stop = CancellationToken::new();
+        let calls: Calls = Arc::new(Mutex::new(HashMap::new()));
+        let active = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        for service in self.services {
+            let name = service.name();
+            let sub = self
+                .client
+                .queue_subscribe(subject::service_wildcard(&self.config.nid, name), subject::queue_group(name))
+                .await?;
+            let lp = Loop {
+                client: self.client.clone(),
+                prefix: subject::prefix(&self.config.nid, name),
+                service,
+                config: self.config.clone(),
+                calls: calls.clone(),
+                active: active.clone(),
+            };
+            tasks.spawn(lp.run(sub, stop.clone()));
+        }
+        tasks.spawn(reap_idle(self.client.clone(), calls.clone(), self.config.idle_timeout, stop.clone()));
+        self.client.flush().await.ok();
+        Ok(Running { stop, tasks, calls, active })
+    }
+}
+
+impl Running {
+    /// Calls open now.
+    pub fn active_calls(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Cancels the calls whose caller is node `nid` (it went down).
+    pub fn close_peer(&self, nid: &str) -> usize {
+        let calls = lock(&self.calls);
+        let mut n = 0;
+        for c in calls.values().filter(|c| c.peer_nid == nid) {
+            c.cancel.cancel();
+            n += 1;
+        }
+        n
+    }
+
+    /// Stops taking calls, cancels open ones, and waits for the loops to end.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for c in lock(&self.calls).values() {
+            c.cancel.cancel();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct Loop {
+    client: Client,
+    prefix: String,
+    service: Arc<dyn Service>,
+    config: ServerConfig,
+    calls: Calls,
+    active: Arc<AtomicU64>,
+}
+
+fn bad(reason: &'static str) {
+    metrics::counter!("islb_nrpc_bad_frames_total", "reason" => reason).increment(1);
+}
+
+impl Loop {
+    async fn run(self, mut sub: async_nats::Subscriber, stop: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                m = sub.next() => match m { Some(m) => m, None => return },
+                _ = stop.cancelled() => {
+                    let _ = sub.unsubscribe().await;
+                    return;
+                }
+            };
+            self.on_message(msg).await;
+        }
+    }
+
+    async fn end(&self, reply: &Subject, result: Result<(), Status>) {
+        let _ = self.client.publish(reply.clone(), frame::response_end(&result)).await;
+    }
+
+    async fn on_message(&self, msg: Message) {
+        let Some(reply) = msg.reply.clone() else {
+            bad("no_reply");
+            return;
+        };
+        if msg.payload.len() > self.config.max_message_size + 64 {
+            bad("oversized");
+            self.fail_call(
+                &reply,
+                Status::resource_exhausted(format!(
+                    "frame of {} bytes exceeds the limit of {} bytes",
+                    msg.payload.len(),
+                    self.config.max_message_size
+                )),
+            )
+            .await;
+            return;
+        }
+        let frame = match nrpc::Request::decode(msg.payload.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                bad("malformed");
+                self.fail_call(&reply, Status::invalid_argument(format!("malformed nrpc frame: {e}"))).await;
+                return;
+            }
+        };
+        match frame.r#type {
+            Some(request::Type::Call(call)) => self.on_call(&msg.subject, reply, call).await,
+            Some(request::Type::Data(data)) => {
+                let known = {
+                    let mut calls = lock(&self.calls);
+                    match calls.get_mut(reply.as_str()) {
+                        Some(state) => {
+                            state.last = Instant::now();
+                            if let Some(tx) = &state.tx {
+                                let _ = tx.send(Bytes::from(data.data));
+                            }
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if !known {
+                    bad("data_without_call");
+                    self.end(
+                        &reply,
+                        Err(Status::failed_precondition(
+                            "no call is open on this reply subject (data before call, or after its end)",
+                        )),
+                    )
+                    .await;
+                }
+            }
+            Some(request::Type::End(end)) => {
+                let mut calls = lock(&self.calls);
+                match calls.get_mut(reply.as_str()) {
+                    // A status, whatever its code, cancels: nothing is sent back.
+                    Some(state) if end.status.is_some() => {
+                        state.cancel.cancel();
+                        calls.remove(reply.as_str());
+                    }
+                    Some(state) => {
+                        state.last = Instant::now();
+                        state.tx = None; // half-close
+                    }
+                    // A late half-close of a finished call (Go unary clients send one).
+                    None => {}
+                }
+            }
+            None => bad("empty_frame"),
+        }
+    }
+
+    /// Ends the call on `reply` (if any) with `status`, or answers it when there is none.
+    async fn fail_call(&self, reply: &Subject, status: Status) {
+        if let Some(state) = lock(&self.calls).remove(reply.as_str()) {
+            state.cancel.cancel();
+        }
+        self.end(reply, Err(status)).await;
+    }
+
+    async fn on_call(&self, subject: &str, reply: Subject, call: nrpc::Call) {
+        let Some(method) = subject::method_of(&self.prefix, subject).filter(|m| self.service.has_method(m)) else {
+            bad("unimplemented");
+            self.end(&reply, Err(Status::unimplemented("Unimplemented"))).await;
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let refused = {
+            let mut calls = lock(&self.calls);
+            if calls.contains_key(reply.as_str()) {
+                bad("duplicate_call");
+                return;
+            }
+            let full = calls.len() >= self.config.max_calls;
+            if !full {
+                calls.insert(
+                    reply.to_string(),
+                    CallState {
+                        tx: Some(tx),
+                        cancel: cancel.clone(),
+                        last: Instant::now(),
+                        peer_nid: call.nid.clone(),
+                    },
+                );
+            }
+            full
+        };
+        if refused {
+            bad("too_many_calls");
+            self.end(&reply, Err(Status::resource_exhausted("too many calls open"))).await;
+            return;
+        }
+        let info = CallInfo {
+            service: self.service.name().to_owned(),
+            method: method.to_owned(),
+            metadata: frame::from_proto(call.metadata.as_ref()),
+            peer_nid: call.nid,
+        };
+        debug!(service = %info.service, method = %info.method, peer = %info.peer_nid, "nrpc call");
+        let service = self.service.clone();
+        let outgoing =
+            Outgoing { client: self.client.clone(), reply: reply.clone(), max: self.config.max_message_size };
+        let client = self.client.clone();
+        let calls = self.calls.clone();
+        let active = self.active.clone();
+        active.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("islb_nrpc_active_calls").increment(1.0);
+        tokio::spawn(async move {
+            let (svc, m) = (info.service.clone(), info.method.clone());
+            let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                r = service.call(info, Incoming { rx }, outgoing) => Some(r),
+            };
+            // Cancelled while finishing (the half-closed input of a cancelled call also ends
+            // the handler): a cancelled call gets nothing.
+            let result = result.filter(|_| !cancel.is_cancelled());
+            lock(&calls).remove(reply.as_str());
+            let code = match &result {
+                Some(Ok(())) => "OK",
+                Some(Err(s)) => s.code.name(),
+                None => "CANCELLED",
+            };
+            if let Some(r) = result {
+                if let Err(e) = client.publish(reply, frame::response_end(&r)).await {
+                    warn!(error = %e, "cannot end an nrpc call");
+                }
+            }
+            metrics::counter!("islb_nrpc_calls_total", "service" => svc, "method" => m, "code" => code).increment(1);
+            active.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("islb_nrpc_active_calls").decrement(1.0);
+        });
+    }
+}
+
+/// Ends calls that received nothing for `idle`.
+async fn reap_idle(client: Client, calls: Calls, idle: Duration, stop: CancellationToken) {
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.cancelled() => return,
+        }
+        let stale: Vec<String> = {
+            let mut calls = lock(&calls);
+            let now = Instant::now();
+            let keys: Vec<String> =
+                calls.iter().filter(|(_, c)| now.duration_since(c.last) >= idle).map(|(k, _)| k.clone()).collect();
+            for k in &keys {
+                if let Some(c) = calls.remove(k) {
+                    c.cancel.cancel();
+                }
+            }
+            keys
+        };
+        for reply in stale {
+            metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1);
+            let status = Status::deadline_exceeded(format!("call idle for {idle:?}: ended"));
+            let _ = client.publish(reply, frame::response_end(&Err(status))).await;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! gRPC status codes and the `Status` carried in an `End` frame.
+
+use std::fmt;
+
+use islb_proto::google::rpc;
+
+/// A gRPC status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// The code for a number (unknown numbers are `Unknown`).
+    pub fn from_i32(n: i32) -> Code {
+        use Code::*;
+        [
+            Ok,
+            Cancelled,
+            Unknown,
+            InvalidArgument,
+            DeadlineExceeded,
+            NotFound,
+            AlreadyExists,
+            PermissionDenied,
+            ResourceExhausted,
+            FailedPrecondition,
+            Aborted,
+            OutOfRange,
+            Unimplemented,
+            Internal,
+            Unavailable,
+            DataLoss,
+            Unauthenticated,
+        ]
+        .get(usize::try_from(n).unwrap_or(usize::MAX))
+        .copied()
+        .unwrap_or(Unknown)
+    }
+
+    /// The canonical name (`NOT_FOUND`...), for logs and metrics.
+    pub fn name(self) -> &'static str {
+        use Code::*;
+        match self {
+            Ok => "OK",
+            Cancelled => "CANCELLED",
+            Unknown => "UNKNOWN",
+            InvalidArgument => "INVALID_ARGUMENT",
+            DeadlineExceeded => "DEADLINE_EXCEEDED",
+            NotFound => "NOT_FOUND",
+            AlreadyExists => "ALREADY_EXISTS",
+            PermissionDenied => "PERMISSION_DENIED",
+            ResourceExhausted => "RESOURCE_EXHAUSTED",
+            FailedPrecondition => "FAILED_PRECONDITION",
+            Aborted => "ABORTED",
+            OutOfRange => "OUT_OF_RANGE",
+            Unimplemented => "UNIMPLEMENTED",
+            Internal => "INTERNAL",
+            Unavailable => "UNAVAILABLE",
+            DataLoss => "DATA_LOSS",
+            Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+/// An error status: a code and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Status {
+    /// The code (never `Ok` in an error).
+    pub code: Code,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.name(), self.message)
+    }
+}
+
+macro_rules! ctor {
+    ($($name:ident => $code:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("A `", stringify!($code), "` status.")]
+            pub fn $name(message: impl Into<String>) -> Status {
+                Status { code: Code::$code, message: message.into() }
+            }
+        )*
+    };
+}
+
+impl Status {
+    /// A status with `code` and `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Status {
+        Status { code, message: message.into() }
+    }
+
+    ctor! {
+        cancelled => Cancelled,
+        unknown => Unknown,
+        invalid_argument => InvalidArgument,
+        deadline_exceeded => DeadlineExceeded,
+        not_found => NotFound,
+        resource_exhausted => ResourceExhausted,
+        failed_precondition => FailedPrecondition,
+        unimplemented => Unimplemented,
+        internal => Internal,
+        unavailable => Unavailable,
+    }
+
+    /// As carried in `End.status`.
+    pub fn to_proto(&self) -> rpc::Status {
+        rpc::Status { code: self.code as i32, message: self.message.clone(), details: Vec::new() }
+    }
+
+    /// From `End.status`; a code 0 from a server is still an error (Go treats it so).
+    pub fn from_proto(s: &rpc::Status) -> Status {
+        let code = if s.code == 0 { Code::Unknown } else { Code::from_i32(s.code) };
+        Status { code, message: s.message.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_numbers_are_unknown() {
+        for n in 0..=16 {
+            assert_eq!(Code::from_i32(n) as i32, n);
+        }
+        assert_eq!(Code::from_i32(99), Code::Unknown);
+        assert_eq!(Code::from_i32(-1), Code::Unknown);
+        let s = Status::not_found("no such node");
+        assert_eq!(Status::from_proto(&s.to_proto()), s);
+        assert_eq!(s.to_string(), "NOT_FOUND: no such node");
+    }
+}

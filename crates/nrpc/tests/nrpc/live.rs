@@ -1,0 +1,212 @@
+//! Our client against our server over a real nats-server: every call kind, metadata,
+//! errors, deadlines and cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use islb_nrpc::{CallInfo, Client, Code, Incoming, Metadata, Outgoing, Running, Server, ServerConfig, Service, Status};
+use islb_testkit::NatsServer;
+
+/// A test service with one method per call kind.
+#[derive(Default)]
+pub(crate) struct Echo {
+    pub(crate) cancelled: AtomicUsize,
+}
+
+struct CountOnDrop<'a>(&'a AtomicUsize, bool);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl Service for Echo {
+    fn name(&self) -> &'static str {
+        "test.Echo"
+    }
+    fn has_method(&self, m: &str) -> bool {
+        ["Say", "Fail", "Slow", "Count", "Sum", "Chat", "Empty", "Meta"].contains(&m)
+    }
+    async fn call(&self, info: CallInfo, mut incoming: Incoming, out: Outgoing) -> Result<(), Status> {
+        match info.method.as_str() {
+            "Say" => {
+                let msg = incoming.next().await.ok_or_else(|| Status::internal("missing request message"))?;
+                out.send(msg).await
+            }
+            "Fail" => Err(Status::not_found("nope")),
+            "Slow" => {
+                let mut guard = CountOnDrop(&self.cancelled, false);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                guard.1 = true;
+                out.send(Bytes::from_static(b"late")).await
+            }
+            "Count" => {
+                let n: usize = String::from_utf8_lossy(&incoming.next().await.unwrap()).parse().unwrap();
+                for i in 0..n {
+                    out.send(i.to_string().into()).await?;
+                }
+                Ok(())
+            }
+            "Sum" => {
+                let mut sum = 0i64;
+                let mut seen = Vec::new();
+                while let Some(m) = incoming.next().await {
+                    let v: i64 = String::from_utf8_lossy(&m).parse().unwrap();
+                    seen.push(v);
+                    sum += v;
+                }
+                out.send(format!("{sum} {seen:?}").into()).await
+            }
+            "Chat" => {
+                while let Some(m) = incoming.next().await {
+                    out.send([&b"echo:"[..], &m].concat().into()).await?;
+                }
+                Ok(())
+            }
+            "Empty" => out.send(Bytes::new()).await,
+            "Meta" => {
+                let text: Vec<String> = info.metadata.iter().map(|(k, v)| format!("{k}={}", v.join(","))).collect();
+                out.send(format!("{} peer={}", text.join(";"), info.peer_nid).into()).await
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    nats: &NatsServer,
+    nid: &str,
+    config: impl FnOnce(&mut ServerConfig),
+) -> (Running, Arc<Echo>, async_nats::Client) {
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    let echo = Arc::new(Echo::default());
+    let mut cfg = ServerConfig::new(nid);
+    config(&mut cfg);
+    let mut server = Server::new(conn.clone(), cfg);
+    server.add(echo.clone());
+    (server.start().await.unwrap(), echo, conn)
+}
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn all_four_call_kinds_work() {
+    let nats = NatsServer::start();
+    let (_srv, _echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "tester");
+    let none = Metadata::new();
+    // unary
+    assert_eq!(client.unary("/test.Echo/Say", "hello".into(), &none, T).await.unwrap(), "hello");
+    // server streaming
+    let mut s = client.open("/test.Echo/Count", &none).await.unwrap();
+    s.send("4".into()).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = s.recv(T).await.unwrap() {
+        got.push(String::from_utf8_lossy(&m).into_owned());
+    }
+    assert_eq!(got, ["0", "1", "2", "3"]);
+    // client streaming, in order
+    let mut s = client.open("/test.Echo/Sum", &none).await.unwrap();
+    for v in 1..=50 {
+        s.send(v.to_string().into()).await.unwrap();
+    }
+    s.close_send().await.unwrap();
+    let reply = String::from_utf8(s.recv(T).await.unwrap().unwrap().to_vec()).unwrap();
+    let expected: Vec<i64> = (1..=50).collect();
+    assert_eq!(reply, format!("1275 {expected:?}"), "every message, in order");
+    assert_eq!(s.recv(T).await.unwrap(), None);
+    // bidi
+    let mut s = client.open("/test.Echo/Chat", &none).await.unwrap();
+    for word in ["a", "b", "c"] {
+        s.send(word.into()).await.unwrap();
+        assert_eq!(s.recv(T).await.unwrap().unwrap(), format!("echo:{word}"));
+    }
+    s.close_send().await.unwrap();
+    assert_eq!(s.recv(T).await.unwrap(), None, "the server ends after the half-close");
+}
+
+#[tokio::test]
+async fn metadata_and_the_callers_nid_reach_the_handler() {
+    let nats = NatsServer::start();
+    let (_srv, _echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "caller-9");
+    let md: Metadata =
+        [("sid".to_owned(), vec!["room-1".to_owned()]), ("x".to_owned(), vec!["ü".to_owned(), "2".to_owned()])].into();
+    let reply = client.unary("/test.Echo/Meta", Bytes::new(), &md, T).await.unwrap();
+    assert_eq!(reply, "sid=room-1;x=ü,2 peer=", "unary calls carry no caller nid, as Go's");
+    let mut s = client.open("/test.Echo/Meta", &md).await.unwrap();
+    s.send(Bytes::new()).await.unwrap();
+    assert_eq!(s.recv(T).await.unwrap().unwrap(), "sid=room-1;x=ü,2 peer=caller-9");
+}
+
+#[tokio::test]
+async fn errors_carry_their_code_and_message() {
+    let nats = NatsServer::start();
+    let (_srv, _echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "");
+    let err = client.unary("/test.Echo/Fail", "x".into(), &Metadata::new(), T).await.unwrap_err();
+    assert_eq!(err, Status::not_found("nope"));
+    let err = client.unary("/test.Echo/Nope", "x".into(), &Metadata::new(), T).await.unwrap_err();
+    assert_eq!(err.code, Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_client_deadline_cancels_the_call_at_the_server() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "");
+    let started = std::time::Instant::now();
+    let err =
+        client.unary("/test.Echo/Slow", "x".into(), &Metadata::new(), Duration::from_millis(300)).await.unwrap_err();
+    assert_eq!(err.code, Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for _ in 0..100 {
+        if echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the handler was not cancelled (cancelled {}, active {})",
+        echo.cancelled.load(Ordering::SeqCst),
+        srv.active_calls()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cancelled_by_the_client_ends_at_the_server() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "");
+    let s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(srv.active_calls(), 1);
+    s.cancel().await;
+    for _ in 0..100 {
+        if echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not cancelled");
+}
+
+#[tokio::test]
+async fn a_node_going_down_closes_its_streams() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "sfu-7");
+    let mut s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(srv.close_peer("sfu-7"), 1);
+    assert!(s.recv(Duration::from_millis(300)).await.is_err(), "nothing is sent for a cancelled call");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(echo.cancelled.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,5 @@
+//! nrpc against the golden frames and over a real nats-server.
+
+mod interop;
+mod live;
+mod vectors;
