@@ -421,10 +421,10 @@ impl Loop {
                 Some(Err(s)) => s.code.name(),
                 None => "CANCELLED",
             };
-            if let Some(r) = result {
-                if let Err(e) = client.publish(reply, frame::response_end(&r)).await {
-                    warn!(error = %e, "cannot end an nrpc call");
-                }
+            if let Some(r) = result
+                && let Err(e) = client.publish(reply, frame::response_end(&r)).await
+            {
+                warn!(error = %e, "cannot end an nrpc call");
             }
             metrics::counter!("islb_nrpc_calls_total", "service" => svc, "method" => m, "code" => code).increment(1);
             active.fetch_sub(1, Ordering::Relaxed);
