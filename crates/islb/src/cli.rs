@@ -38,6 +38,56 @@ pub(crate) enum Command {
     Nodes(NodesArgs),
     /// Print node events (up, changed, down) as they happen (over NATS).
     Watch(WatchArgs),
+    /// List session placements (of one node) and drain marks.
+    Sessions {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only the sessions on this node (NID or DC.NID)
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a node: no new sessions; its sessions stay until they end or the deadline passes.
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node (NID or DC.NID)
+        node: String,
+        /// Move its sessions elsewhere after this long (e.g. 30m); default: never
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Lift a drain.
+    Undrain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node (NID or DC.NID)
+        node: String,
+    },
+    /// Release a session: its next lookup places it afresh.
+    Release {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The session id
+        sid: String,
+    },
+    /// Where the streams of a session are published (ion's stream records).
+    Streams {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The session id
+        sid: String,
+    },
+    /// This islb and the cluster as it sees it.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A grpcurl for nats-grpc: list, describe and call any node's gRPC services.
+    #[command(subcommand)]
+    Rpc(RpcCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -155,11 +205,58 @@ pub(crate) struct ClusterArgs {
     pub(crate) timeout: Duration,
 }
 
+/// Which islb answers an operator command.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AdminArgs {
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+    /// NID of the islb to ask (default: the first the registry lists)
+    #[arg(long, value_name = "NID")]
+    pub(crate) islb: Option<String>,
+}
+
+/// `islb rpc ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum RpcCommand {
+    /// List the gRPC services of a node (default: an islb).
+    List {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The node's NID
+        nid: Option<String>,
+    },
+    /// Describe a service, method, message or enum (e.g. islb.ISLB, islb.FindNodeRequest).
+    Describe {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The fully qualified name
+        symbol: String,
+        /// The node's NID (default: an islb)
+        #[arg(long)]
+        nid: Option<String>,
+    },
+    /// Call a method with a JSON request and print the response(s) as JSON.
+    Call {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The node's NID
+        nid: String,
+        /// The method, e.g. /islb.ISLB/FindNode
+        method: String,
+        /// The request as JSON (protobuf JSON field names)
+        #[arg(default_value = "{}")]
+        json: String,
+    },
+}
+
 /// `islb nodes`
 #[derive(Debug, Args)]
 pub(crate) struct NodesArgs {
     #[command(flatten)]
     pub(crate) cluster: ClusterArgs,
+    /// NID of the islb to ask (default: the first the registry lists)
+    #[arg(long, value_name = "NID")]
+    pub(crate) islb: Option<String>,
     /// Only this service (`*`: all, placed services included)
     #[arg(long, short, default_value = "*")]
     pub(crate) service: String,

@@ -5,8 +5,10 @@
 //! starts); 69 when NATS cannot be reached within `nats-connect-timeout` or the store
 //! cannot be opened; 1 otherwise.
 
+mod admin_cli;
 mod cli;
 mod client;
+mod rpc_cli;
 
 use std::process::ExitCode;
 
@@ -48,8 +50,45 @@ fn main() -> ExitCode {
             print!("{}", cli::reference());
             ExitCode::SUCCESS
         }
-        Some(Command::Nodes(args)) => run_client(client::nodes(args)),
+        Some(Command::Nodes(args)) => run_client(nodes(args)),
         Some(Command::Watch(args)) => run_client(client::watch(args)),
+        Some(Command::Sessions { admin, node, json }) => run_client(admin_cli::sessions(&admin, node, json)),
+        Some(Command::Drain { admin, node, deadline }) => run_client(admin_cli::drain(&admin, &node, deadline)),
+        Some(Command::Undrain { admin, node }) => run_client(admin_cli::undrain(&admin, &node)),
+        Some(Command::Release { admin, sid }) => run_client(admin_cli::release(&admin, &sid)),
+        Some(Command::Streams { admin, sid }) => run_client(admin_cli::streams(&admin, &sid)),
+        Some(Command::Status { admin }) => run_client(admin_cli::status(&admin)),
+        Some(Command::Rpc(cmd)) => run_client(rpc(cmd)),
+    }
+}
+
+/// `islb nodes`: through islb.Admin (expiry, sessions, drains); against a registry that
+/// has no Admin service (ion's Go islb), a plain `get`.
+async fn nodes(args: cli::NodesArgs) -> anyhow::Result<()> {
+    let admin = cli::AdminArgs { cluster: args.cluster.clone(), islb: args.islb.clone() };
+    match admin_cli::nodes(&admin, &args.service, args.json).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("islb: islb.Admin did not answer ({e:#}); listing with a registry get instead");
+            client::nodes(args).await
+        }
+    }
+}
+
+async fn rpc(cmd: cli::RpcCommand) -> anyhow::Result<()> {
+    use cli::RpcCommand;
+    let (cluster, nid) = match &cmd {
+        RpcCommand::List { cluster, nid } => (cluster, nid.clone()),
+        RpcCommand::Describe { cluster, nid, .. } => (cluster, nid.clone()),
+        RpcCommand::Call { cluster, nid, .. } => (cluster, Some(nid.clone())),
+    };
+    let nats = admin_cli::connect(cluster).await?;
+    let nid = admin_cli::find_islb(&nats, nid.as_deref(), cluster.timeout).await?;
+    let client = islb_nrpc::Client::new(nats, nid, "islb-cli");
+    match &cmd {
+        RpcCommand::List { cluster, .. } => rpc_cli::list(&client, cluster.timeout).await,
+        RpcCommand::Describe { cluster, symbol, .. } => rpc_cli::describe(&client, symbol, cluster.timeout).await,
+        RpcCommand::Call { cluster, method, json, .. } => rpc_cli::call(&client, method, json, cluster.timeout).await,
     }
 }
 

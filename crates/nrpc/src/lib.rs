@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod reflection;
 pub mod server;
 pub mod status;
 pub mod subject;

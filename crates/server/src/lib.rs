@@ -24,6 +24,7 @@ pub mod discovery;
 mod link;
 pub mod nats;
 pub mod placement;
+pub mod rpc;
 pub mod selfreg;
 pub mod telemetry;
 mod throttle;
@@ -104,6 +105,35 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StoreOpenError> {
     })
 }
 
+/// Ends the nrpc streams opened by nodes that went down (ion's nodes never cancel their
+/// streams; a `delete` event is the only sign), as ion's `Server.CloseStream(nid)` does.
+async fn close_streams_of_departed_nodes(
+    client: async_nats::Client,
+    rpc: Arc<tokio::sync::Mutex<Option<islb_nrpc::Running>>>,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    use islb_gob::Message as _;
+    let Ok(mut sub) = client.subscribe("node.discovery.*.>").await else { return };
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { return };
+                if let Ok(req) = islb_gob::Request::from_gob(&msg.payload)
+                    && req.action == "delete"
+                    && let Some(rpc) = rpc.lock().await.as_ref()
+                {
+                    let n = rpc.close_peer(&req.node.nid);
+                    if n > 0 {
+                        info!(nid = %req.node.nid, streams = n, "closed the nrpc streams of a departed node");
+                    }
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Starts islb with `cfg`.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
@@ -167,6 +197,37 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     tasks.spawn(selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()));
     tasks.spawn(watched.clone().run(client.clone(), tasks_stop.clone()));
 
+    // gRPC over NATS: islb.ISLB, islb.Admin and reflection on nrpc.<nid>.…
+    let mut rpc_server = islb_nrpc::Server::new(
+        client.clone(),
+        islb_nrpc::ServerConfig {
+            max_message_size: cfg.max_message_size,
+            ..islb_nrpc::ServerConfig::new(cfg.nid.clone())
+        },
+    );
+    rpc_server.add(Arc::new(rpc::IslbService {
+        discovery: discovery.clone(),
+        client: client.clone(),
+        dc: cfg.dc.clone(),
+    }));
+    rpc_server.add(Arc::new(rpc::AdminService {
+        discovery: discovery.clone(),
+        nid: cfg.nid.clone(),
+        dc: cfg.dc.clone(),
+        started,
+        client: client.clone(),
+    }));
+    let pool = prost_reflect::DescriptorPool::decode(islb_proto::FILE_DESCRIPTOR_SET).context("descriptor set")?;
+    let names = rpc_server.service_names();
+    for version in [islb_nrpc::reflection::V1ALPHA, islb_nrpc::reflection::V1] {
+        rpc_server.add(Arc::new(islb_nrpc::reflection::Reflection::new(version, pool.clone(), &names)));
+    }
+    let rpc_running = Arc::new(tokio::sync::Mutex::new(Some(
+        rpc_server.start().await.context("cannot subscribe the nrpc services")?,
+    )));
+    info!(nid = %cfg.nid, services = ?names, "nrpc services listening on nrpc.{}.<service>.<method>", cfg.nid);
+    tasks.spawn(close_streams_of_departed_nodes(client.clone(), rpc_running.clone(), tasks_stop.clone()));
+
     let http_stop = CancellationToken::new();
     let app = admin::router(admin::AdminState {
         discovery: discovery.clone(),
@@ -197,6 +258,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             let sequence = async {
                 requests_stop.cancel();
                 let _ = requests.await;
+                if let Some(rpc) = rpc_running.lock().await.take() {
+                    rpc.shutdown().await;
+                }
                 discovery.deregister(me).await;
                 info!("deregistered");
                 tasks_stop.cancel();

@@ -145,6 +145,32 @@ impl Discovery {
         }
     }
 
+    /// What `islb.ISLB/FindNode` answers: with a sid, the session's node (placed if needed,
+    /// for placed services); with a nid, that node; otherwise every live node of the service,
+    /// best first (nothing is placed).
+    pub async fn find_nodes(&self, service: &str, sid: &str, nid: &str) -> Vec<Arc<Node>> {
+        if !sid.is_empty() && self.registry().is_placed(service) {
+            if self.store().shared() && self.link_healthy() {
+                self.sync_now().await;
+            }
+            let dc = self.placement.config.dc.clone();
+            return self.place(service, sid, &dc).await.into_iter().collect();
+        }
+        let r = self.registry();
+        if !nid.is_empty() && nid != "*" {
+            return r.entries().filter(|(_, e)| e.node.nid == nid).map(|(_, e)| e.node.clone()).collect();
+        }
+        if !r.is_placed(service) {
+            let lookup = Lookup { service: service.into(), nid: None, params: Default::default() };
+            return r.get(&lookup);
+        }
+        let now = Timestamp::now();
+        let mut sessions = lock(&self.placement.sessions);
+        let candidates = sessions.candidates(&r, service, self.placement.config.default_capacity, now);
+        let plain: Vec<_> = candidates.iter().map(|(c, _)| c.clone()).collect();
+        placement::rank(&plain, &self.placement.config.dc, "").into_iter().map(|i| candidates[i].1.clone()).collect()
+    }
+
     /// Every live node of `service`, best first; the first takes an unnamed placement.
     fn place_unnamed(&self, service: &str, prefer_dc: &str) -> Vec<Arc<Node>> {
         let now = Timestamp::now();

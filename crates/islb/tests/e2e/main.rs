@@ -5,4 +5,5 @@ mod foundation;
 mod harness;
 mod placement;
 mod registry;
+mod rpc;
 mod storage;

@@ -1,0 +1,215 @@
+//! `islb rpc`: a grpcurl for nats-grpc. Lists, describes and calls the gRPC services of any
+//! nats-grpc node (islb, or ion's Go nodes), driven by server reflection (v1alpha, which
+//! every nats-grpc server speaks) and dynamic messages.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use islb_nrpc::{Client, ClientStream, Metadata};
+use islb_proto::grpc::reflection::v1alpha::{
+    ServerReflectionRequest, ServerReflectionResponse, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse,
+};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
+
+const REFLECTION: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+
+/// One reflection stream to a node.
+pub(crate) struct Reflector {
+    stream: ClientStream,
+    timeout: Duration,
+}
+
+impl Reflector {
+    pub(crate) async fn open(client: &Client, timeout: Duration) -> anyhow::Result<Reflector> {
+        let stream = client.open(REFLECTION, &Metadata::new()).await.map_err(|s| anyhow::anyhow!("reflection: {s}"))?;
+        Ok(Reflector { stream, timeout })
+    }
+
+    async fn ask(&mut self, q: MessageRequest) -> anyhow::Result<MessageResponse> {
+        let req = ServerReflectionRequest { host: String::new(), message_request: Some(q) };
+        self.stream.send_message(&req).await.map_err(|s| anyhow::anyhow!("reflection: {s}"))?;
+        let resp: ServerReflectionResponse = self
+            .stream
+            .recv_message(self.timeout)
+            .await
+            .map_err(|s| anyhow::anyhow!("reflection: {s}"))?
+            .context("the reflection stream ended")?;
+        match resp.message_response {
+            Some(MessageResponse::ErrorResponse(e)) => bail!("{} (code {})", e.error_message, e.error_code),
+            Some(r) => Ok(r),
+            None => bail!("empty reflection answer"),
+        }
+    }
+
+    pub(crate) async fn services(&mut self) -> anyhow::Result<Vec<String>> {
+        match self.ask(MessageRequest::ListServices("*".into())).await? {
+            MessageResponse::ListServicesResponse(l) => Ok(l.service.into_iter().map(|s| s.name).collect()),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// The descriptors of the file defining `symbol`, with every file it imports.
+    pub(crate) async fn pool_for(&mut self, symbol: &str) -> anyhow::Result<DescriptorPool> {
+        let mut files = Vec::new();
+        let mut have = std::collections::HashSet::new();
+        let mut wanted = vec![MessageRequest::FileContainingSymbol(symbol.into())];
+        while let Some(q) = wanted.pop() {
+            let MessageResponse::FileDescriptorResponse(r) = self.ask(q).await? else { bail!("unexpected answer") };
+            for bytes in r.file_descriptor_proto {
+                let f = prost_types::FileDescriptorProto::decode(&bytes[..]).context("bad file descriptor")?;
+                if have.insert(f.name().to_owned()) {
+                    files.push(f);
+                }
+            }
+            // Servers send dependencies once per stream; ask for any still missing.
+            for f in &files {
+                for dep in &f.dependency {
+                    if !have.contains(dep)
+                        && !wanted.iter().any(|w| matches!(w, MessageRequest::FileByFilename(n) if n == dep))
+                    {
+                        wanted.push(MessageRequest::FileByFilename(dep.clone()));
+                    }
+                }
+            }
+        }
+        DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet { file: files })
+            .context("the descriptors do not link")
+    }
+
+    pub(crate) async fn close(mut self) {
+        let _ = self.stream.close_send().await;
+        self.stream.cancel().await;
+    }
+}
+
+pub(crate) async fn list(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let mut r = Reflector::open(client, timeout).await?;
+    for s in r.services().await? {
+        println!("{s}");
+    }
+    r.close().await;
+    Ok(())
+}
+
+fn field_type(f: &prost_reflect::FieldDescriptor) -> String {
+    let base = match f.kind() {
+        Kind::Message(m) => m.full_name().to_owned(),
+        Kind::Enum(e) => e.full_name().to_owned(),
+        k => format!("{k:?}").to_lowercase(),
+    };
+    if f.is_map() {
+        let Kind::Message(entry) = f.kind() else { return base };
+        let (k, v) = (entry.map_entry_key_field(), entry.map_entry_value_field());
+        return format!("map<{}, {}>", field_type(&k), field_type(&v));
+    }
+    if f.is_list() { format!("repeated {base}") } else { base }
+}
+
+fn describe_message(m: &MessageDescriptor) -> String {
+    let mut out = format!("message {} {{\n", m.full_name());
+    for f in m.fields() {
+        let oneof = f.containing_oneof().map(|o| format!(" (oneof {})", o.name())).unwrap_or_default();
+        out.push_str(&format!("  {} {} = {};{oneof}\n", field_type(&f), f.name(), f.number()));
+    }
+    out.push('}');
+    out
+}
+
+fn signature(m: &MethodDescriptor) -> String {
+    let s = |yes: bool| if yes { "stream " } else { "" };
+    format!(
+        "rpc {}({}{}) returns ({}{});",
+        m.name(),
+        s(m.is_client_streaming()),
+        m.input().full_name(),
+        s(m.is_server_streaming()),
+        m.output().full_name()
+    )
+}
+
+pub(crate) async fn describe(client: &Client, symbol: &str, timeout: Duration) -> anyhow::Result<()> {
+    let mut r = Reflector::open(client, timeout).await?;
+    let pool = r.pool_for(symbol).await?;
+    r.close().await;
+    if let Some(s) = pool.get_service_by_name(symbol) {
+        println!("service {} {{  // {}", s.full_name(), s.parent_file().name());
+        for m in s.methods() {
+            println!("  {}", signature(&m));
+        }
+        println!("}}");
+    } else if let Some(m) = pool.get_message_by_name(symbol) {
+        println!("{}", describe_message(&m));
+    } else if let Some(e) = pool.get_enum_by_name(symbol) {
+        println!("enum {} {{", e.full_name());
+        for v in e.values() {
+            println!("  {} = {};", v.name(), v.number());
+        }
+        println!("}}");
+    } else if let Some((svc, method)) = symbol.rsplit_once('.')
+        && let Some(m) = pool.get_service_by_name(svc).and_then(|s| s.methods().find(|m| m.name() == method))
+    {
+        println!("{}", signature(&m));
+        println!("{}", describe_message(&m.input()));
+        println!("{}", describe_message(&m.output()));
+    } else {
+        bail!("{symbol} is not a service, method, message or enum there");
+    }
+    Ok(())
+}
+
+/// `islb rpc call NID /pkg.Service/Method JSON`: the request from JSON, each response as
+/// JSON (one per line for a server stream).
+pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Duration) -> anyhow::Result<()> {
+    let (service, method) =
+        islb_nrpc::subject::split_path(path).context("the method must look like /package.Service/Method")?;
+    let mut r = Reflector::open(client, timeout).await?;
+    let pool = r.pool_for(service).await?;
+    r.close().await;
+    let m = pool
+        .get_service_by_name(service)
+        .and_then(|s| s.methods().find(|m| m.name() == method))
+        .with_context(|| format!("{service} has no method {method}"))?;
+    let mut de = serde_json::Deserializer::from_str(if json.trim().is_empty() { "{}" } else { json });
+    let request = DynamicMessage::deserialize(m.input(), &mut de)
+        .with_context(|| format!("the request is not a valid {}", m.input().full_name()))?;
+    let bytes = request.encode_to_vec();
+    let print = |b: bytes::Bytes| -> anyhow::Result<()> {
+        let msg = DynamicMessage::decode(m.output(), b).context("bad response message")?;
+        println!("{}", serde_json::to_string_pretty(&msg)?);
+        Ok(())
+    };
+    match (m.is_client_streaming(), m.is_server_streaming()) {
+        (false, false) => {
+            let reply = client
+                .unary(path, bytes.into(), &Metadata::new(), timeout)
+                .await
+                .map_err(|s| anyhow::anyhow!("{s}"))?;
+            print(reply)
+        }
+        (client_streaming, _) => {
+            // Streams: the one request, then every response until the server ends the call
+            // (a bidi stream such as WatchISLBEvent stays open until Ctrl-C).
+            let mut s = client.open(path, &Metadata::new()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
+            s.send(bytes.into()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
+            if client_streaming {
+                s.close_send().await.map_err(|s| anyhow::anyhow!("{s}"))?;
+            }
+            let wait =
+                if m.is_server_streaming() && !client_streaming { Duration::from_secs(24 * 3600) } else { timeout };
+            loop {
+                tokio::select! {
+                    got = s.recv(wait) => match got.map_err(|s| anyhow::anyhow!("{s}"))? {
+                        Some(b) => print(b)?,
+                        None => return Ok(()),
+                    },
+                    _ = tokio::signal::ctrl_c() => {
+                        s.cancel().await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

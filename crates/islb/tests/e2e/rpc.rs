@@ -1,0 +1,253 @@
+//! islb's gRPC services over nats-grpc: reflection, FindNode, the stream registry, the
+//! Admin service and the `islb rpc` / operator commands built on them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use islb_nrpc::{Client, Metadata};
+use islb_proto::grpc::reflection::{v1, v1alpha};
+use islb_proto::{ion, islb as pb};
+use islb_testkit::{NatsServer, RedisServer};
+use prost::Message;
+
+use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
+
+const T: Duration = Duration::from_secs(5);
+
+fn islb_cli(nats: &NatsServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ISLB).args(args).args(["--nats-url", &nats.url()]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_and_v1_list_every_service_with_loadable_descriptors() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &[]);
+    let client = Client::new(async_nats::connect(nats.url()).await.unwrap(), islb.nid.clone(), "tester");
+    // v1alpha, as ion's tools ask.
+    let mut s =
+        client.open("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &Metadata::new()).await.unwrap();
+    let ask = |q| v1alpha::ServerReflectionRequest { host: String::new(), message_request: Some(q) };
+    use v1alpha::server_reflection_request::MessageRequest as Q;
+    use v1alpha::server_reflection_response::MessageResponse as A;
+    s.send_message(&ask(Q::ListServices("*".into()))).await.unwrap();
+    let r: v1alpha::ServerReflectionResponse = s.recv_message(T).await.unwrap().unwrap();
+    let Some(A::ListServicesResponse(l)) = r.message_response else { panic!("{r:?}") };
+    let names: Vec<_> = l.service.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection", "islb.Admin", "islb.ISLB"]
+    );
+    // The descriptors of islb.ISLB, on the same stream, load into prost-reflect.
+    let mut files = Vec::new();
+    for symbol in ["islb.ISLB", "islb.Admin"] {
+        s.send_message(&ask(Q::FileContainingSymbol(symbol.into()))).await.unwrap();
+        let r: v1alpha::ServerReflectionResponse = s.recv_message(T).await.unwrap().unwrap();
+        let Some(A::FileDescriptorResponse(f)) = r.message_response else { panic!("{r:?}") };
+        files.extend(f.file_descriptor_proto.iter().map(|b| prost_types::FileDescriptorProto::decode(&b[..]).unwrap()));
+    }
+    let names: Vec<&str> = files.iter().map(|f| f.name()).collect();
+    assert_eq!(
+        names,
+        ["proto/islb/islb.proto", "proto/ion/ion.proto", "proto/islb/admin.proto"],
+        "ion's file names, imports once"
+    );
+    let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet { file: files })
+        .unwrap();
+    let find = pool.get_service_by_name("islb.ISLB").unwrap();
+    assert_eq!(
+        find.methods().map(|m| m.name().to_owned()).collect::<Vec<_>>(),
+        ["FindNode", "PostISLBEvent", "WatchISLBEvent"]
+    );
+    assert!(pool.get_service_by_name("islb.Admin").is_some());
+    s.close_send().await.unwrap();
+    assert_eq!(s.recv(T).await.unwrap(), None, "a half-close ends the reflection stream");
+    // v1 answers the same.
+    let mut s =
+        client.open("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &Metadata::new()).await.unwrap();
+    let q = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices("*".into())),
+    };
+    s.send_message(&q).await.unwrap();
+    let r: v1::ServerReflectionResponse = s.recv_message(T).await.unwrap().unwrap();
+    assert!(
+        matches!(r.message_response, Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) if l.service.len() == 4)
+    );
+}
+
+#[tokio::test]
+async fn islb_rpc_lists_describes_and_calls_and_find_node_agrees_with_get_rtc() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &[]);
+    let sfus: Vec<_> = (0..3).map(|i| ion_node("rtc", &format!("sfu-{i}"))).collect();
+    let _ka = KeepAlive::start(&nats, &sfus, Duration::from_secs(1)).await;
+    let (ok, out, err) = islb_cli(&nats, &["rpc", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection", "islb.Admin", "islb.ISLB"]
+    );
+    let (ok, out, err) = islb_cli(&nats, &["rpc", "describe", "islb.ISLB"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("rpc FindNode(islb.FindNodeRequest) returns (islb.FindNodeReply);"), "{out}");
+    assert!(out.contains("rpc WatchISLBEvent(stream islb.WatchRequest) returns (stream islb.ISLBEvent);"), "{out}");
+    let peer = Peer::connect(&nats).await;
+    for sid in ["room-a", "room-b", "room-c"] {
+        let via_get = peer.get("rtc", &[("sid", islb_gob::Value::String(sid.into()))]).await;
+        let (ok, out, err) = islb_cli(
+            &nats,
+            &["rpc", "call", &islb.nid, "/islb.ISLB/FindNode", &format!(r#"{{"sid":"{sid}","service":"rtc"}}"#)],
+        );
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["nodes"].as_array().unwrap().len(), 1, "{out}");
+        assert_eq!(v["nodes"][0]["nid"], via_get[0].nid.as_str(), "FindNode and get rtc agree for {sid}");
+    }
+    let (ok, out, _) = islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/FindNode", r#"{"nid":"sfu-2"}"#]);
+    assert!(ok);
+    assert!(out.contains("\"sfu-2\"") && !out.contains("sfu-1"), "{out}");
+    let (ok, _, err) = islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/Nope", "{}"]);
+    assert!(!ok && err.contains("has no method"), "{err}");
+    let (ok, _, err) = islb_cli(&nats, &["rpc", "call", "nobody", "/islb.ISLB/FindNode", "{}", "--timeout", "1s"]);
+    assert!(!ok && err.contains("UNAVAILABLE"), "{err}");
+}
+
+fn stream_event(state: ion::stream_event::State, sid: &str, uid: &str) -> pb::IslbEvent {
+    pb::IslbEvent {
+        payload: Some(pb::islb_event::Payload::Stream(ion::StreamEvent {
+            state: state as i32,
+            nid: "sfu-1".into(),
+            sid: sid.into(),
+            uid: uid.into(),
+            streams: vec![ion::Stream {
+                id: "stream-1".into(),
+                tracks: vec![ion::Track { id: "t1".into(), kind: "audio".into(), ..Default::default() }],
+            }],
+        })),
+    }
+}
+
+async fn stream_registry_round_trip(nats: &NatsServer, store: &[&str], redis: Option<&RedisServer>) {
+    let a = Islb::start(nats, store);
+    let b = Islb::start(nats, store); // a second replica: watchers and posters meet through NATS
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    let watcher = Client::new(conn.clone(), b.nid.clone(), "biz-1");
+    let mut w = watcher.open("/islb.ISLB/WatchISLBEvent", &Metadata::new()).await.unwrap();
+    w.send_message(&pb::WatchRequest { nid: "biz-1".into(), sid: "room-1".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let poster = Client::new(conn, a.nid.clone(), "");
+    let add = stream_event(ion::stream_event::State::Add, "room-1", "peer-1");
+    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
+    let other = stream_event(ion::stream_event::State::Add, "room-2", "peer-9");
+    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &other, &Metadata::new(), T).await.unwrap();
+    let got: pb::IslbEvent = w.recv_message(T).await.unwrap().unwrap();
+    assert_eq!(got, add, "the watcher of room-1 sees the ADD");
+    if let Some(redis) = redis {
+        assert_eq!(
+            redis.command(&["GET", "dc1/sfu-1/room-1/peer-1"]),
+            r#"[{"id":"stream-1","tracks":[{"id":"t1","kind":"audio"}]}]"#,
+            "ion's key shape and JSON value"
+        );
+        let ttl: i64 = redis.command(&["TTL", "dc1/sfu-1/room-1/peer-1"]).parse().unwrap();
+        assert!(ttl > 86_000, "24 h TTL: {ttl}");
+    }
+    let (ok, out, err) = islb_cli(nats, &["streams", "room-1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("dc1/sfu-1/room-1/peer-1") && out.contains("stream-1"), "{out}");
+    let remove = stream_event(ion::stream_event::State::Remove, "room-1", "peer-1");
+    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &remove, &Metadata::new(), T).await.unwrap();
+    let got: pb::IslbEvent = w.recv_message(T).await.unwrap().unwrap();
+    assert_eq!(got, remove, "then the REMOVE (and never room-2's events)");
+    if let Some(redis) = redis {
+        assert_eq!(redis.command(&["EXISTS", "dc1/sfu-1/room-1/peer-1"]), "0");
+    }
+    let (_, out, _) = islb_cli(nats, &["streams", "room-1"]);
+    assert!(!out.contains("peer-1"), "{out}");
+    w.close_send().await.unwrap();
+    assert_eq!(w.recv(T).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_stream_registry_records_and_forwards_events_across_replicas_with_redis() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    stream_registry_round_trip(&nats, &["--store", &url], Some(&redis)).await;
+}
+
+#[tokio::test]
+async fn operators_drain_undrain_list_and_release_sessions_with_the_cli() {
+    let nats = NatsServer::start();
+    let _islb = Islb::start(&nats, &[]);
+    let _ka =
+        KeepAlive::start(&nats, &[ion_node("rtc", "sfu-0"), ion_node("rtc", "sfu-1")], Duration::from_secs(1)).await;
+    let peer = Peer::connect(&nats).await;
+    let lookup = |sid: &'static str| {
+        let peer = &peer;
+        async move { peer.get("rtc", &[("sid", islb_gob::Value::String(sid.into()))]).await[0].nid.clone() }
+    };
+    let first = lookup("room-1").await;
+    let (ok, out, err) = islb_cli(&nats, &["drain", &first]);
+    assert!(ok, "{err}");
+    assert!(out.contains("is draining") && out.contains("1 session(s)"), "{out}");
+    let other = if first == "sfu-0" { "sfu-1" } else { "sfu-0" };
+    for sid in ["room-2", "room-3", "room-4"] {
+        assert_eq!(lookup(sid).await, other, "no new session on the drained node");
+    }
+    assert_eq!(lookup("room-1").await, first, "its own session stays");
+    let (ok, out, _) = islb_cli(&nats, &["sessions", "--node", &first]);
+    assert!(ok);
+    assert!(out.contains("room-1") && out.contains("1 session(s)") && out.contains("draining: dc1."), "{out}");
+    let (ok, out, _) = islb_cli(&nats, &["sessions", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 4);
+    let (ok, _, err) = islb_cli(&nats, &["undrain", &first]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = islb_cli(&nats, &["release", "room-1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("released room-1"), "{out}");
+    let (ok, _, err) = islb_cli(&nats, &["release", "room-1"]);
+    assert!(!ok && err.contains("no session"), "{err}");
+    let (ok, out, _) = islb_cli(&nats, &["status"]);
+    assert!(ok && out.contains("sessions: 3") && out.contains("placed services: rtc"), "{out}");
+    let (ok, _, err) = islb_cli(&nats, &["drain", "no-such-node"]);
+    assert!(!ok && err.contains("no registered node"), "{err}");
+}
+
+#[tokio::test]
+async fn streams_of_a_node_that_goes_down_are_closed() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &[]);
+    let ka = KeepAlive::start(&nats, &[ion_node("room", "biz-7")], Duration::from_secs(1)).await;
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    let client = Client::new(conn, islb.nid.clone(), "biz-7");
+    let w = client.open("/islb.ISLB/WatchISLBEvent", &Metadata::new()).await.unwrap();
+    w.send_message(&pb::WatchRequest { nid: "biz-7".into(), sid: "room-1".into() }).await.unwrap();
+    let active = || {
+        let (_, m) = islb.http_get("/metrics");
+        m.lines()
+            .find(|l| l.starts_with("islb_nrpc_active_calls"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + T;
+    while active() < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the watch never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(ka);
+    let peer = Peer::connect(&nats).await;
+    assert!(peer.send("delete", &ion_node("room", "biz-7")).await.success);
+    let deadline = std::time::Instant::now() + T;
+    while active() > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the departed node's stream stayed open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(w);
+}
