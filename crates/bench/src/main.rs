@@ -67,6 +67,20 @@ enum Cmd {
         #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Unary `islb.ISLB/FindNode` calls over nats-grpc from C concurrent callers.
+    Findnode {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        /// The islb's NID.
+        #[arg(long)]
+        nid: String,
+        #[arg(long, default_value_t = 1_000)]
+        sids: usize,
+        #[arg(long, short, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Placement simulator (pure core, no I/O) against random choice and round robin.
     Sim {
         #[arg(long, default_value_t = 10_000)]
@@ -90,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Load { url, nodes, concurrency } => load(&url, nodes, concurrency).await,
         Cmd::Expiry { url, nodes, expire_ms } => expiry(&url, nodes, Duration::from_millis(expire_ms)).await,
         Cmd::Lookups { url, sids, concurrency, duration } => lookups(&url, sids, concurrency, duration).await,
+        Cmd::Findnode { url, nid, sids, concurrency, duration } => findnode(&url, &nid, sids, concurrency, duration).await,
         Cmd::Sim { nodes, sessions, churn, failures, seed } => {
             sim::run(&sim::SimConfig { nodes, sessions, churn, failures, seed });
             Ok(())
@@ -231,6 +246,48 @@ async fn lookups(url: &str, sids: usize, concurrency: usize, d: Duration) -> any
     let q = |f: f64| all[((all.len() - 1) as f64 * f) as usize];
     println!(
         "lookups: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
+        all.len(),
+        all.len() as f64 / d.as_secs_f64(),
+        q(0.5),
+        q(0.99)
+    );
+    Ok(())
+}
+
+async fn findnode(url: &str, nid: &str, sids: usize, concurrency: usize, d: Duration) -> anyhow::Result<()> {
+    use prost::Message as _;
+    let end = Instant::now() + d;
+    let workers = (0..concurrency).map(|w| {
+        let (url, nid) = (url.to_owned(), nid.to_owned());
+        tokio::spawn(async move {
+            let client = islb_nrpc::Client::new(async_nats::connect(url).await?, nid, "bench");
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = w;
+            while Instant::now() < end {
+                let req = islb_proto::islb::FindNodeRequest { sid: format!("room-{}", (i * 7919) % sids), nid: String::new(), service: "rtc".into() };
+                let t = Instant::now();
+                match client.unary("/islb.ISLB/FindNode", req.encode_to_vec().into(), &Default::default(), Duration::from_secs(3)).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+                i += concurrency;
+            }
+            anyhow::Ok((lat, errors))
+        })
+    });
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for w in futures::future::join_all(workers).await {
+        let (lat, e) = w??;
+        all.extend(lat);
+        errors += e;
+    }
+    all.sort();
+    anyhow::ensure!(!all.is_empty(), "no replies ({errors} errors)");
+    let q = |f: f64| all[((all.len() - 1) as f64 * f) as usize];
+    println!(
+        "findnode: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
         all.len(),
         all.len() as f64 / d.as_secs_f64(),
         q(0.5),
