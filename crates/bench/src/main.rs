@@ -104,7 +104,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Load { url, nodes, concurrency } => load(&url, nodes, concurrency).await,
         Cmd::Expiry { url, nodes, expire_ms } => expiry(&url, nodes, Duration::from_millis(expire_ms)).await,
         Cmd::Lookups { url, sids, concurrency, duration } => lookups(&url, sids, concurrency, duration).await,
-        Cmd::Findnode { url, nid, sids, concurrency, duration } => findnode(&url, &nid, sids, concurrency, duration).await,
+        Cmd::Findnode { url, nid, sids, concurrency, duration } => {
+            findnode(&url, &nid, sids, concurrency, duration).await
+        }
         Cmd::Sim { nodes, sessions, churn, failures, seed } => {
             sim::run(&sim::SimConfig { nodes, sessions, churn, failures, seed });
             Ok(())
@@ -206,36 +208,32 @@ async fn expiry(url: &str, count: usize, expire: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn lookups(url: &str, sids: usize, concurrency: usize, d: Duration) -> anyhow::Result<()> {
+/// Runs `op(client, i)` from `concurrency` connections for `d` (each worker on its own
+/// connection, one request at a time) and prints `name: requests= errors= rps= p50= p99=`.
+async fn load_test<F, Fut>(name: &str, url: &str, concurrency: usize, d: Duration, op: F) -> anyhow::Result<()>
+where
+    F: Fn(async_nats::Client, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let end = Instant::now() + d;
     let workers = (0..concurrency).map(|w| {
-        let url = url.to_owned();
+        let (url, op) = (url.to_owned(), op.clone());
         tokio::spawn(async move {
             let client = async_nats::connect(url).await?;
-            let mut lat = Vec::new();
-            let mut errors = 0u64;
-            let mut i = w;
+            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, w);
             while Instant::now() < end {
-                let mut req = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
-                req.params.insert("sid".into(), Value::String(format!("room-{}", (i * 7919) % sids)));
-                req.params.insert("content-type".into(), Value::String("application/grpc".into()));
                 let t = Instant::now();
-                match tokio::time::timeout(
-                    Duration::from_secs(3),
-                    client.request("node.publish.rtc", req.to_gob().into()),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => lat.push(t.elapsed()),
-                    _ => errors += 1,
+                if op(client.clone(), i).await {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
                 }
                 i += concurrency;
             }
             anyhow::Ok((lat, errors))
         })
     });
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut all, mut errors) = (Vec::new(), 0);
     for w in futures::future::join_all(workers).await {
         let (lat, e) = w??;
         all.extend(lat);
@@ -245,7 +243,7 @@ async fn lookups(url: &str, sids: usize, concurrency: usize, d: Duration) -> any
     anyhow::ensure!(!all.is_empty(), "no replies ({errors} errors)");
     let q = |f: f64| all[((all.len() - 1) as f64 * f) as usize];
     println!(
-        "lookups: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
+        "{name}: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
         all.len(),
         all.len() as f64 / d.as_secs_f64(),
         q(0.5),
@@ -254,46 +252,31 @@ async fn lookups(url: &str, sids: usize, concurrency: usize, d: Duration) -> any
     Ok(())
 }
 
+async fn lookups(url: &str, sids: usize, concurrency: usize, d: Duration) -> anyhow::Result<()> {
+    load_test("lookups", url, concurrency, d, move |client: async_nats::Client, i: usize| async move {
+        let mut req = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
+        req.params.insert("sid".into(), Value::String(format!("room-{}", (i * 7919) % sids)));
+        req.params.insert("content-type".into(), Value::String("application/grpc".into()));
+        let reply =
+            tokio::time::timeout(Duration::from_secs(3), client.request("node.publish.rtc", req.to_gob().into()));
+        matches!(reply.await, Ok(Ok(_)))
+    })
+    .await
+}
+
 async fn findnode(url: &str, nid: &str, sids: usize, concurrency: usize, d: Duration) -> anyhow::Result<()> {
     use prost::Message as _;
-    let end = Instant::now() + d;
-    let workers = (0..concurrency).map(|w| {
-        let (url, nid) = (url.to_owned(), nid.to_owned());
-        tokio::spawn(async move {
-            let client = islb_nrpc::Client::new(async_nats::connect(url).await?, nid, "bench");
-            let mut lat = Vec::new();
-            let mut errors = 0u64;
-            let mut i = w;
-            while Instant::now() < end {
-                let req = islb_proto::islb::FindNodeRequest { sid: format!("room-{}", (i * 7919) % sids), nid: String::new(), service: "rtc".into() };
-                let t = Instant::now();
-                match client.unary("/islb.ISLB/FindNode", req.encode_to_vec().into(), &Default::default(), Duration::from_secs(3)).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(_) => errors += 1,
-                }
-                i += concurrency;
-            }
-            anyhow::Ok((lat, errors))
-        })
-    });
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for w in futures::future::join_all(workers).await {
-        let (lat, e) = w??;
-        all.extend(lat);
-        errors += e;
-    }
-    all.sort();
-    anyhow::ensure!(!all.is_empty(), "no replies ({errors} errors)");
-    let q = |f: f64| all[((all.len() - 1) as f64 * f) as usize];
-    println!(
-        "findnode: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
-        all.len(),
-        all.len() as f64 / d.as_secs_f64(),
-        q(0.5),
-        q(0.99)
-    );
-    Ok(())
+    let nid = nid.to_owned();
+    load_test("findnode", url, concurrency, d, move |client, i| {
+        let nrpc = islb_nrpc::Client::new(client, nid.clone(), "bench");
+        async move {
+            let sid = format!("room-{}", (i * 7919) % sids);
+            let req = islb_proto::islb::FindNodeRequest { sid, nid: String::new(), service: "rtc".into() };
+            let md = islb_nrpc::Metadata::new();
+            nrpc.unary("/islb.ISLB/FindNode", req.encode_to_vec().into(), &md, Duration::from_secs(3)).await.is_ok()
+        }
+    })
+    .await
 }
 
 fn rss(pid: u32) -> anyhow::Result<u64> {

@@ -341,6 +341,22 @@ impl RedisStore {
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
+
+    /// Sets (a deadline in ms, `0` for none) or lifts (`""`) a drain mark.
+    async fn drain_script(&self, node: &NodeKey, deadline: &str) -> Result<i64, StoreError> {
+        let k = &self.keys;
+        self.scripts
+            .drain
+            .key(&k.drains)
+            .key(&k.changes)
+            .key(&k.seq)
+            .arg(&**node)
+            .arg(deadline)
+            .arg(FEED_LENGTH)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
 }
 
 #[async_trait]
@@ -663,37 +679,11 @@ impl Store for RedisStore {
     }
 
     async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
-        let k = &self.keys;
-        let _: i64 = self
-            .scripts
-            .drain
-            .key(&k.drains)
-            .key(&k.changes)
-            .key(&k.seq)
-            .arg(&**node)
-            .arg(deadline.map_or(0, |d| d.as_ms()))
-            .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.drain_script(node, &deadline.map_or(0, |d| d.as_ms()).to_string()).await.map(drop)
     }
 
     async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
-        let k = &self.keys;
-        let n: i64 = self
-            .scripts
-            .drain
-            .key(&k.drains)
-            .key(&k.changes)
-            .key(&k.seq)
-            .arg(&**node)
-            .arg("")
-            .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
+        Ok(self.drain_script(node, "").await? == 1)
     }
 
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
