@@ -265,3 +265,25 @@ fn the_placement_options_are_in_the_effective_config() {
     assert!(text.contains("session-ttl = 1h\n") && text.contains("default-capacity = 50\n"), "{text}");
     assert!(text.contains("jwt-key = ***\n") && !text.contains("topsecret"), "{text}");
 }
+
+#[tokio::test]
+async fn idle_sessions_are_released_after_the_session_ttl_with_an_event() {
+    let nats = NatsServer::start();
+    let _islb = Islb::start(&nats, &["--session-ttl", "1s"]);
+    let _sfus = KeepAlive::start(&nats, &sfus(2), Duration::from_secs(1)).await;
+    let (events, _task) = session_events(&nats).await;
+    let peer = Peer::connect(&nats).await;
+    lookup(&peer, "idle-room").await;
+    let busy = lookup(&peer, "busy-room").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events.lock().unwrap().iter().any(|e| e["sid"] == "idle-room") {
+        assert!(Instant::now() < deadline, "the idle session was never released");
+        assert_eq!(lookup(&peer, "busy-room").await, busy, "a session in use stays put");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = events.lock().unwrap().clone();
+    let e = events.iter().find(|e| e["sid"] == "idle-room").unwrap();
+    assert_eq!(e["reason"], "idle");
+    assert!(e["to"].is_null());
+    assert!(!events.iter().any(|e| e["sid"] == "busy-room"), "{events:?}");
+}
