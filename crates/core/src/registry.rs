@@ -269,6 +269,7 @@ impl Registry {
                     if old_service != node.service {
                         self.unindex(&old_service, &key);
                         self.index(&node.service, key.clone());
+                        self.bump(&old_service);
                     }
                     self.bump(&node.service);
                 }
@@ -521,7 +522,9 @@ mod tests {
     fn a_node_that_changes_service_moves_between_service_lists() {
         let mut r = reg();
         r.upsert(node("signal", "x"), T0);
+        let before = r.generation("signal");
         r.upsert(node("room", "x"), T0);
+        assert!(r.generation("signal") > before, "cached answers of the old service are stale too");
         assert!(r.get(&lookup("signal")).is_empty());
         assert!(r.service_nodes("signal").is_empty());
         assert_eq!(r.get(&lookup("room")).len(), 1);

@@ -151,6 +151,13 @@ impl Sessions {
         }
     }
 
+    /// Forgets the recent unnamed placements of a node that left, so a node that comes back
+    /// starts unloaded. In-flight placements are left to their own `end_placement`, and the
+    /// drain mark, an operator's decision, stays.
+    pub fn forget_node(&mut self, node: &str) {
+        self.unnamed.remove(node);
+    }
+
     /// An unnamed placement went to `node` at `now`.
     pub fn note_unnamed(&mut self, node: &NodeKey, now: Timestamp) {
         let q = self.unnamed.entry(node.clone()).or_default();
@@ -467,6 +474,22 @@ mod tests {
         assert_eq!(node.nid, "b");
         let c = s.candidates(&r, "rtc", 0, T0.plus_ms(UNNAMED_WINDOW_MS));
         assert!(c.iter().all(|(c, _)| c.pending == 0), "unnamed placements decay: {c:?}");
+    }
+
+    #[test]
+    fn a_node_that_left_comes_back_without_its_old_unnamed_load() {
+        let r = registry(&[("dc1", "a"), ("dc1", "b")]);
+        let mut s = Sessions::new();
+        let a: NodeKey = "dc1.a".into();
+        s.note_unnamed(&a, T0);
+        s.drain(a.clone(), None);
+        s.forget_node("dc1.a");
+        s.undrain("dc1.a");
+        let c = s.candidates(&r, "rtc", 0, T0);
+        assert!(c.iter().all(|(c, _)| c.pending == 0), "{c:?}");
+        s.drain(a.clone(), None);
+        s.forget_node("dc1.a");
+        assert_eq!(s.draining("dc1.a"), Some(None), "a drain outlives the node's departure");
     }
 
     #[test]

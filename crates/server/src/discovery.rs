@@ -71,6 +71,7 @@ pub struct Discovery {
     get_cache: Mutex<HashMap<CacheKey, (u64, Bytes)>>,
     bad_input_log: Throttle,
     pub(crate) capacity_log: Throttle,
+    sync_lock: tokio::sync::Mutex<()>,
     link: StoreLink,
     pub(crate) placement: PlacementState,
 }
@@ -112,6 +113,7 @@ impl Discovery {
             get_cache: Mutex::new(HashMap::new()),
             bad_input_log: Throttle::new(Duration::from_secs(1)),
             capacity_log: Throttle::new(Duration::from_secs(1)),
+            sync_lock: tokio::sync::Mutex::new(()),
             link: StoreLink::new(store_kind, store_timeout),
             placement: PlacementState::new(placement),
         }
@@ -356,6 +358,15 @@ impl Discovery {
         let n = snapshot.nodes.len();
         {
             let mut r = self.registry();
+            // Nodes the store no longer has were deleted or expired through another replica,
+            // which announced it; writes this replica still holds are kept.
+            let in_store: std::collections::HashSet<String> = snapshot.nodes.iter().map(|(n, _)| n.id()).collect();
+            let held = self.link.pending_keys();
+            let ghosts: Vec<NodeKey> =
+                r.entries().map(|(k, _)| k.clone()).filter(|k| !in_store.contains(&**k) && !held.contains(k)).collect();
+            for k in ghosts {
+                r.remove(&k);
+            }
             for (node, deadline) in snapshot.nodes {
                 r.upsert(node, deadline);
             }
@@ -381,7 +392,9 @@ impl Discovery {
     }
 
     /// Applies what other replicas wrote since the last look (silently: they announced it).
+    /// One sync at a time, so that batches apply in feed order.
     async fn sync(&self) {
+        let _one_at_a_time = self.sync_lock.lock().await;
         let cursor = self.link.cursor();
         match self.store_call("changes", self.store.changes(&cursor)).await {
             Some(Changes::Since { changes, cursor }) => {
@@ -393,6 +406,7 @@ impl Discovery {
                             Change::Put(node, deadline) => r.upsert(node, deadline),
                             Change::Delete(key) => {
                                 r.remove(&key);
+                                sessions.forget_node(&key);
                             }
                             Change::Session(s) => sessions.set(s),
                             Change::SessionGone(sid) => {
@@ -447,14 +461,63 @@ impl Discovery {
             return;
         }
         let wiped = self.link.take_reset();
+        if self.write_back(wiped).await.is_err() {
+            if wiped {
+                self.link.mark_reset();
+            }
+            return;
+        }
+        // Grace first: no expiry until every replica had one expiry period to write back the
+        // keep-alives it held.
+        let grace = Timestamp::now().plus_ms(self.registry().config().expire_ms);
+        self.link.set_grace(grace);
+        self.link.set_healthy();
+        // Writes decided while the write-back ran (the store still counted as down).
+        if self.write_held().await.is_err() || !self.replay_held_sessions().await {
+            return;
+        }
+        self.flush().await;
+        if let Err(e) = self.load_from_store().await {
+            warn!(error = %e, "reload after the store came back failed");
+        }
+        info!(store = self.store.kind(), grace_until = %grace, "store reachable again; state written back, expiry resumes after the grace period");
+    }
+
+    /// Re-initialises a wiped store and writes back everything this replica holds (and, for
+    /// a wiped store, every node, session and drain mark it knows, without events).
+    async fn write_back(&self, wiped: bool) -> Result<(), StoreError> {
         if wiped {
             warn!(store = self.store.kind(), "the store lost its data; writing back every node this replica knows");
-            if self.link.call_always("reset", self.store.reset(), 1).await.is_err() {
-                self.link.mark_reset();
-                return;
+            self.link.call_always("reset", self.store.reset(), 1).await?;
+        }
+        self.write_held().await?;
+        if wiped {
+            let nodes: Vec<_> = self.registry().entries().map(|(_, e)| (e.node.clone(), e.deadline)).collect();
+            for (node, deadline) in nodes {
+                self.link.call_always("put_node", self.store.put_node(node, deadline), 1).await?;
+            }
+            let (sessions, drains) = {
+                let s = lock(&self.placement.sessions);
+                (s.all(), s.drains())
+            };
+            for s in sessions {
+                lock(&self.placement.held).entry(s.sid.clone()).or_insert_with(|| s.node.clone());
+            }
+            for (node, deadline) in drains {
+                self.link.call_always("set_drain", self.store.set_drain(&node, deadline), 1).await?;
             }
         }
-        for (key, op) in self.link.take_pending() {
+        if self.replay_held_sessions().await {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("session write-back".into()))
+        }
+    }
+
+    /// Writes the node writes held during an outage; on a failure, keeps what is left.
+    async fn write_held(&self) -> Result<(), StoreError> {
+        let mut held = self.link.take_pending().into_iter();
+        while let Some((key, op)) = held.next() {
             let result = match &op {
                 Pending::Put(node, deadline) => {
                     self.link.call_always("put_node", self.store.put_node(node.clone(), *deadline), 1).await.map(drop)
@@ -463,50 +526,26 @@ impl Discovery {
                     self.link.call_always("delete_node", self.store.delete_node(&key), 1).await.map(drop)
                 }
             };
-            if result.is_err() {
-                self.link.hold(key, op);
-                return;
+            if let Err(e) = result {
+                // Put back this one and the rest, unless a newer write of the key was held meanwhile.
+                self.link.restore(std::iter::once((key, op)).chain(held));
+                return Err(e);
             }
         }
-        if wiped {
-            let nodes: Vec<_> = self.registry().entries().map(|(_, e)| (e.node.clone(), e.deadline)).collect();
-            for (node, deadline) in nodes {
-                if self.link.call_always("put_node", self.store.put_node(node, deadline), 1).await.is_err() {
-                    self.link.mark_reset();
-                    return;
-                }
-            }
-            let (sessions, drains) = {
-                let s = lock(&self.placement.sessions);
-                (s.all(), s.drains())
-            };
-            for s in sessions {
-                lock(&self.placement.held).insert(s.sid.clone(), s.node.clone());
-            }
-            for (node, deadline) in drains {
-                if self.link.call_always("set_drain", self.store.set_drain(&node, deadline), 1).await.is_err() {
-                    self.link.mark_reset();
-                    return;
-                }
-            }
-        }
-        if !self.replay_held_sessions().await {
-            return;
-        }
-        self.link.set_healthy();
-        self.flush().await;
-        if let Err(e) = self.load_from_store().await {
-            warn!(error = %e, "reload after the store came back failed");
-        }
-        let grace = Timestamp::now().plus_ms(self.registry().config().expire_ms);
-        self.link.set_grace(grace);
-        info!(store = self.store.kind(), grace_until = %grace, "store reachable again; state written back, expiry resumes after the grace period");
+        Ok(())
     }
 
     /// Expires nodes at their deadlines until `stop`.
     pub async fn expiry_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let wait = self.registry().next_deadline().map_or(Duration::from_secs(1), |d| Timestamp::now().until(d));
+            let now = Timestamp::now();
+            let wait = if !self.link.healthy() {
+                PROBE_INTERVAL
+            } else if let Some(until) = self.link.grace_until().filter(|g| *g > now) {
+                now.until(until)
+            } else {
+                self.registry().next_deadline().map_or(Duration::from_secs(1), |d| now.until(d))
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => self.expire_due().await,
                 _ = self.expiry_wake.notified() => {}
@@ -522,6 +561,12 @@ impl Discovery {
         if !self.link.healthy() || self.link.in_grace(now) {
             return;
         }
+        if self.registry().due(now).is_empty() {
+            return;
+        }
+        // Keep-alives that arrived just before the deadline are in the batch not yet written:
+        // write it first, so the claim sees them and a living node is not declared dead.
+        self.flush().await;
         let due: Vec<NodeKey> = self.registry().due(now).into_iter().take(CLAIM_BATCH).collect();
         if due.is_empty() {
             return;

@@ -126,6 +126,21 @@ impl StoreLink {
         taken
     }
 
+    /// Puts back writes that could not be made, unless a newer write of the same node was
+    /// held meanwhile.
+    pub(crate) fn restore(&self, items: impl IntoIterator<Item = (NodeKey, Pending)>) {
+        let mut p = lock(&self.pending);
+        for (k, op) in items {
+            p.entry(k).or_insert(op);
+        }
+        metrics::gauge!("islb_store_pending_writes").set(p.len() as f64);
+    }
+
+    /// The nodes with a write held.
+    pub(crate) fn pending_keys(&self) -> std::collections::HashSet<NodeKey> {
+        lock(&self.pending).keys().cloned().collect()
+    }
+
     pub(crate) fn cursor(&self) -> Cursor {
         lock(&self.cursor).clone()
     }
@@ -140,5 +155,9 @@ impl StoreLink {
 
     pub(crate) fn in_grace(&self, now: Timestamp) -> bool {
         now.as_ms() < self.grace_until.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn grace_until(&self) -> Option<Timestamp> {
+        Some(self.grace_until.load(Ordering::Relaxed)).filter(|g| *g > 0).map(Timestamp::from_ms)
     }
 }

@@ -111,6 +111,27 @@ fn random() -> u64 {
     rand::random()
 }
 
+/// A placement in flight on a node: counts as load until dropped (also when the future
+/// doing the placement is dropped, e.g. a cancelled call).
+struct InFlight<'a> {
+    state: &'a PlacementState,
+    node: NodeKey,
+}
+
+impl<'a> InFlight<'a> {
+    /// Must be called with the sessions lock not held (it takes it).
+    fn new(state: &'a PlacementState, node: NodeKey) -> Self {
+        lock(&state.sessions).begin_placement(&node);
+        InFlight { state, node }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.state.sessions).end_placement(&self.node);
+    }
+}
+
 impl Discovery {
     /// A `get` of a placed service.
     pub(crate) async fn lookup_placed(&self, lookup: &Lookup) -> Bytes {
@@ -207,11 +228,7 @@ impl Discovery {
                     now,
                     random: random(),
                 };
-                let d = decide(&r, &mut sessions, &ask);
-                if let Decision::Place { node, .. } = &d {
-                    sessions.begin_placement(&node.id().into());
-                }
-                d
+                decide(&r, &mut sessions, &ask)
             };
             match decision {
                 Decision::Existing(session, node) => {
@@ -232,6 +249,7 @@ impl Discovery {
                 }
                 Decision::Place { node, from } => {
                     let key: NodeKey = node.id().into();
+                    let in_flight = InFlight::new(&self.placement, key.clone());
                     let claim = self.store_call_pub("claim_session", self.store().claim_session(sid, &key, now)).await;
                     let claim = claim.unwrap_or_else(|| {
                         // The store is out of reach: place here and claim when it is back.
@@ -243,7 +261,7 @@ impl Discovery {
                             None => SessionClaim::Placed(session),
                         }
                     });
-                    lock(&self.placement.sessions).end_placement(&key);
+                    drop(in_flight);
                     match claim {
                         SessionClaim::CandidateGone => {
                             // This view still lists a node the store has lost: catch up and choose again.
@@ -292,11 +310,9 @@ impl Discovery {
     }
 
     fn why_moved(&self, from: &str, now: Timestamp) -> MoveReason {
-        let sessions = lock(&self.placement.sessions);
-        match sessions.draining(from) {
-            Some(Some(d)) if d <= now && self.registry().lookup(from).is_some() => MoveReason::Drain,
-            _ => MoveReason::NodeDown,
-        }
+        // Lock order: registry before sessions, everywhere; here one at a time.
+        let overdue = lock(&self.placement.sessions).draining(from).is_some_and(|d| d.is_some_and(|d| d <= now));
+        if overdue && self.registry().lookup(from).is_some() { MoveReason::Drain } else { MoveReason::NodeDown }
     }
 
     pub(crate) async fn publish_session_event(&self, event: SessionEvent) {
@@ -311,7 +327,11 @@ impl Discovery {
     /// Moves the sessions of `node` elsewhere (it left, and this replica announced it).
     pub(crate) async fn fail_over(&self, node: &Node, reason: MoveReason) {
         let key = node.id();
-        let sessions = lock(&self.placement.sessions).of_node(&key);
+        let sessions = {
+            let mut table = lock(&self.placement.sessions);
+            table.forget_node(&key);
+            table.of_node(&key)
+        };
         if sessions.is_empty() {
             return;
         }
@@ -495,14 +515,19 @@ impl Discovery {
     /// wins where another replica placed the same session meanwhile).
     pub(crate) async fn replay_held_sessions(&self) -> bool {
         let held: Vec<(Arc<str>, NodeKey)> = lock(&self.placement.held).drain().collect();
-        for (sid, node) in held {
+        let mut held = held.into_iter();
+        while let Some((sid, node)) = held.next() {
             match self.link_call("claim_session", self.store().claim_session(&sid, &node, Timestamp::now())).await {
                 Ok(SessionClaim::Existing(s) | SessionClaim::Placed(s) | SessionClaim::Moved { session: s, .. }) => {
                     lock(&self.placement.sessions).set(s);
                 }
                 Ok(SessionClaim::CandidateGone) => {}
                 Err(_) => {
-                    lock(&self.placement.held).insert(sid, node);
+                    // Keep this one and the rest (a newer placement held meanwhile wins).
+                    let mut h = lock(&self.placement.held);
+                    for (sid, node) in std::iter::once((sid, node)).chain(held) {
+                        h.entry(sid).or_insert(node);
+                    }
                     return false;
                 }
             }
