@@ -78,8 +78,8 @@ impl Reflector {
             .context("the descriptors do not link")
     }
 
-    pub(crate) async fn close(mut self) {
-        let _ = self.stream.close_send().await;
+    /// Ends the stream: one cancel (never a half-close as well: one `end` per call).
+    pub(crate) async fn close(self) {
         self.stream.cancel().await;
     }
 }
@@ -193,11 +193,11 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
             // (a bidi stream such as WatchISLBEvent stays open until Ctrl-C).
             let mut s = client.open(path, &Metadata::new()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
             s.send(bytes.into()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
-            if client_streaming {
+            // A bidi stream is not half-closed: servers may take that as the caller leaving.
+            if client_streaming && !m.is_server_streaming() {
                 s.close_send().await.map_err(|s| anyhow::anyhow!("{s}"))?;
             }
-            let wait =
-                if m.is_server_streaming() && !client_streaming { Duration::from_secs(24 * 3600) } else { timeout };
+            let wait = if m.is_server_streaming() { Duration::from_secs(24 * 3600) } else { timeout };
             loop {
                 tokio::select! {
                     got = s.recv(wait) => match got.map_err(|s| anyhow::anyhow!("{s}"))? {

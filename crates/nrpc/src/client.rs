@@ -128,24 +128,26 @@ impl Client {
         let (inbox, sub) = self.open_inbox().await?;
         // Go sends the call with the first message and the subject as method; so does this.
         self.publish(&subject, &inbox, frame::call(&subject, md, &self.nid)).await?;
-        Ok(ClientStream { client: self.clone(), subject, inbox, sub, ended: false, closed: false })
+        Ok(ClientStream { client: self.clone(), subject, inbox, sub, ended: false, end_sent: false })
     }
 }
 
-/// One open stream.
+/// One open stream. Dropped before its end, it cancels the call at the server.
 pub struct ClientStream {
     client: Client,
     subject: String,
     inbox: String,
     sub: Subscriber,
+    /// The server's `end` arrived.
     ended: bool,
-    closed: bool,
+    /// Our one `end` (half-close or cancel) went out.
+    end_sent: bool,
 }
 
 impl ClientStream {
     /// Sends one request message.
     pub async fn send(&self, msg: Bytes) -> Result<(), Status> {
-        if self.closed {
+        if self.end_sent {
             return Err(Status::failed_precondition("the stream was half-closed"));
         }
         self.client.publish(&self.subject, &self.inbox, frame::request_data(msg)).await
@@ -158,10 +160,10 @@ impl ClientStream {
 
     /// Half-closes: no more request messages (sent once).
     pub async fn close_send(&mut self) -> Result<(), Status> {
-        if self.closed {
+        if self.end_sent {
             return Ok(());
         }
-        self.closed = true;
+        self.end_sent = true;
         self.client.publish(&self.subject, &self.inbox, frame::request_end(None)).await
     }
 
@@ -195,14 +197,33 @@ impl ClientStream {
     }
 
     /// Cancels the call at the server (`end{status{CANCELLED}}`), which then sends nothing.
+    /// After a half-close nothing more is sent (at most one `end` per call: two crash a Go
+    /// v0.1.12 server); the server's answers are just no longer read.
     pub async fn cancel(mut self) {
-        if !self.ended {
-            self.ended = true;
-            let _ = self
-                .client
-                .publish(&self.subject, &self.inbox, frame::request_end(Some(&Status::cancelled("cancelled"))))
-                .await;
+        if !self.ended && !self.end_sent {
+            self.end_sent = true;
+            let _ = self.client.publish(&self.subject, &self.inbox, cancel_frame()).await;
         }
+        self.ended = true;
         let _ = self.sub.unsubscribe().await;
+    }
+}
+
+fn cancel_frame() -> Bytes {
+    frame::request_end(Some(&Status::cancelled("cancelled")))
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        if self.ended || self.end_sent {
+            return;
+        }
+        // Dropped mid-call (an error, a timeout, a panic): tell the server, best effort.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (nats, subject, inbox) = (self.client.nats.clone(), self.subject.clone(), self.inbox.clone());
+            rt.spawn(async move {
+                let _ = nats.publish_with_reply(subject, inbox, cancel_frame()).await;
+            });
+        }
     }
 }

@@ -12,13 +12,22 @@
 //!   and nothing is sent back;
 //! - the answer is `data` frames and exactly one `end`, without status on success; no
 //!   `begin` (header metadata can crash Go clients); empty messages are padded;
-//! - frames without a reply subject, for inboxes without a call, garbage and oversized
-//!   messages are answered (when there is someone to answer) or dropped, and counted;
+//! - every call gets at most one `end`, whoever ends it (the handler, an idle timeout, a
+//!   bad frame, a full input queue, shutdown); a cancelled call (client `end{status}`,
+//!   its peer node gone) gets none;
+//! - garbage and oversized frames are answered (`end{status}`) when there is a reply
+//!   subject; frames without one, and `data`/`end` for inboxes without a call (late
+//!   frames of a finished call) are dropped; all are counted;
+//! - a call whose handler does not keep up with its input (more than [`CALL_QUEUE`]
+//!   messages waiting) is ended with `RESOURCE_EXHAUSTED`, so memory stays bounded;
 //! - calls that receive nothing for `idle_timeout` are ended (`DEADLINE_EXCEEDED`): Go
-//!   clients never say when they abandon a stream.
+//!   clients never say when they abandon a stream. Methods a [`Service`] marks
+//!   [`idle_exempt`](Service::idle_exempt) (server-push streams such as
+//!   `WatchISLBEvent`) are not, when the caller said who it is: they end when that node
+//!   leaves ([`Running::close_peer`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,7 +61,7 @@ pub struct CallInfo {
 
 /// The request messages of a call, in arrival order; `None` after the client half-closed.
 pub struct Incoming {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
 }
 
 impl Incoming {
@@ -116,7 +125,15 @@ pub trait Service: Send + Sync + 'static {
     fn has_method(&self, method: &str) -> bool;
     /// Serves one call; returning ends it (`Ok`: success, `Err`: that status).
     async fn call(&self, info: CallInfo, incoming: Incoming, outgoing: Outgoing) -> Result<(), Status>;
+    /// Whether calls of `method` may stay quiet for longer than the idle timeout (streams
+    /// that only push); they still end when their caller's node leaves.
+    fn idle_exempt(&self, _method: &str) -> bool {
+        false
+    }
 }
+
+/// Request messages a call may have waiting for its handler.
+pub const CALL_QUEUE: usize = 256;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -144,10 +161,36 @@ impl ServerConfig {
 }
 
 struct CallState {
-    tx: Option<mpsc::UnboundedSender<Bytes>>,
-    cancel: CancellationToken,
+    tx: Option<mpsc::Sender<Bytes>>,
+    ctl: Arc<CallCtl>,
     last: Instant,
     peer_nid: String,
+    idle_exempt: bool,
+}
+
+/// Who ends a call: the first to [`finish`](CallCtl::finish) it sends its one `end` (or,
+/// for a cancel, nothing); everyone else stays quiet.
+struct CallCtl {
+    cancel: CancellationToken,
+    finished: AtomicBool,
+}
+
+impl CallCtl {
+    fn new() -> Arc<Self> {
+        Arc::new(CallCtl { cancel: CancellationToken::new(), finished: AtomicBool::new(false) })
+    }
+
+    /// Claims the end of the call: true only for the first claim.
+    fn finish(&self) -> bool {
+        !self.finished.swap(true, Ordering::AcqRel)
+    }
+
+    /// Claims the end and cancels the handler; true if this claim was first.
+    fn stop(&self) -> bool {
+        let first = self.finish();
+        self.cancel.cancel();
+        first
+    }
 }
 
 type Calls = Arc<Mutex<HashMap<String, CallState>>>;
@@ -165,6 +208,7 @@ pub struct Server {
 
 /// A running server.
 pub struct Running {
+    client: Client,
     stop: CancellationToken,
     tasks: JoinSet<()>,
     calls: Calls,
@@ -214,7 +258,7 @@ impl Server {
         }
         tasks.spawn(reap_idle(self.client.clone(), calls.clone(), self.config.idle_timeout, stop.clone()));
         self.client.flush().await.ok();
-        Ok(Running { stop, tasks, calls, active })
+        Ok(Running { client: self.client, stop, tasks, calls, active })
     }
 }
 
@@ -224,23 +268,34 @@ impl Running {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Cancels the calls whose caller is node `nid` (it went down).
+    /// Cancels the calls whose caller is node `nid` (it went down); they get no `end`.
     pub fn close_peer(&self, nid: &str) -> usize {
-        let calls = lock(&self.calls);
-        let mut n = 0;
-        for c in calls.values().filter(|c| c.peer_nid == nid) {
-            c.cancel.cancel();
-            n += 1;
+        if nid.is_empty() {
+            return 0;
         }
+        let mut calls = lock(&self.calls);
+        let mut n = 0;
+        calls.retain(|_, c| {
+            if c.peer_nid != nid {
+                return true;
+            }
+            c.ctl.stop();
+            n += 1;
+            false
+        });
         n
     }
 
-    /// Stops taking calls, cancels open ones, and waits for the loops to end.
+    /// Stops taking calls, ends open ones with `UNAVAILABLE` (so callers retry elsewhere
+    /// at once instead of waiting for their deadline), and waits for the loops to end.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
-        for c in lock(&self.calls).values() {
-            c.cancel.cancel();
+        let open: Vec<String> = lock(&self.calls).drain().filter(|(_, c)| c.ctl.stop()).map(|(k, _)| k).collect();
+        for reply in open {
+            let status = Status::unavailable("the server is shutting down");
+            let _ = self.client.publish(reply, frame::response_end(&Err(status))).await;
         }
+        let _ = self.client.flush().await;
         while self.tasks.join_next().await.is_some() {}
     }
 }
@@ -305,28 +360,41 @@ impl Loop {
         match frame.r#type {
             Some(request::Type::Call(call)) => self.on_call(&msg.subject, reply, call).await,
             Some(request::Type::Data(data)) => {
-                let known = {
+                let overflow = {
                     let mut calls = lock(&self.calls);
                     match calls.get_mut(reply.as_str()) {
                         Some(state) => {
                             state.last = Instant::now();
-                            if let Some(tx) = &state.tx {
-                                let _ = tx.send(Bytes::from(data.data));
+                            match &state.tx {
+                                Some(tx) => match tx.try_send(Bytes::from(data.data)) {
+                                    Ok(()) => false,
+                                    Err(mpsc::error::TrySendError::Full(_)) => true,
+                                    // The handler is done reading; its end is on the way.
+                                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                                        bad("data_after_input_done");
+                                        false
+                                    }
+                                },
+                                None => {
+                                    bad("data_after_half_close");
+                                    false
+                                }
                             }
-                            true
                         }
-                        None => false,
+                        // Not answered: the inbox may belong to a call that just ended, and
+                        // a second `end` is what Go clients must never get.
+                        None => {
+                            bad("data_without_call");
+                            false
+                        }
                     }
                 };
-                if !known {
-                    bad("data_without_call");
-                    self.end(
-                        &reply,
-                        Err(Status::failed_precondition(
-                            "no call is open on this reply subject (data before call, or after its end)",
-                        )),
-                    )
-                    .await;
+                if overflow {
+                    bad("input_overflow");
+                    let status = Status::resource_exhausted(format!(
+                        "more than {CALL_QUEUE} request messages waiting: the call is not keeping up"
+                    ));
+                    self.fail_call(&reply, status).await;
                 }
             }
             Some(request::Type::End(end)) => {
@@ -334,7 +402,7 @@ impl Loop {
                 match calls.get_mut(reply.as_str()) {
                     // A status, whatever its code, cancels: nothing is sent back.
                     Some(state) if end.status.is_some() => {
-                        state.cancel.cancel();
+                        state.ctl.stop();
                         calls.remove(reply.as_str());
                     }
                     Some(state) => {
@@ -349,12 +417,16 @@ impl Loop {
         }
     }
 
-    /// Ends the call on `reply` (if any) with `status`, or answers it when there is none.
+    /// Ends the call on `reply` (if any, and not already ending) with `status`, or answers
+    /// the frame when there is no call.
     async fn fail_call(&self, reply: &Subject, status: Status) {
-        if let Some(state) = lock(&self.calls).remove(reply.as_str()) {
-            state.cancel.cancel();
+        let answer = match lock(&self.calls).remove(reply.as_str()) {
+            Some(state) => state.ctl.stop(),
+            None => true,
+        };
+        if answer {
+            self.end(reply, Err(status)).await;
         }
-        self.end(reply, Err(status)).await;
     }
 
     async fn on_call(&self, subject: &str, reply: Subject, call: nrpc::Call) {
@@ -363,8 +435,9 @@ impl Loop {
             self.end(&reply, Err(Status::unimplemented("Unimplemented"))).await;
             return;
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(CALL_QUEUE);
+        let ctl = CallCtl::new();
+        let idle_exempt = !call.nid.is_empty() && self.service.idle_exempt(method);
         let refused = {
             let mut calls = lock(&self.calls);
             if calls.contains_key(reply.as_str()) {
@@ -377,9 +450,10 @@ impl Loop {
                     reply.to_string(),
                     CallState {
                         tx: Some(tx),
-                        cancel: cancel.clone(),
+                        ctl: ctl.clone(),
                         last: Instant::now(),
                         peer_nid: call.nid.clone(),
+                        idle_exempt,
                     },
                 );
             }
@@ -409,22 +483,29 @@ impl Loop {
             let (svc, m) = (info.service.clone(), info.method.clone());
             let result = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => None,
+                _ = ctl.cancel.cancelled() => None,
                 r = service.call(info, Incoming { rx }, outgoing) => Some(r),
             };
-            // Cancelled while finishing (the half-closed input of a cancelled call also ends
-            // the handler): a cancelled call gets nothing.
-            let result = result.filter(|_| !cancel.is_cancelled());
-            lock(&calls).remove(reply.as_str());
+            // Whoever ended the call first (this task, or a cancel, timeout, bad frame or
+            // shutdown) sent its one `end`, or, for a cancel, none.
+            let result = result.filter(|_| ctl.finish());
             let code = match &result {
                 Some(Ok(())) => "OK",
                 Some(Err(s)) => s.code.name(),
                 None => "CANCELLED",
             };
             if let Some(r) = result
-                && let Err(e) = client.publish(reply, frame::response_end(&r)).await
+                && let Err(e) = client.publish(reply.clone(), frame::response_end(&r)).await
             {
                 warn!(error = %e, "cannot end an nrpc call");
+            }
+            // Only now is the inbox free: frames that arrive meanwhile find the call and
+            // are dropped with it, rather than being taken for a new one.
+            {
+                let mut calls = lock(&calls);
+                if calls.get(reply.as_str()).is_some_and(|c| Arc::ptr_eq(&c.ctl, &ctl)) {
+                    calls.remove(reply.as_str());
+                }
             }
             metrics::counter!("islb_nrpc_calls_total", "service" => svc, "method" => m, "code" => code).increment(1);
             active.fetch_sub(1, Ordering::Relaxed);
@@ -444,14 +525,12 @@ async fn reap_idle(client: Client, calls: Calls, idle: Duration, stop: Cancellat
         let stale: Vec<String> = {
             let mut calls = lock(&calls);
             let now = Instant::now();
-            let keys: Vec<String> =
-                calls.iter().filter(|(_, c)| now.duration_since(c.last) >= idle).map(|(k, _)| k.clone()).collect();
-            for k in &keys {
-                if let Some(c) = calls.remove(k) {
-                    c.cancel.cancel();
-                }
-            }
-            keys
+            let keys: Vec<String> = calls
+                .iter()
+                .filter(|(_, c)| !c.idle_exempt && now.duration_since(c.last) >= idle)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter(|k| calls.remove(k).is_some_and(|c| c.ctl.stop())).collect()
         };
         for reply in stale {
             metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1);

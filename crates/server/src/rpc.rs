@@ -178,6 +178,11 @@ impl Service for IslbService {
             _ => Err(Status::unimplemented("Unimplemented")),
         }
     }
+
+    fn idle_exempt(&self, method: &str) -> bool {
+        // A watcher subscribes once and then only listens.
+        method == "WatchISLBEvent"
+    }
 }
 
 /// `islb.Admin`.

@@ -1,8 +1,8 @@
 //! The Redis store: islb's storage contract on Redis, shared by islb replicas.
 //!
 //! Every operation replicas race on is one Lua script (atomic on the server); a keep-alive
-//! batch is one script call. All keys of a store share the hash tag `{prefix}`, so the
-//! layout also fits a Redis Cluster slot.
+//! batch is one script call. islb's own keys share the hash tag `{prefix}`; ion's stream
+//! records keep ion's key names (Redis Cluster is not supported).
 //!
 //! | key | type | content |
 //! |---|---|---|
@@ -139,8 +139,9 @@ return {2, ARGV[2], version, from, ARGV[3]}
 "#;
 
 const MOVE_SESSION: &str = r#"
--- KEYS: sessions used changes seq; ARGV: sid version to('' = release) now idle_before('' = any) maxlen
+-- KEYS: sessions used changes seq epoch; ARGV: sid version to('' = release) now idle_before('' = any) maxlen
 -- Returns {code, node, version, used}: 0 nothing done, 1 released, 2 moved.
+if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('ISLB_RESET store was reset') end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return {0, '', 0, '0'} end
 local sp = string.find(cur, ' ', 1, true)
@@ -165,7 +166,8 @@ return {2, ARGV[3], version, used}
 "#;
 
 const TOUCH_SESSIONS: &str = r#"
--- KEYS: sessions used; ARGV: sid1 used1 sid2 used2 ...
+-- KEYS: sessions used epoch; ARGV: sid1 used1 sid2 used2 ...
+if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('ISLB_RESET store was reset') end
 for i = 1, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
     redis.call('ZADD', KEYS[2], 'GT', ARGV[i + 1], ARGV[i])
@@ -175,7 +177,8 @@ return 0
 "#;
 
 const DRAIN: &str = r#"
--- KEYS: drains changes seq; ARGV: node deadline('' = lift) maxlen
+-- KEYS: drains changes seq epoch; ARGV: node deadline('' = lift) maxlen
+if redis.call('EXISTS', KEYS[4]) == 0 then return redis.error_reply('ISLB_RESET store was reset') end
 local seq
 if ARGV[2] == '' then
   if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -187,6 +190,16 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'op', 'drain', 'key', ARGV[1], 'deadline', ARGV[2])
 return 1
+"#;
+
+const FORGET_STALE_STREAMS: &str = r#"
+-- KEYS: index record1 record2 ...: drops from the index the records that are (still) gone;
+-- one re-published since the caller looked stays.
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then n = n + redis.call('SREM', KEYS[1], KEYS[i]) end
+end
+return n
 "#;
 
 /// Connection settings.
@@ -225,6 +238,7 @@ struct Scripts {
     move_session: Script,
     touch_sessions: Script,
     drain: Script,
+    forget_stale_streams: Script,
 }
 
 /// The Redis backend.
@@ -332,6 +346,7 @@ impl RedisStore {
                 move_session: Script::new(MOVE_SESSION),
                 touch_sessions: Script::new(TOUCH_SESSIONS),
                 drain: Script::new(DRAIN),
+                forget_stale_streams: Script::new(FORGET_STALE_STREAMS),
             }),
         };
         store.reset().await?;
@@ -350,6 +365,7 @@ impl RedisStore {
             .key(&k.drains)
             .key(&k.changes)
             .key(&k.seq)
+            .key(&k.epoch)
             .arg(&**node)
             .arg(deadline)
             .arg(FEED_LENGTH)
@@ -580,7 +596,9 @@ impl Store for RedisStore {
                         changes.push(Change::Drain(key.into(), (d.as_ms() > 0).then_some(d)));
                     }
                     Some(b"undrain") => changes.push(Change::Undrain(key.into())),
-                    other => return Err(corrupt(format!("unknown change op {other:?}"))),
+                    // Written by a newer islb sharing the store (a rolling upgrade): what this
+                    // version does not know it cannot apply, and must not stall on.
+                    other => tracing::debug!(op = ?other.map(String::from_utf8_lossy), "skipping an unknown change"),
                 }
                 last_id = String::from_utf8_lossy(as_bytes(id)?).into_owned();
                 last_seq = seq;
@@ -644,6 +662,7 @@ impl Store for RedisStore {
             .key(&k.session_used)
             .key(&k.changes)
             .key(&k.seq)
+            .key(&k.epoch)
             .arg(sid)
             .arg(version)
             .arg(to.map_or("", |t| &**t))
@@ -669,7 +688,7 @@ impl Store for RedisStore {
         let k = &self.keys;
         for chunk in touches.chunks(BATCH) {
             let mut inv = self.scripts.touch_sessions.key(&k.sessions);
-            inv.key(&k.session_used);
+            inv.key(&k.session_used).key(&k.epoch);
             for (sid, t) in chunk {
                 inv.arg(&**sid).arg(t.as_ms());
             }
@@ -739,11 +758,22 @@ impl Store for RedisStore {
             }
         }
         if !stale.is_empty() {
-            let _: Value =
-                redis::cmd("SREM").arg(&index).arg(&stale).query_async(&mut conn).await.map_err(unavailable)?;
+            self.forget_stale_streams(&index, &stale).await?;
         }
         out.sort();
         Ok(out)
+    }
+}
+
+impl RedisStore {
+    /// Drops from `index` those of `stale` that still have no record (one may have been
+    /// published again since it was read); returns how many went.
+    async fn forget_stale_streams(&self, index: &str, stale: &[String]) -> Result<i64, StoreError> {
+        let mut inv = self.scripts.forget_stale_streams.key(index);
+        for k in stale {
+            inv.key(k);
+        }
+        inv.invoke_async(&mut self.conn()).await.map_err(unavailable)
     }
 }
 
@@ -835,8 +865,46 @@ mod tests {
         assert_eq!(redis.command(&["FLUSHALL"]), "OK");
         assert!(matches!(s.put_node(n.clone(), Timestamp::from_ms(1)).await, Err(StoreError::Reset)));
         assert!(matches!(s.touch_nodes(&[("dc1.a".into(), Timestamp::from_ms(2))]).await, Err(StoreError::Reset)));
+        let key: NodeKey = "dc1.a".into();
+        assert!(matches!(s.claim_session("r", &key, Timestamp::from_ms(2)).await, Err(StoreError::Reset)));
+        assert!(matches!(s.set_drain(&key, None).await, Err(StoreError::Reset)));
+        assert!(matches!(s.clear_drain(&key).await, Err(StoreError::Reset)));
+        assert!(matches!(s.move_session("r", 1, None, None, Timestamp::from_ms(2)).await, Err(StoreError::Reset)));
+        assert!(matches!(s.touch_sessions(&[("r".into(), Timestamp::from_ms(2))]).await, Err(StoreError::Reset)));
+        assert_eq!(redis.command(&["DBSIZE"]), "0", "nothing was written into the wiped store");
         s.reset().await.unwrap();
         assert_eq!(s.put_node(n, Timestamp::from_ms(1)).await.unwrap(), Verdict::Created);
+    }
+
+    #[tokio::test]
+    async fn changes_of_unknown_kinds_are_skipped_not_fatal() {
+        let redis = RedisServer::start();
+        let s = RedisStore::connect(&config(&redis, "islb")).await.unwrap();
+        let from = s.load().await.unwrap().cursor;
+        s.set_drain(&"dc1.a".into(), None).await.unwrap();
+        // What a newer islb sharing the store might write, between two known changes.
+        redis.command(&["INCR", "{islb}:seq"]);
+        redis.command(&["XADD", "{islb}:changes", "*", "seq", "2", "op", "weigh", "key", "dc1.a"]);
+        s.clear_drain(&"dc1.a".into()).await.unwrap();
+        let Changes::Since { changes, cursor } = s.changes(&from).await.unwrap() else { panic!("a gap") };
+        assert_eq!(changes, [Change::Drain("dc1.a".into(), None), Change::Undrain("dc1.a".into())]);
+        let Changes::Since { changes, .. } = s.changes(&cursor).await.unwrap() else { panic!("a gap") };
+        assert!(changes.is_empty(), "the cursor moved past the unknown change");
+    }
+
+    #[tokio::test]
+    async fn stale_stream_index_entries_go_but_a_republished_record_stays() {
+        let redis = RedisServer::start();
+        let s = RedisStore::connect(&config(&redis, "islb")).await.unwrap();
+        let index = "{islb}:streams:room1";
+        redis.command(&["SADD", index, "dc1/a/room1/gone", "dc1/a/room1/back"]);
+        // Read as stale, then published again before the cleanup ran.
+        redis.command(&["SET", "dc1/a/room1/back", "[]"]);
+        let stale = ["dc1/a/room1/gone".to_owned(), "dc1/a/room1/back".to_owned()];
+        assert_eq!(s.forget_stale_streams(index, &stale).await.unwrap(), 1);
+        assert_eq!(redis.command(&["SMEMBERS", index]), "dc1/a/room1/back");
+        let got = s.streams_of("room1").await.unwrap();
+        assert_eq!(got.iter().map(|(k, _)| k.uid.as_str()).collect::<Vec<_>>(), ["back"]);
     }
 
     #[tokio::test]

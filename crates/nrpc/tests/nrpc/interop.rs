@@ -161,6 +161,52 @@ async fn abandoned_streams_are_ended_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn push_streams_of_a_known_caller_are_exempt_from_the_idle_timeout() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |c| c.idle_timeout = Duration::from_millis(200)).await;
+    let slow = "nrpc.srv-1.test.Echo.Slow";
+    let mut known = Raw::new(&conn, slow).await;
+    known.send(frame::call(slow, &Metadata::new(), "sfu-1")).await;
+    let mut anonymous = Raw::new(&conn, slow).await;
+    anonymous.send(frame::call(slow, &Metadata::new(), "")).await;
+    // The anonymous one is reaped like any other call; the known caller's stays open
+    // until its node leaves.
+    let end = anonymous.next().await;
+    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
+    assert!(known.frames(Duration::from_millis(600)).await.is_empty());
+    assert_eq!(srv.active_calls(), 1);
+    assert_eq!(srv.close_peer("sfu-1"), 1);
+    crate::live::eventually("both handlers cancelled", || {
+        echo.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 2 && srv.active_calls() == 0
+    })
+    .await;
+    assert!(known.frames(Duration::from_millis(200)).await.is_empty(), "a closed peer's call gets nothing");
+}
+
+#[tokio::test]
+async fn a_call_that_does_not_read_its_input_is_ended_once_not_buffered_forever() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let slow = "nrpc.srv-1.test.Echo.Slow";
+    let mut raw = Raw::new(&conn, slow).await;
+    raw.send(frame::call(slow, &Metadata::new(), "sfu-1")).await;
+    for i in 0..islb_nrpc::server::CALL_QUEUE + 50 {
+        raw.conn
+            .publish_with_reply(raw.subject.clone(), raw.inbox.clone(), frame::request_data(i.to_string().into()))
+            .await
+            .unwrap();
+    }
+    raw.conn.flush().await.unwrap();
+    let frames = raw.frames(Duration::from_millis(500)).await;
+    assert_eq!(frames.len(), 1, "exactly one end: {frames:?}");
+    assert_eq!(end_status(&frames[0]).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32));
+    crate::live::eventually("the handler is cancelled", || {
+        echo.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1 && srv.active_calls() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn bad_frames_are_answered_and_never_break_the_server() {
     let nats = NatsServer::start();
     let (_srv, _e, conn) = serve(&nats, "srv-1", |c| c.max_message_size = 1024).await;
@@ -168,10 +214,12 @@ async fn bad_frames_are_answered_and_never_break_the_server() {
     let mut raw = Raw::new(&conn, SAY).await;
     raw.send(Bytes::from_static(b"\xff\xff\xff not protobuf")).await;
     assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::InvalidArgument as i32));
-    // Data before call.
+    // Data and end for an inbox without a call (before the call, or late frames of a
+    // finished one) are dropped: answering could give a client a second end.
     let mut raw = Raw::new(&conn, SAY).await;
     raw.send(frame::request_data("early".into())).await;
-    assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::FailedPrecondition as i32));
+    raw.send(unhex("2200")).await;
+    assert!(raw.frames(Duration::from_millis(300)).await.is_empty());
     // Unknown method: exactly Go's bytes.
     let mut raw = Raw::new(&conn, "nrpc.srv-1.test.Echo.Nope").await;
     raw.send(frame::call("/test.Echo/Nope", &Metadata::new(), "")).await;

@@ -78,6 +78,9 @@ impl Service for Echo {
             _ => unreachable!(),
         }
     }
+    fn idle_exempt(&self, m: &str) -> bool {
+        m == "Slow"
+    }
 }
 
 pub(crate) async fn serve(
@@ -95,6 +98,38 @@ pub(crate) async fn serve(
 }
 
 const T: Duration = Duration::from_secs(5);
+
+/// Waits up to 2 s for `cond`.
+pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 2 s: {what}");
+}
+
+/// Counts the `end` frames callers publish on `subject` (the server's queue subscription
+/// does not hide them from a plain one).
+async fn count_client_ends(nats: &NatsServer, subject: &str) -> Arc<AtomicUsize> {
+    use futures::StreamExt;
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = conn.subscribe(subject.to_owned()).await.unwrap();
+    conn.flush().await.unwrap();
+    let ends = Arc::new(AtomicUsize::new(0));
+    let counter = ends.clone();
+    tokio::spawn(async move {
+        let _conn = conn;
+        while let Some(m) = sub.next().await {
+            let f = <islb_proto::nrpc::Request as prost::Message>::decode(m.payload).unwrap();
+            if matches!(f.r#type, Some(islb_proto::nrpc::request::Type::End(_))) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    ends
+}
 
 #[tokio::test]
 async fn all_four_call_kinds_work() {
@@ -167,17 +202,8 @@ async fn a_client_deadline_cancels_the_call_at_the_server() {
         client.unary("/test.Echo/Slow", "x".into(), &Metadata::new(), Duration::from_millis(300)).await.unwrap_err();
     assert_eq!(err.code, Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(2));
-    for _ in 0..100 {
-        if echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "the handler was not cancelled (cancelled {}, active {})",
-        echo.cancelled.load(Ordering::SeqCst),
-        srv.active_calls()
-    );
+    eventually("the handler is cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0)
+        .await;
 }
 
 #[tokio::test]
@@ -189,13 +215,57 @@ async fn a_stream_cancelled_by_the_client_ends_at_the_server() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(srv.active_calls(), 1);
     s.cancel().await;
-    for _ in 0..100 {
-        if echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not cancelled");
+    eventually("cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0).await;
+}
+
+#[tokio::test]
+async fn a_stream_dropped_mid_call_is_cancelled_at_the_server() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let ends = count_client_ends(&nats, "nrpc.srv-1.test.Echo.Slow").await;
+    let client = Client::new(conn, "srv-1", "");
+    let s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
+    eventually("the call is open", || srv.active_calls() == 1).await;
+    drop(s);
+    eventually("cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0).await;
+    assert_eq!(ends.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_sends_at_most_one_end_per_call() {
+    let nats = NatsServer::start();
+    let (_srv, _echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let ends = count_client_ends(&nats, "nrpc.srv-1.test.Echo.Chat").await;
+    let client = Client::new(conn, "srv-1", "");
+    // Half-closed, then cancelled and dropped: one end (two crash a Go v0.1.12 server).
+    let mut s = client.open("/test.Echo/Chat", &Metadata::new()).await.unwrap();
+    s.send("a".into()).await.unwrap();
+    s.close_send().await.unwrap();
+    s.close_send().await.unwrap();
+    assert!(s.send("b".into()).await.is_err(), "nothing after the half-close");
+    s.cancel().await;
+    // Ended by the server, then dropped: no end from us beyond the half-close.
+    let mut s = client.open("/test.Echo/Chat", &Metadata::new()).await.unwrap();
+    s.send("c".into()).await.unwrap();
+    s.close_send().await.unwrap();
+    assert_eq!(s.recv(T).await.unwrap().unwrap(), "echo:c");
+    assert_eq!(s.recv(T).await.unwrap(), None);
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ends.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_calls_with_unavailable() {
+    let nats = NatsServer::start();
+    let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "sfu-1");
+    let mut s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
+    eventually("the call is open", || srv.active_calls() == 1).await;
+    srv.shutdown().await;
+    assert_eq!(s.recv(T).await.unwrap_err().code, Code::Unavailable);
+    eventually("the handler is cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(s.recv(T).await.unwrap(), None, "one end only");
 }
 
 #[tokio::test]
