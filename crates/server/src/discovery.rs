@@ -356,16 +356,24 @@ impl Discovery {
     pub async fn load_from_store(&self) -> Result<usize, StoreError> {
         let snapshot = self.link.call_always("load", self.store.load(), 10).await?;
         let n = snapshot.nodes.len();
+        let uncertain = self.link.take_uncertain();
+        let mut expired = Vec::new();
         {
             let mut r = self.registry();
             // Nodes the store no longer has were deleted or expired through another replica,
-            // which announced it; writes this replica still holds are kept.
+            // which announced it; writes this replica still holds are kept. A node whose
+            // expiry claim failed here may have been removed by that claim, with no one told:
+            // it is announced (at least once, rather than never).
             let in_store: std::collections::HashSet<String> = snapshot.nodes.iter().map(|(n, _)| n.id()).collect();
             let held = self.link.pending_keys();
             let ghosts: Vec<NodeKey> =
                 r.entries().map(|(k, _)| k.clone()).filter(|k| !in_store.contains(&**k) && !held.contains(k)).collect();
             for k in ghosts {
-                r.remove(&k);
+                if uncertain.contains(&k) {
+                    expired.extend(r.apply_departure(&k, true, None));
+                } else {
+                    r.remove(&k);
+                }
             }
             for (node, deadline) in snapshot.nodes {
                 r.upsert(node, deadline);
@@ -388,7 +396,20 @@ impl Discovery {
         }
         self.link.set_cursor(snapshot.cursor);
         self.expiry_wake.notify_one();
+        if !expired.is_empty() {
+            info!(nodes = expired.len(), "announcing nodes whose expiry claim was lost in flight");
+            self.announce_expired(expired).await;
+        }
         Ok(n)
+    }
+
+    /// Publishes the delete events of expired nodes and moves their sessions.
+    async fn announce_expired(&self, events: Vec<Event>) {
+        self.publish(events.clone()).await;
+        for e in &events {
+            self.fail_over(&e.node, MoveReason::NodeDown).await;
+        }
+        metrics::counter!("islb_nodes_expired_total").increment(events.len() as u64);
     }
 
     /// Applies what other replicas wrote since the last look (silently: they announced it).
@@ -575,16 +596,17 @@ impl Discovery {
             let r = self.registry();
             due.iter().map(|k| r.lookup(k).map(|e| e.deadline)).collect()
         };
-        let Some(claims) = self.store_call("claim_expired", self.store.claim_expired(&due, now)).await else { return };
+        let Some(claims) = self.store_call("claim_expired", self.store.claim_expired(&due, now)).await else {
+            // The claim may have run with its answer lost: the next reload announces those
+            // of these nodes the store no longer has.
+            self.link.note_uncertain(due);
+            return;
+        };
         for ((key, claim), deadline) in due.iter().zip(claims).zip(deadlines) {
             match claim {
                 Claim::Expired(node) => {
                     let events = self.registry().apply_departure(key, true, Some(node));
-                    self.publish(events.clone()).await;
-                    for e in &events {
-                        self.fail_over(&e.node, MoveReason::NodeDown).await;
-                    }
-                    metrics::counter!("islb_nodes_expired_total").increment(1);
+                    self.announce_expired(events).await;
                     if let Some(deadline) = deadline {
                         let late = deadline.until(Timestamp::now());
                         metrics::histogram!("islb_expiry_lateness_seconds").record(late.as_secs_f64());

@@ -1,7 +1,7 @@
 //! The replica's link to its store: health, writes held while the store is out of reach,
 //! the change-feed cursor, and the grace period after an outage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub(crate) struct StoreLink {
     reset: AtomicBool,
     grace_until: AtomicU64,
     pending: Mutex<HashMap<NodeKey, Pending>>,
+    /// Nodes whose expiry claim failed in flight: the store may have removed them with no
+    /// one told (the reply was lost), so whoever finds them gone announces the departure.
+    uncertain: Mutex<HashSet<NodeKey>>,
     cursor: Mutex<Cursor>,
     log: Throttle,
 }
@@ -46,6 +49,7 @@ impl StoreLink {
             reset: AtomicBool::new(false),
             grace_until: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
+            uncertain: Mutex::new(HashSet::new()),
             cursor: Mutex::new(Cursor::default()),
             log: Throttle::new(Duration::from_secs(1)),
         }
@@ -100,6 +104,16 @@ impl StoreLink {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Option<T> {
         self.call_always(op, call, 1).await.ok()
+    }
+
+    /// Expiry claims of `keys` failed: the store may or may not have removed them.
+    pub(crate) fn note_uncertain(&self, keys: impl IntoIterator<Item = NodeKey>) {
+        lock(&self.uncertain).extend(keys);
+    }
+
+    /// The nodes of failed expiry claims, forgotten here.
+    pub(crate) fn take_uncertain(&self) -> HashSet<NodeKey> {
+        std::mem::take(&mut *lock(&self.uncertain))
     }
 
     pub(crate) fn mark_reset(&self) {

@@ -1,0 +1,129 @@
+//! An expiry claim that succeeds in the store but whose answer is lost (a timeout, a
+//! dropped connection) must still end in one `delete` event: no other replica announces
+//! it, and the node's watchers would otherwise keep a dead node.
+//!
+//! The store is the real memory store behind a wrapper that runs the first claim and then
+//! reports a timeout, the one fault a real server cannot be made to produce on demand.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use islb_core::{NodeKey, Registry, RegistryConfig, Session, Timestamp, Verdict};
+use islb_gob::{Message as _, Node, Request};
+use islb_server::discovery::Discovery;
+use islb_server::placement::PlacementConfig;
+use islb_store::{Changes, Claim, Cursor, MemoryStore, SessionClaim, Snapshot, Store, StoreError, StreamKey};
+use islb_testkit::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+/// The memory store, except that the first expiry claim's answer is lost.
+struct LosesFirstClaimAnswer {
+    inner: MemoryStore,
+    lost: AtomicBool,
+}
+
+#[async_trait]
+impl Store for LosesFirstClaimAnswer {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
+        self.inner.put_node(node, deadline).await
+    }
+    async fn touch_nodes(&self, touches: &[(NodeKey, Timestamp)]) -> Result<Vec<NodeKey>, StoreError> {
+        self.inner.touch_nodes(touches).await
+    }
+    async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError> {
+        self.inner.delete_node(key).await
+    }
+    async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
+        let claims = self.inner.claim_expired(keys, now).await?;
+        let expired = claims.iter().any(|c| matches!(c, Claim::Expired(_)));
+        if expired && !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Timeout(Duration::from_secs(1)));
+        }
+        Ok(claims)
+    }
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load().await
+    }
+    async fn changes(&self, cursor: &Cursor) -> Result<Changes, StoreError> {
+        self.inner.changes(cursor).await
+    }
+    async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
+        self.inner.claim_session(sid, candidate, now).await
+    }
+    async fn move_session(
+        &self,
+        sid: &str,
+        version: u64,
+        to: Option<&NodeKey>,
+        idle_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        self.inner.move_session(sid, version, to, idle_before, now).await
+    }
+    async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.touch_sessions(touches).await
+    }
+    async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
+        self.inner.set_drain(node, deadline).await
+    }
+    async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
+        self.inner.clear_drain(node).await
+    }
+    async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_stream(key, json, ttl).await
+    }
+    async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
+        self.inner.delete_stream(key).await
+    }
+    async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
+        self.inner.streams_of(sid).await
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_expiry_claim_answer_was_lost_is_still_announced_once() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let store = Arc::new(LosesFirstClaimAnswer { inner: MemoryStore::new(), lost: AtomicBool::new(false) });
+    let registry = Registry::new(RegistryConfig { expire_ms: 300, placed: Default::default() });
+    let placement = PlacementConfig {
+        dc: "dc1".into(),
+        default_capacity: 0,
+        session_ttl: Duration::from_secs(3600),
+        jwt_key: None,
+    };
+    let discovery =
+        Arc::new(Discovery::new(client.clone(), registry, store.clone(), 1 << 20, Duration::from_secs(1), placement));
+    let mut events = client.subscribe("node.discovery.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let stop = CancellationToken::new();
+    tokio::spawn(discovery.clone().expiry_loop(stop.clone()));
+    tokio::spawn(discovery.clone().maintain_loop(stop.clone()));
+    let node = Node { dc: "dc1".into(), service: "signal".into(), nid: "sig-1".into(), ..Node::default() };
+    let save = Request { action: "save".into(), node: node.clone(), ..Request::default() };
+    discovery.process(&save.to_gob()).await;
+
+    let mut deletes = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, events.next()).await {
+        let event = Request::from_gob(&msg.payload).unwrap();
+        assert_eq!(event.node.nid, "sig-1");
+        if event.action == "delete" {
+            deletes += 1;
+        }
+    }
+    stop.cancel();
+    assert!(store.lost.load(Ordering::SeqCst), "the fault was injected");
+    assert_eq!(deletes, 1, "one delete event, though the claim's answer was lost");
+    assert!(discovery.registry().lookup("dc1.sig-1").is_none());
+}
