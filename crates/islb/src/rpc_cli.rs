@@ -199,15 +199,22 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
             }
             let wait = if m.is_server_streaming() { Duration::from_secs(24 * 3600) } else { timeout };
             loop {
-                tokio::select! {
-                    got = s.recv(wait) => match got.map_err(|s| anyhow::anyhow!("{s}"))? {
-                        Some(b) => print(b)?,
-                        None => return Ok(()),
-                    },
+                let got = tokio::select! {
+                    got = s.recv(wait) => got,
                     _ = tokio::signal::ctrl_c() => {
                         s.cancel().await;
                         return Ok(());
                     }
+                };
+                let printed = match got {
+                    Ok(Some(b)) => print(b),
+                    Ok(None) => return Ok(()),
+                    Err(e) => Err(anyhow::anyhow!("{e}")),
+                };
+                if let Err(e) = printed {
+                    // Tell the server before exiting (a no-op when it ended the call).
+                    s.cancel().await;
+                    return Err(e);
                 }
             }
         }

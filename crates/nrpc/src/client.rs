@@ -203,6 +203,8 @@ impl ClientStream {
         if !self.ended && !self.end_sent {
             self.end_sent = true;
             let _ = self.client.publish(&self.subject, &self.inbox, cancel_frame()).await;
+            // Out before the caller moves on (or the process exits).
+            let _ = self.client.nats.flush().await;
         }
         self.ended = true;
         let _ = self.sub.unsubscribe().await;

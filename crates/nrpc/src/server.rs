@@ -21,12 +21,14 @@
 //! - a call whose handler does not keep up with its input (more than [`CALL_QUEUE`]
 //!   messages waiting) is ended with `RESOURCE_EXHAUSTED`, so memory stays bounded;
 //! - calls that receive nothing for `idle_timeout` are ended (`DEADLINE_EXCEEDED`): Go
-//!   clients never say when they abandon a stream. Methods a [`Service`] marks
+//!   clients never say when they abandon a stream. Calls of methods a [`Service`] marks
 //!   [`idle_exempt`](Service::idle_exempt) (server-push streams such as
-//!   `WatchISLBEvent`) are not, when the caller said who it is: they end when that node
-//!   leaves ([`Running::close_peer`]).
+//!   `WatchISLBEvent`) are not while their caller (`Call.nid`) is up, when the server is
+//!   told who is ([`Server::live_peers`]); they end when it leaves
+//!   ([`Running::close_peer`]) or is no longer up at an idle check.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, Message, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use islb_proto::nrpc::{self, request};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -125,8 +127,8 @@ pub trait Service: Send + Sync + 'static {
     fn has_method(&self, method: &str) -> bool;
     /// Serves one call; returning ends it (`Ok`: success, `Err`: that status).
     async fn call(&self, info: CallInfo, incoming: Incoming, outgoing: Outgoing) -> Result<(), Status>;
-    /// Whether calls of `method` may stay quiet for longer than the idle timeout (streams
-    /// that only push); they still end when their caller's node leaves.
+    /// Whether calls of `method` may stay quiet for longer than the idle timeout while their
+    /// caller is up (streams that only push); see [`Server::live_peers`].
     fn idle_exempt(&self, _method: &str) -> bool {
         false
     }
@@ -134,6 +136,9 @@ pub trait Service: Send + Sync + 'static {
 
 /// Request messages a call may have waiting for its handler.
 pub const CALL_QUEUE: usize = 256;
+
+/// The first byte of a `Request` holding a `call` (field 2, length-delimited).
+const CALL_TAG: u8 = 0x12;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -199,11 +204,15 @@ fn lock(calls: &Calls) -> MutexGuard<'_, HashMap<String, CallState>> {
     calls.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The node ids that are up now (for idle-exempt calls).
+pub type LivePeers = Arc<dyn Fn() -> HashSet<String> + Send + Sync>;
+
 /// An nrpc server being assembled.
 pub struct Server {
     client: Client,
     config: ServerConfig,
     services: Vec<Arc<dyn Service>>,
+    live_peers: Option<LivePeers>,
 }
 
 /// A running server.
@@ -218,7 +227,14 @@ pub struct Running {
 impl Server {
     /// A server for node `config.nid` on `client`.
     pub fn new(client: Client, config: ServerConfig) -> Self {
-        Server { client, config, services: Vec::new() }
+        Server { client, config, services: Vec::new(), live_peers: None }
+    }
+
+    /// Tells the server which nodes are up: calls of [`Service::idle_exempt`] methods then
+    /// outlive the idle timeout while their caller is up (without it they do not).
+    pub fn live_peers(&mut self, peers: impl Fn() -> HashSet<String> + Send + Sync + 'static) -> &mut Self {
+        self.live_peers = Some(Arc::new(peers));
+        self
     }
 
     /// Adds a service.
@@ -253,10 +269,17 @@ impl Server {
                 config: self.config.clone(),
                 calls: calls.clone(),
                 active: active.clone(),
+                exemptions: self.live_peers.is_some(),
             };
             tasks.spawn(lp.run(sub, stop.clone()));
         }
-        tasks.spawn(reap_idle(self.client.clone(), calls.clone(), self.config.idle_timeout, stop.clone()));
+        let reaper = Reaper {
+            client: self.client.clone(),
+            calls: calls.clone(),
+            idle: self.config.idle_timeout,
+            live_peers: self.live_peers.clone(),
+        };
+        tasks.spawn(reaper.run(stop.clone()));
         self.client.flush().await.ok();
         Ok(Running { client: self.client, stop, tasks, calls, active })
     }
@@ -289,14 +312,15 @@ impl Running {
     /// Stops taking calls, ends open ones with `UNAVAILABLE` (so callers retry elsewhere
     /// at once instead of waiting for their deadline), and waits for the loops to end.
     pub async fn shutdown(mut self) {
+        // The loops first: no call starts after the drain below.
         self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
         let open: Vec<String> = lock(&self.calls).drain().filter(|(_, c)| c.ctl.stop()).map(|(k, _)| k).collect();
         for reply in open {
             let status = Status::unavailable("the server is shutting down");
             let _ = self.client.publish(reply, frame::response_end(&Err(status))).await;
         }
         let _ = self.client.flush().await;
-        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -307,6 +331,8 @@ struct Loop {
     config: ServerConfig,
     calls: Calls,
     active: Arc<AtomicU64>,
+    /// Whether idle exemptions apply (the server knows which peers are up).
+    exemptions: bool,
 }
 
 fn bad(reason: &'static str) {
@@ -338,22 +364,21 @@ impl Loop {
         };
         if msg.payload.len() > self.config.max_message_size + 64 {
             bad("oversized");
-            self.fail_call(
-                &reply,
-                Status::resource_exhausted(format!(
-                    "frame of {} bytes exceeds the limit of {} bytes",
-                    msg.payload.len(),
-                    self.config.max_message_size
-                )),
-            )
-            .await;
+            let status = Status::resource_exhausted(format!(
+                "frame of {} bytes exceeds the limit of {} bytes",
+                msg.payload.len(),
+                self.config.max_message_size
+            ));
+            // Without a call on the inbox, only a `call` frame (its first byte is field 2's
+            // tag) is answered: anything else may follow a call that already got its end.
+            self.fail_call(&reply, status, msg.payload.first() == Some(&CALL_TAG)).await;
             return;
         }
         let frame = match nrpc::Request::decode(msg.payload.clone()) {
             Ok(f) => f,
             Err(e) => {
                 bad("malformed");
-                self.fail_call(&reply, Status::invalid_argument(format!("malformed nrpc frame: {e}"))).await;
+                self.fail_call(&reply, Status::invalid_argument(format!("malformed nrpc frame: {e}")), true).await;
                 return;
             }
         };
@@ -394,7 +419,7 @@ impl Loop {
                     let status = Status::resource_exhausted(format!(
                         "more than {CALL_QUEUE} request messages waiting: the call is not keeping up"
                     ));
-                    self.fail_call(&reply, status).await;
+                    self.fail_call(&reply, status, false).await;
                 }
             }
             Some(request::Type::End(end)) => {
@@ -417,12 +442,12 @@ impl Loop {
         }
     }
 
-    /// Ends the call on `reply` (if any, and not already ending) with `status`, or answers
-    /// the frame when there is no call.
-    async fn fail_call(&self, reply: &Subject, status: Status) {
+    /// Ends the call on `reply` (if any, and not already ending) with `status`; when there is
+    /// no call, answers the frame if `answer_unknown`.
+    async fn fail_call(&self, reply: &Subject, status: Status, answer_unknown: bool) {
         let answer = match lock(&self.calls).remove(reply.as_str()) {
             Some(state) => state.ctl.stop(),
-            None => true,
+            None => answer_unknown,
         };
         if answer {
             self.end(reply, Err(status)).await;
@@ -437,7 +462,7 @@ impl Loop {
         };
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         let ctl = CallCtl::new();
-        let idle_exempt = !call.nid.is_empty() && self.service.idle_exempt(method);
+        let idle_exempt = self.exemptions && !call.nid.is_empty() && self.service.idle_exempt(method);
         let refused = {
             let mut calls = lock(&self.calls);
             if calls.contains_key(reply.as_str()) {
@@ -484,7 +509,9 @@ impl Loop {
             let result = tokio::select! {
                 biased;
                 _ = ctl.cancel.cancelled() => None,
-                r = service.call(info, Incoming { rx }, outgoing) => Some(r),
+                r = AssertUnwindSafe(service.call(info, Incoming { rx }, outgoing)).catch_unwind() => {
+                    Some(r.unwrap_or_else(|_| Err(Status::internal("the handler failed"))))
+                }
             };
             // Whoever ended the call first (this task, or a cancel, timeout, bad frame or
             // shutdown) sent its one `end`, or, for a cancel, none.
@@ -514,28 +541,46 @@ impl Loop {
     }
 }
 
-/// Ends calls that received nothing for `idle`.
-async fn reap_idle(client: Client, calls: Calls, idle: Duration, stop: CancellationToken) {
-    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = stop.cancelled() => return,
+/// Ends calls that received nothing for `idle` (exempt ones: once their caller is down).
+struct Reaper {
+    client: Client,
+    calls: Calls,
+    idle: Duration,
+    live_peers: Option<LivePeers>,
+}
+
+impl Reaper {
+    async fn run(self, stop: CancellationToken) {
+        let tick = (self.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.cancelled() => return,
+            }
+            for reply in self.stale() {
+                metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1);
+                let status = Status::deadline_exceeded(format!("call idle for {:?}: ended", self.idle));
+                let _ = self.client.publish(reply, frame::response_end(&Err(status))).await;
+            }
         }
-        let stale: Vec<String> = {
-            let mut calls = lock(&calls);
-            let now = Instant::now();
-            let keys: Vec<String> = calls
-                .iter()
-                .filter(|(_, c)| !c.idle_exempt && now.duration_since(c.last) >= idle)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter().filter(|k| calls.remove(k).is_some_and(|c| c.ctl.stop())).collect()
+    }
+
+    /// Takes the calls to end (each claimed, so nothing else ends them too).
+    fn stale(&self) -> Vec<String> {
+        let now = Instant::now();
+        let idle = |c: &CallState| now.duration_since(c.last) >= self.idle;
+        let exempt_idle = lock(&self.calls).values().any(|c| c.idle_exempt && idle(c));
+        // Asked outside the calls lock, and only when needed.
+        let live = match &self.live_peers {
+            Some(peers) if exempt_idle => peers(),
+            _ => HashSet::new(),
         };
-        for reply in stale {
-            metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1);
-            let status = Status::deadline_exceeded(format!("call idle for {idle:?}: ended"));
-            let _ = client.publish(reply, frame::response_end(&Err(status))).await;
-        }
+        let mut calls = lock(&self.calls);
+        let keys: Vec<String> = calls
+            .iter()
+            .filter(|(_, c)| idle(c) && !(c.idle_exempt && live.contains(&c.peer_nid)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter().filter(|k| calls.remove(k).is_some_and(|c| c.ctl.stop())).collect()
     }
 }

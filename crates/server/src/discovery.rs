@@ -268,11 +268,16 @@ impl Discovery {
             Some(v) => v,
             None => {
                 // The store is out of reach: decide here, write it when the store is back.
-                self.link.hold(key, Pending::Put(node.clone(), deadline));
+                self.link.hold(key.clone(), Pending::Put(node.clone(), deadline));
                 verdict_here
             }
         };
-        let events = self.registry().apply_write(node, deadline, verdict);
+        let events = {
+            let mut r = self.registry();
+            // Written again: whatever a lost expiry claim did, the node is here now.
+            self.link.clear_uncertain(&key);
+            r.apply_write(node, deadline, verdict)
+        };
         if verdict == Verdict::Created {
             self.expiry_wake.notify_one();
         }
@@ -284,6 +289,9 @@ impl Discovery {
         let key = node.id();
         lock(&self.touches).remove(key.as_str());
         let (existed, found) = match self.store_call("delete_node", self.store.delete_node(&key)).await {
+            // Not in the store because a lost expiry claim removed it: it existed for its
+            // watchers, who have heard nothing yet.
+            Some(None) if self.link.clear_uncertain(&key) => (self.registry().lookup(&key).is_some(), None),
             Some(found) => (found.is_some(), found),
             None => {
                 let existed = self.registry().lookup(&key).is_some();
@@ -356,10 +364,12 @@ impl Discovery {
     pub async fn load_from_store(&self) -> Result<usize, StoreError> {
         let snapshot = self.link.call_always("load", self.store.load(), 10).await?;
         let n = snapshot.nodes.len();
-        let uncertain = self.link.take_uncertain();
         let mut expired = Vec::new();
         {
             let mut r = self.registry();
+            // Taken under the registry lock, as writes clear it: a node written since the
+            // snapshot is not taken for one a lost claim removed.
+            let uncertain = self.link.take_uncertain();
             // Nodes the store no longer has were deleted or expired through another replica,
             // which announced it; writes this replica still holds are kept. A node whose
             // expiry claim failed here may have been removed by that claim, with no one told:
@@ -419,12 +429,19 @@ impl Discovery {
         let cursor = self.link.cursor();
         match self.store_call("changes", self.store.changes(&cursor)).await {
             Some(Changes::Since { changes, cursor }) => {
+                let mut expired = Vec::new();
                 if !changes.is_empty() {
                     let mut r = self.registry();
                     let mut sessions = lock(&self.placement.sessions);
                     for change in changes {
                         match change {
                             Change::Put(node, deadline) => r.upsert(node, deadline),
+                            // Removed by this replica's own claim whose answer was lost: no one
+                            // else announces it.
+                            Change::Delete(key) if self.link.clear_uncertain(&key) => {
+                                expired.extend(r.apply_departure(&key, true, None));
+                                sessions.forget_node(&key);
+                            }
                             Change::Delete(key) => {
                                 r.remove(&key);
                                 sessions.forget_node(&key);
@@ -441,6 +458,10 @@ impl Discovery {
                     }
                 }
                 self.link.set_cursor(cursor);
+                if !expired.is_empty() {
+                    info!(nodes = expired.len(), "announcing nodes whose expiry claim was lost in flight");
+                    self.announce_expired(expired).await;
+                }
             }
             Some(Changes::Gap) => {
                 info!("change feed gap: reloading every node from the store");
@@ -615,7 +636,20 @@ impl Discovery {
                 }
                 Claim::NotDue(deadline) => self.registry().set_deadline(key, deadline),
                 Claim::Gone => {
-                    self.registry().remove(key);
+                    let events = {
+                        let mut r = self.registry();
+                        if self.link.clear_uncertain(key) {
+                            // Possibly removed by this replica's own earlier claim whose answer
+                            // was lost: announced here, as no one else will.
+                            r.apply_departure(key, true, None)
+                        } else {
+                            r.remove(key);
+                            Vec::new()
+                        }
+                    };
+                    if !events.is_empty() {
+                        self.announce_expired(events).await;
+                    }
                 }
             }
         }

@@ -217,6 +217,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         started,
         client: client.clone(),
     }));
+    // Watch streams of a registered node outlive the idle timeout while it is registered.
+    let live = discovery.clone();
+    rpc_server.live_peers(move || live.registry().entries().map(|(_, e)| e.node.nid.clone()).collect());
     let pool = prost_reflect::DescriptorPool::decode(islb_proto::FILE_DESCRIPTOR_SET).context("descriptor set")?;
     let names = rpc_server.service_names();
     for version in [islb_nrpc::reflection::V1ALPHA, islb_nrpc::reflection::V1] {

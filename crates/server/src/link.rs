@@ -116,6 +116,13 @@ impl StoreLink {
         std::mem::take(&mut *lock(&self.uncertain))
     }
 
+    /// Forgets one node of a failed expiry claim (it was found gone, or written again);
+    /// true if it was one.
+    pub(crate) fn clear_uncertain(&self, key: &str) -> bool {
+        let mut u = lock(&self.uncertain);
+        !u.is_empty() && u.remove(key)
+    }
+
     pub(crate) fn mark_reset(&self) {
         self.reset.store(true, Ordering::Relaxed);
     }

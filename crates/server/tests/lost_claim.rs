@@ -2,8 +2,9 @@
 //! dropped connection) must still end in one `delete` event: no other replica announces
 //! it, and the node's watchers would otherwise keep a dead node.
 //!
-//! The store is the real memory store behind a wrapper that runs the first claim and then
-//! reports a timeout, the one fault a real server cannot be made to produce on demand.
+//! The store is a real one (memory, and Redis with its change feed) behind a wrapper that
+//! runs the first claim and then reports a timeout, the one fault a real server cannot be
+//! made to produce on demand.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,16 +20,22 @@ use islb_store::{Changes, Claim, Cursor, MemoryStore, SessionClaim, Snapshot, St
 use islb_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-/// The memory store, except that the first expiry claim's answer is lost.
-struct LosesFirstClaimAnswer {
-    inner: MemoryStore,
+/// A store, except that the first expiry claim's answer is lost.
+struct LosesFirstClaimAnswer<S> {
+    inner: S,
     lost: AtomicBool,
 }
 
 #[async_trait]
-impl Store for LosesFirstClaimAnswer {
+impl<S: Store> Store for LosesFirstClaimAnswer<S> {
     fn kind(&self) -> &'static str {
-        "memory"
+        self.inner.kind()
+    }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+    async fn reset(&self) -> Result<(), StoreError> {
+        self.inner.reset().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
@@ -51,6 +58,10 @@ impl Store for LosesFirstClaimAnswer {
         Ok(claims)
     }
     async fn load(&self) -> Result<Snapshot, StoreError> {
+        // A slow reload after the loss: lookups meanwhile read the change feed first.
+        if self.lost.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         self.inner.load().await
     }
     async fn changes(&self, cursor: &Cursor) -> Result<Changes, StoreError> {
@@ -89,11 +100,13 @@ impl Store for LosesFirstClaimAnswer {
     }
 }
 
-#[tokio::test]
-async fn a_node_whose_expiry_claim_answer_was_lost_is_still_announced_once() {
+/// Registers a node that then falls silent, with lookups running all along (a lookup of a
+/// shared store reads its change feed, which is one of the two ways the lost claim's
+/// removal comes back); counts its delete events.
+async fn lose_a_claim<S: Store>(inner: S) {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let store = Arc::new(LosesFirstClaimAnswer { inner: MemoryStore::new(), lost: AtomicBool::new(false) });
+    let store = Arc::new(LosesFirstClaimAnswer { inner, lost: AtomicBool::new(false) });
     let registry = Registry::new(RegistryConfig { expire_ms: 300, placed: Default::default() });
     let placement = PlacementConfig {
         dc: "dc1".into(),
@@ -112,6 +125,16 @@ async fn a_node_whose_expiry_claim_answer_was_lost_is_still_announced_once() {
     let node = Node { dc: "dc1".into(), service: "signal".into(), nid: "sig-1".into(), ..Node::default() };
     let save = Request { action: "save".into(), node: node.clone(), ..Request::default() };
     discovery.process(&save.to_gob()).await;
+    let lookups = {
+        let (discovery, stop) = (discovery.clone(), stop.clone());
+        let get = Request { action: "get".into(), service: "signal".into(), ..Request::default() }.to_gob();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                discovery.process(&get).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
 
     let mut deletes = 0;
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
@@ -123,7 +146,25 @@ async fn a_node_whose_expiry_claim_answer_was_lost_is_still_announced_once() {
         }
     }
     stop.cancel();
+    lookups.await.unwrap();
     assert!(store.lost.load(Ordering::SeqCst), "the fault was injected");
     assert_eq!(deletes, 1, "one delete event, though the claim's answer was lost");
     assert!(discovery.registry().lookup("dc1.sig-1").is_none());
+}
+
+#[tokio::test]
+async fn a_node_whose_expiry_claim_answer_was_lost_is_still_announced_once() {
+    lose_a_claim(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn a_lost_claim_on_redis_is_announced_once_whichever_way_it_comes_back() {
+    let redis = islb_testkit::RedisServer::start();
+    let cfg = islb_store_redis::RedisConfig {
+        url: redis.url(),
+        prefix: "islb".into(),
+        timeout: Duration::from_secs(2),
+        ca_file: None,
+    };
+    lose_a_claim(islb_store_redis::RedisStore::connect(&cfg).await.unwrap()).await;
 }

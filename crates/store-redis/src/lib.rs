@@ -750,15 +750,21 @@ impl Store for RedisStore {
         let values: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
         let mut out = Vec::new();
-        let mut stale = Vec::new();
+        let (mut stale, mut foreign) = (Vec::new(), Vec::new());
         for (k, v) in keys.into_iter().zip(values) {
-            match (v, StreamKey::parse(&k)) {
-                (Some(v), Some(key)) => out.push((key, v)),
-                _ => stale.push(k),
+            match (StreamKey::parse(&k), v) {
+                (Some(key), Some(v)) => out.push((key, v)),
+                (Some(_), None) => stale.push(k),
+                // Not a stream record key at all: it has no business in the index.
+                (None, _) => foreign.push(k),
             }
         }
         if !stale.is_empty() {
             self.forget_stale_streams(&index, &stale).await?;
+        }
+        if !foreign.is_empty() {
+            let _: i64 =
+                redis::cmd("SREM").arg(&index).arg(&foreign).query_async(&mut conn).await.map_err(unavailable)?;
         }
         out.sort();
         Ok(out)
@@ -897,14 +903,18 @@ mod tests {
         let redis = RedisServer::start();
         let s = RedisStore::connect(&config(&redis, "islb")).await.unwrap();
         let index = "{islb}:streams:room1";
-        redis.command(&["SADD", index, "dc1/a/room1/gone", "dc1/a/room1/back"]);
+        redis.command(&["SADD", index, "dc1/a/room1/gone", "dc1/a/room1/back", "not-a-record-key"]);
+        redis.command(&["SET", "not-a-record-key", "x"]);
         // Read as stale, then published again before the cleanup ran.
         redis.command(&["SET", "dc1/a/room1/back", "[]"]);
         let stale = ["dc1/a/room1/gone".to_owned(), "dc1/a/room1/back".to_owned()];
         assert_eq!(s.forget_stale_streams(index, &stale).await.unwrap(), 1);
-        assert_eq!(redis.command(&["SMEMBERS", index]), "dc1/a/room1/back");
+        let mut members: Vec<String> = redis.command(&["SMEMBERS", index]).lines().map(String::from).collect();
+        members.sort();
+        assert_eq!(members, ["dc1/a/room1/back", "not-a-record-key"]);
         let got = s.streams_of("room1").await.unwrap();
         assert_eq!(got.iter().map(|(k, _)| k.uid.as_str()).collect::<Vec<_>>(), ["back"]);
+        assert_eq!(redis.command(&["SMEMBERS", index]), "dc1/a/room1/back", "a foreign member is dropped");
     }
 
     #[tokio::test]

@@ -161,26 +161,33 @@ async fn abandoned_streams_are_ended_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn push_streams_of_a_known_caller_are_exempt_from_the_idle_timeout() {
+async fn push_streams_of_a_caller_that_is_up_are_exempt_from_the_idle_timeout() {
     let nats = NatsServer::start();
     let (srv, echo, conn) = serve(&nats, "srv-1", |c| c.idle_timeout = Duration::from_millis(200)).await;
+    echo.live.lock().unwrap().insert("sfu-1".into());
     let slow = "nrpc.srv-1.test.Echo.Slow";
-    let mut known = Raw::new(&conn, slow).await;
-    known.send(frame::call(slow, &Metadata::new(), "sfu-1")).await;
+    let mut up = Raw::new(&conn, slow).await;
+    up.send(frame::call(slow, &Metadata::new(), "sfu-1")).await;
+    let mut unknown = Raw::new(&conn, slow).await;
+    unknown.send(frame::call(slow, &Metadata::new(), "cli-1")).await;
     let mut anonymous = Raw::new(&conn, slow).await;
     anonymous.send(frame::call(slow, &Metadata::new(), "")).await;
-    // The anonymous one is reaped like any other call; the known caller's stays open
-    // until its node leaves.
-    let end = anonymous.next().await;
-    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
-    assert!(known.frames(Duration::from_millis(600)).await.is_empty());
+    // Callers not known to be up are reaped like any other call; the one that is up stays.
+    for raw in [&mut unknown, &mut anonymous] {
+        let end = raw.next().await;
+        assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
+    }
+    assert!(up.frames(Duration::from_millis(600)).await.is_empty());
     assert_eq!(srv.active_calls(), 1);
-    assert_eq!(srv.close_peer("sfu-1"), 1);
-    crate::live::eventually("both handlers cancelled", || {
-        echo.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 2 && srv.active_calls() == 0
+    // Once its caller is no longer up, the next idle check ends it too.
+    echo.live.lock().unwrap().clear();
+    let end = up.next().await;
+    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
+    crate::live::eventually("every handler cancelled", || {
+        echo.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 3 && srv.active_calls() == 0
     })
     .await;
-    assert!(known.frames(Duration::from_millis(200)).await.is_empty(), "a closed peer's call gets nothing");
+    assert!(up.frames(Duration::from_millis(300)).await.is_empty(), "one end only");
 }
 
 #[tokio::test]
@@ -229,6 +236,15 @@ async fn bad_frames_are_answered_and_never_break_the_server() {
     let mut raw = Raw::new(&conn, SAY).await;
     raw.send(frame::call("/test.Echo/Say", &Metadata::new(), "")).await;
     raw.send(frame::request_data(vec![7u8; 4096].into())).await;
+    assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32));
+    // More of them: the call already had its one end.
+    raw.send(frame::request_data(vec![7u8; 4096].into())).await;
+    assert!(raw.frames(Duration::from_millis(300)).await.is_empty(), "no second end");
+    // An oversized call is answered.
+    let mut raw = Raw::new(&conn, SAY).await;
+    let mut md = Metadata::new();
+    md.insert("big".into(), vec!["x".repeat(4096)]);
+    raw.send(frame::call("/test.Echo/Say", &md, "")).await;
     assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32));
     // A frame without a reply subject.
     conn.publish(SAY, frame::call("/test.Echo/Say", &Metadata::new(), "")).await.unwrap();

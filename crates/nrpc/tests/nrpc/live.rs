@@ -14,6 +14,8 @@ use islb_testkit::NatsServer;
 #[derive(Default)]
 pub(crate) struct Echo {
     pub(crate) cancelled: AtomicUsize,
+    /// The callers the server is told are up.
+    pub(crate) live: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 struct CountOnDrop<'a>(&'a AtomicUsize, bool);
@@ -32,7 +34,7 @@ impl Service for Echo {
         "test.Echo"
     }
     fn has_method(&self, m: &str) -> bool {
-        ["Say", "Fail", "Slow", "Count", "Sum", "Chat", "Empty", "Meta"].contains(&m)
+        ["Say", "Fail", "Slow", "Count", "Sum", "Chat", "Empty", "Meta", "Boom"].contains(&m)
     }
     async fn call(&self, info: CallInfo, mut incoming: Incoming, out: Outgoing) -> Result<(), Status> {
         match info.method.as_str() {
@@ -41,6 +43,7 @@ impl Service for Echo {
                 out.send(msg).await
             }
             "Fail" => Err(Status::not_found("nope")),
+            "Boom" => panic!("a handler bug"),
             "Slow" => {
                 let mut guard = CountOnDrop(&self.cancelled, false);
                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -94,6 +97,8 @@ pub(crate) async fn serve(
     config(&mut cfg);
     let mut server = Server::new(conn.clone(), cfg);
     server.add(echo.clone());
+    let peers = echo.clone();
+    server.live_peers(move || peers.live.lock().unwrap().clone());
     (server.start().await.unwrap(), echo, conn)
 }
 
@@ -190,6 +195,17 @@ async fn errors_carry_their_code_and_message() {
     assert_eq!(err, Status::not_found("nope"));
     let err = client.unary("/test.Echo/Nope", "x".into(), &Metadata::new(), T).await.unwrap_err();
     assert_eq!(err.code, Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_an_internal_error_not_a_leak() {
+    let nats = NatsServer::start();
+    let (srv, _echo, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let client = Client::new(conn, "srv-1", "");
+    let err = client.unary("/test.Echo/Boom", "x".into(), &Metadata::new(), T).await.unwrap_err();
+    assert_eq!(err.code, Code::Internal, "{err}");
+    eventually("the call is gone", || srv.active_calls() == 0).await;
+    assert_eq!(client.unary("/test.Echo/Say", "ok".into(), &Metadata::new(), T).await.unwrap(), "ok");
 }
 
 #[tokio::test]
