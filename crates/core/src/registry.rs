@@ -199,7 +199,12 @@ impl Registry {
 
     /// What a write of `node` would do to this view.
     pub fn classify(&self, node: &Node) -> Verdict {
-        match self.nodes.get(node.id().as_str()) {
+        self.classify_key(&node.id(), node)
+    }
+
+    /// [`Registry::classify`] for a caller that has the node's key already.
+    pub fn classify_key(&self, key: &str, node: &Node) -> Verdict {
+        match self.nodes.get(key) {
             None => Verdict::Created,
             Some(e) if *e.node == *node => Verdict::Unchanged,
             Some(_) => Verdict::Changed,

@@ -213,7 +213,7 @@ async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Respo
     };
     match s.discovery.drain(&node, deadline).await {
         Ok(()) => Json(json!({ "node": &*node, "draining": true, "deadline": deadline.map(|d| d.to_string()),
-            "sessions": s.discovery.sessions(Some(&node)).len() }))
+            "sessions": s.discovery.session_count(Some(&node)) }))
         .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
     }

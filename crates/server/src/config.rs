@@ -17,8 +17,6 @@ use serde::Deserialize;
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default data centre.
 pub const DEFAULT_DC: &str = "dc1";
-/// Default store.
-pub const DEFAULT_STORE: &str = "memory";
 /// Default expiry of a silent node (ion's registry: 5 s).
 pub const DEFAULT_EXPIRE: Duration = Duration::from_secs(5);
 /// Default admin HTTP address.
@@ -554,21 +552,14 @@ fn one_of<T: PartialEq + fmt::Debug + Clone>(
 }
 
 impl FileLayer {
+    /// Resolves ion's spellings against ours, then applies the file as one more layer of
+    /// [`Overrides`] (placement services come as a list here).
     fn apply(self, cfg: &mut Config) -> Result<(), ConfigError> {
-        let invalid = |key: &str, why: String| ConfigError::Invalid { key: key.into(), why };
-        if let Some(v) = one_of("nats-url", self.nats_url, "[nats] url", self.nats.and_then(|n| n.url))? {
-            cfg.nats_url = v;
-        }
-        if let Some(v) = one_of("dc", self.dc, "[global] dc", self.global.and_then(|g| g.dc))? {
-            cfg.dc = v;
-        }
-        if let Some(v) = one_of("nid", self.nid, "[node] nid", self.node.and_then(|n| n.nid))? {
-            cfg.nid = v;
-        }
-        if let Some(v) = one_of("log-level", self.log_level, "[log] level", self.log.and_then(|l| l.level))? {
-            // ion's level names (trace, debug, info, warn, error) are valid filters as they are.
-            cfg.log_level = v;
-        }
+        let nats_url = one_of("nats-url", self.nats_url, "[nats] url", self.nats.and_then(|n| n.url))?;
+        let dc = one_of("dc", self.dc, "[global] dc", self.global.and_then(|g| g.dc))?;
+        let nid = one_of("nid", self.nid, "[node] nid", self.node.and_then(|n| n.nid))?;
+        // ion's level names (trace, debug, info, warn, error) are valid filters as they are.
+        let log_level = one_of("log-level", self.log_level, "[log] level", self.log.and_then(|l| l.level))?;
         if let Some(r) = self.redis {
             cfg.ion_redis = Some(IonRedis {
                 addrs: r.addrs.unwrap_or_default(),
@@ -576,55 +567,30 @@ impl FileLayer {
                 db: r.db.unwrap_or(0),
             });
         }
-        match &self.store {
-            Some(v) => cfg.store = StoreSpec::parse(v).map_err(|e| invalid("store", e))?,
-            None => {
-                if let Some(url) = cfg.ion_redis.as_ref().and_then(IonRedis::url) {
-                    cfg.store = StoreSpec::Redis(url);
-                }
-            }
-        }
-        if let Some(v) = self.store_prefix {
-            cfg.store_prefix = v;
-        }
-        if let Some(v) = self.store_timeout {
-            cfg.store_timeout = v;
-        }
-        if let Some(v) = self.store_ca_file {
-            cfg.store_ca_file = Some(v);
-        }
-        if let Some(v) = self.expire {
-            cfg.expire = v;
-        }
-        if let Some(v) = self.http_addr {
-            cfg.http_addr = v;
-        }
-        if let Some(v) = self.log_format {
-            cfg.log_format = LogFormat::parse(&v).map_err(|e| invalid("log-format", e))?;
-        }
-        if let Some(v) = self.nats_connect_timeout {
-            cfg.nats_connect_timeout = v;
-        }
-        if let Some(v) = self.shutdown_grace {
-            cfg.shutdown_grace = v;
-        }
-        if let Some(v) = self.max_message_size {
-            cfg.max_message_size = v;
-        }
-        if let Some(v) = self.keepalive_interval {
-            cfg.keepalive_interval = v;
-        }
+        let layer = Overrides {
+            nats_url,
+            dc,
+            nid,
+            store: self.store.or_else(|| cfg.ion_redis.as_ref().and_then(IonRedis::url)),
+            store_prefix: self.store_prefix,
+            store_timeout: self.store_timeout,
+            store_ca_file: self.store_ca_file,
+            expire: self.expire,
+            http_addr: self.http_addr,
+            log_level,
+            log_format: self.log_format,
+            nats_connect_timeout: self.nats_connect_timeout,
+            shutdown_grace: self.shutdown_grace,
+            max_message_size: self.max_message_size,
+            keepalive_interval: self.keepalive_interval,
+            placement_services: None,
+            session_ttl: self.session_ttl,
+            default_capacity: self.default_capacity,
+            jwt_key: self.jwt_key,
+        };
+        layer.apply(cfg)?;
         if let Some(services) = self.placement.and_then(|p| p.services) {
             cfg.placement_services = services.into_iter().collect();
-        }
-        if let Some(v) = self.session_ttl {
-            cfg.session_ttl = v;
-        }
-        if let Some(v) = self.default_capacity {
-            cfg.default_capacity = v;
-        }
-        if let Some(v) = self.jwt_key {
-            cfg.jwt_key = Some(v).filter(|k| !k.is_empty());
         }
         Ok(())
     }

@@ -76,11 +76,7 @@ pub struct Discovery {
     pub(crate) placement: PlacementState,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a few map operations that cannot be left half done by a
-    // panic, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::lock;
 
 /// `Response{Success: true}`, encoded once.
 fn ok_reply() -> Bytes {
@@ -123,28 +119,12 @@ impl Discovery {
         &self.client
     }
 
-    pub(crate) fn link_healthy(&self) -> bool {
-        self.link.healthy()
-    }
-
-    pub(crate) async fn store_call_pub<T>(
-        &self,
-        op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Option<T> {
-        self.store_call(op, call).await
-    }
-
     pub(crate) async fn link_call<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.link.call_always(op, call, 1).await
-    }
-
-    pub(crate) async fn sync_now(&self) {
-        self.sync().await
     }
 
     /// Locks the registry view (never held across an `.await`).
@@ -236,7 +216,11 @@ impl Discovery {
 
     /// Runs a store call with the timeout unless the store is known to be down; `None`
     /// (logged, counted, store marked down) when it fails.
-    async fn store_call<T>(&self, op: &'static str, call: impl Future<Output = Result<T, StoreError>>) -> Option<T> {
+    pub(crate) async fn store_call<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
         if !self.link.healthy() {
             return None;
         }
@@ -244,7 +228,6 @@ impl Discovery {
     }
 
     async fn write(&self, action: WriteAction, node: Node) -> Bytes {
-        let node = Arc::new(node);
         let key = node_key(&node);
         let now = Timestamp::now();
         // The fast path: a keep-alive (`update`) of a node this view knows with the same
@@ -253,7 +236,7 @@ impl Discovery {
         let (verdict_here, deadline, fast) = {
             let mut r = self.registry();
             let deadline = r.deadline(now);
-            let v = r.classify(&node);
+            let v = r.classify_key(&key, &node);
             let fast = v == Verdict::Unchanged && action == WriteAction::Update;
             if fast {
                 r.set_deadline(&key, deadline);
@@ -264,6 +247,7 @@ impl Discovery {
             lock(&self.touches).insert(key, deadline);
             return ok_reply();
         }
+        let node = Arc::new(node);
         let verdict = match self.store_call("put_node", self.store.put_node(node.clone(), deadline)).await {
             Some(v) => v,
             None => {
@@ -311,11 +295,7 @@ impl Discovery {
         if lookup.service != "*" && self.registry().is_placed(&lookup.service) {
             return self.lookup_placed(lookup).await;
         }
-        // Read what other replicas wrote first, so a node saved through any replica is
-        // listed here at once (one round trip when nothing changed).
-        if self.store.shared() && self.link.healthy() {
-            self.sync().await;
-        }
+        self.catch_up().await;
         let key: CacheKey = (lookup.service.clone(), lookup.nid.clone(), lookup.include_placed());
         let (generation, nodes) = {
             let r = self.registry();
@@ -422,9 +402,18 @@ impl Discovery {
         metrics::counter!("islb_nodes_expired_total").increment(events.len() as u64);
     }
 
+    /// Reads what other replicas wrote before answering, so a node saved (or a session
+    /// placed) through any replica is seen here at once (one round trip when nothing
+    /// changed; nothing to do for a store of this replica's own).
+    pub(crate) async fn catch_up(&self) {
+        if self.store.shared() && self.link.healthy() {
+            self.sync().await;
+        }
+    }
+
     /// Applies what other replicas wrote since the last look (silently: they announced it).
     /// One sync at a time, so that batches apply in feed order.
-    async fn sync(&self) {
+    pub(crate) async fn sync(&self) {
         let _one_at_a_time = self.sync_lock.lock().await;
         let cursor = self.link.cursor();
         match self.store_call("changes", self.store.changes(&cursor)).await {
@@ -484,9 +473,7 @@ impl Discovery {
                 _ = stop.cancelled() => return,
             }
             if self.link.healthy() {
-                if self.store.shared() {
-                    self.sync().await;
-                }
+                self.catch_up().await;
                 self.placement_housekeeping().await;
             } else {
                 self.recover().await;
@@ -603,7 +590,7 @@ impl Discovery {
         if !self.link.healthy() || self.link.in_grace(now) {
             return;
         }
-        if self.registry().due(now).is_empty() {
+        if self.registry().next_deadline().is_none_or(|d| d > now) {
             return;
         }
         // Keep-alives that arrived just before the deadline are in the batch not yet written:
@@ -680,12 +667,7 @@ impl Discovery {
             return;
         }
         let Some(unknown) = self.store_call("touch_nodes", self.store.touch_nodes(&batch)).await else {
-            // Keep them for the next attempt (newer deadlines win).
-            let mut t = lock(&self.touches);
-            for (k, d) in batch {
-                let e = t.entry(k).or_insert(d);
-                *e = (*e).max(d);
-            }
+            crate::keep_later(&self.touches, batch);
             return;
         };
         // Nodes the store does not know (expired or deleted through another replica) but

@@ -29,6 +29,25 @@ pub mod selfreg;
 pub mod telemetry;
 mod throttle;
 
+/// Locks a std mutex. Every critical section in this crate is a few map operations that
+/// cannot be left half done by a panic, so a poisoned lock is still consistent.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Puts back a batch of times that could not be written, for the next attempt; where the
+/// key was touched again meanwhile, the later time wins.
+pub(crate) fn keep_later<K: std::hash::Hash + Eq, T: Ord + Copy>(
+    pending: &std::sync::Mutex<std::collections::HashMap<K, T>>,
+    batch: impl IntoIterator<Item = (K, T)>,
+) {
+    let mut p = lock(pending);
+    for (k, t) in batch {
+        let e = p.entry(k).or_insert(t);
+        *e = (*e).max(t);
+    }
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use islb_core::{NodeKey, Timestamp};
@@ -36,9 +36,7 @@ pub(crate) struct StoreLink {
     log: Throttle,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock;
 
 impl StoreLink {
     pub(crate) fn new(kind: &'static str, timeout: Duration) -> Self {

@@ -124,6 +124,12 @@ impl<'a> InFlight<'a> {
         lock(&state.sessions).begin_placement(&node);
         InFlight { state, node }
     }
+
+    /// Takes over a placement begun with `sessions` locked (where the node was chosen).
+    fn begun(state: &'a PlacementState, sessions: &mut Sessions, node: NodeKey) -> Self {
+        sessions.begin_placement(&node);
+        InFlight { state, node }
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -157,9 +163,7 @@ impl Discovery {
                 return reply(Vec::new());
             }
         };
-        if self.store().shared() && self.link_healthy() {
-            self.sync_now().await;
-        }
+        self.catch_up().await;
         match sid {
             Some(sid) => reply(self.place(&lookup.service, &sid, &prefer_dc).await.into_iter().collect()),
             None => reply(self.place_unnamed(&lookup.service, &prefer_dc)),
@@ -171,9 +175,7 @@ impl Discovery {
     /// best first (nothing is placed).
     pub async fn find_nodes(&self, service: &str, sid: &str, nid: &str) -> Vec<Arc<Node>> {
         if !sid.is_empty() && self.registry().is_placed(service) {
-            if self.store().shared() && self.link_healthy() {
-                self.sync_now().await;
-            }
+            self.catch_up().await;
             let dc = self.placement.config.dc.clone();
             return self.place(service, sid, &dc).await.into_iter().collect();
         }
@@ -187,9 +189,9 @@ impl Discovery {
         }
         let now = Timestamp::now();
         let mut sessions = lock(&self.placement.sessions);
-        let candidates = sessions.candidates(&r, service, self.placement.config.default_capacity, now);
-        let plain: Vec<_> = candidates.iter().map(|(c, _)| c.clone()).collect();
-        placement::rank(&plain, &self.placement.config.dc, "").into_iter().map(|i| candidates[i].1.clone()).collect()
+        let (plain, nodes): (Vec<_>, Vec<_>) =
+            sessions.candidates(&r, service, self.placement.config.default_capacity, now).into_iter().unzip();
+        placement::rank(&plain, &self.placement.config.dc, "").into_iter().map(|i| nodes[i].clone()).collect()
     }
 
     /// Every live node of `service`, best first; the first takes an unnamed placement.
@@ -197,8 +199,8 @@ impl Discovery {
         let now = Timestamp::now();
         let r = self.registry();
         let mut sessions = lock(&self.placement.sessions);
-        let candidates = sessions.candidates(&r, service, self.placement.config.default_capacity, now);
-        let plain: Vec<_> = candidates.iter().map(|(c, _)| c.clone()).collect();
+        let (plain, nodes): (Vec<_>, Vec<_>) =
+            sessions.candidates(&r, service, self.placement.config.default_capacity, now).into_iter().unzip();
         let session = format!("unnamed-{}", random());
         let order = placement::rank(&plain, prefer_dc, &session);
         if let Some(&first) = order.first()
@@ -209,7 +211,7 @@ impl Discovery {
         } else {
             metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
         }
-        order.into_iter().map(|i| candidates[i].1.clone()).collect()
+        order.into_iter().map(|i| nodes[i].clone()).collect()
     }
 
     /// The node for session `sid` of `service`, placing it if needed; `None` when no node
@@ -250,7 +252,7 @@ impl Discovery {
                 Decision::Place { node, from } => {
                     let key: NodeKey = node.id().into();
                     let in_flight = InFlight::new(&self.placement, key.clone());
-                    let claim = self.store_call_pub("claim_session", self.store().claim_session(sid, &key, now)).await;
+                    let claim = self.store_call("claim_session", self.store().claim_session(sid, &key, now)).await;
                     let claim = claim.unwrap_or_else(|| {
                         // The store is out of reach: place here and claim when it is back.
                         lock(&self.placement.held).insert(sid.into(), key.clone());
@@ -265,7 +267,7 @@ impl Discovery {
                     match claim {
                         SessionClaim::CandidateGone => {
                             // This view still lists a node the store has lost: catch up and choose again.
-                            self.sync_now().await;
+                            self.sync().await;
                             continue;
                         }
                         SessionClaim::Existing(s) => {
@@ -275,7 +277,7 @@ impl Discovery {
                             match node {
                                 Some(n) => return Some(n),
                                 None => {
-                                    self.sync_now().await;
+                                    self.sync().await;
                                     continue;
                                 }
                             }
@@ -345,33 +347,29 @@ impl Discovery {
     /// Moves one session to the best other node (or releases it when none has room).
     async fn move_one(&self, s: &Session, services: &[String], reason: MoveReason) {
         let now = Timestamp::now();
-        let target = {
+        let (target, in_flight) = {
             let r = self.registry();
             let mut sessions = lock(&self.placement.sessions);
             let mut best = None;
             for service in services {
-                let candidates = sessions.candidates(&r, service, self.placement.config.default_capacity, now);
-                let plain: Vec<_> =
-                    candidates.iter().map(|(c, _)| c.clone()).filter(|c| c.key.as_str() != &*s.node).collect();
-                let nodes: Vec<_> =
-                    candidates.iter().filter(|(c, _)| c.key.as_str() != &*s.node).map(|(_, n)| n.clone()).collect();
+                let (plain, nodes): (Vec<_>, Vec<_>) = sessions
+                    .candidates(&r, service, self.placement.config.default_capacity, now)
+                    .into_iter()
+                    .filter(|(c, _)| c.key.as_str() != &*s.node)
+                    .unzip();
                 if let Some(i) = placement::choose(&plain, &self.placement.config.dc, &s.sid, random()) {
                     best = Some(nodes[i].clone());
                     break;
                 }
             }
-            if let Some(n) = &best {
-                sessions.begin_placement(&n.id().into());
-            }
-            best
+            let in_flight = best.as_ref().map(|n| InFlight::begun(&self.placement, &mut sessions, n.id().into()));
+            (best, in_flight)
         };
         let to_key: Option<NodeKey> = target.as_ref().map(|n| n.id().into());
         let moved = self
-            .store_call_pub("move_session", self.store().move_session(&s.sid, s.version, to_key.as_ref(), None, now))
+            .store_call("move_session", self.store().move_session(&s.sid, s.version, to_key.as_ref(), None, now))
             .await;
-        if let Some(k) = &to_key {
-            lock(&self.placement.sessions).end_placement(k);
-        }
+        drop(in_flight);
         let Some(Some(new)) = moved else { return }; // someone else moved it, or the store is out of reach
         {
             let mut sessions = lock(&self.placement.sessions);
@@ -398,18 +396,29 @@ impl Discovery {
     /// Releases session `sid` (operator request); returns it if it was placed.
     pub async fn release_session(&self, sid: &str) -> Option<Session> {
         let current = lock(&self.placement.sessions).get(sid)?;
-        let now = Timestamp::now();
+        self.release(&current, None, MoveReason::Released, Timestamp::now()).await
+    }
+
+    /// Releases session `s` if it is still at its version (and, with `idle_before`, not
+    /// used since), and says so with a session event.
+    async fn release(
+        &self,
+        s: &Session,
+        idle_before: Option<Timestamp>,
+        reason: MoveReason,
+        now: Timestamp,
+    ) -> Option<Session> {
         let released = self
-            .store_call_pub("move_session", self.store().move_session(sid, current.version, None, None, now))
+            .store_call("move_session", self.store().move_session(&s.sid, s.version, None, idle_before, now))
             .await??;
-        lock(&self.placement.sessions).remove(sid);
+        lock(&self.placement.sessions).remove(&s.sid);
         self.publish_session_event(SessionEvent {
-            sid: sid.to_owned(),
+            sid: s.sid.to_string(),
             from: Some(nid_of(&released.node)),
             to: None,
             from_key: Some(released.node.to_string()),
             to_key: None,
-            reason: MoveReason::Released,
+            reason,
             version: released.version,
             time: now.to_string(),
         })
@@ -419,7 +428,7 @@ impl Discovery {
 
     /// Drains node `node` (`DC.NID`): no new sessions; existing ones move after `deadline`.
     pub async fn drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), String> {
-        self.store_call_pub("set_drain", self.store().set_drain(node, deadline))
+        self.store_call("set_drain", self.store().set_drain(node, deadline))
             .await
             .ok_or_else(|| "the store is out of reach; try again".to_owned())?;
         lock(&self.placement.sessions).drain(node.clone(), deadline);
@@ -430,7 +439,7 @@ impl Discovery {
     /// Lifts a drain; returns whether the node was draining.
     pub async fn undrain(&self, node: &NodeKey) -> Result<bool, String> {
         let had = self
-            .store_call_pub("clear_drain", self.store().clear_drain(node))
+            .store_call("clear_drain", self.store().clear_drain(node))
             .await
             .ok_or_else(|| "the store is out of reach; try again".to_owned())?;
         lock(&self.placement.sessions).undrain(node);
@@ -445,6 +454,12 @@ impl Discovery {
             Some(n) => s.of_node(n),
             None => s.all(),
         }
+    }
+
+    /// How many sessions are placed (on `node` only, if given).
+    pub fn session_count(&self, node: Option<&str>) -> usize {
+        let s = lock(&self.placement.sessions);
+        node.map_or_else(|| s.len(), |n| s.count(n) as usize)
     }
 
     /// Drain marks.
@@ -475,23 +490,7 @@ impl Discovery {
         let before = Timestamp::from_ms(now.as_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
         let idle = lock(&self.placement.sessions).idle(before);
         for s in idle {
-            if let Some(Some(released)) = self
-                .store_call_pub("move_session", self.store().move_session(&s.sid, s.version, None, Some(before), now))
-                .await
-            {
-                lock(&self.placement.sessions).remove(&s.sid);
-                self.publish_session_event(SessionEvent {
-                    sid: s.sid.to_string(),
-                    from: Some(nid_of(&released.node)),
-                    to: None,
-                    from_key: Some(released.node.to_string()),
-                    to_key: None,
-                    reason: MoveReason::Idle,
-                    version: released.version,
-                    time: now.to_string(),
-                })
-                .await;
-            }
+            self.release(&s, Some(before), MoveReason::Idle, now).await;
         }
     }
 
@@ -502,12 +501,8 @@ impl Discovery {
         if batch.is_empty() {
             return;
         }
-        if self.store_call_pub("touch_sessions", self.store().touch_sessions(&batch)).await.is_none() {
-            let mut t = lock(&self.placement.touches);
-            for (k, v) in batch {
-                let e = t.entry(k).or_insert(v);
-                *e = (*e).max(v);
-            }
+        if self.store_call("touch_sessions", self.store().touch_sessions(&batch)).await.is_none() {
+            crate::keep_later(&self.placement.touches, batch);
         }
     }
 

@@ -211,9 +211,9 @@ fn session_info(s: &islb_core::Session) -> pb::SessionInfo {
 impl AdminService {
     fn list_nodes(&self, req: pb::ListNodesRequest) -> pb::NodeList {
         let all = req.service.is_empty() || req.service == "*";
-        let drains: std::collections::HashMap<_, _> = self.discovery.drains().into_iter().collect();
-        let sessions = self.discovery.sessions(None);
         let r = self.discovery.registry();
+        // Registry, then sessions: the lock order everywhere.
+        let sessions = crate::lock(&self.discovery.placement.sessions);
         let mut nodes: Vec<pb::NodeInfo> = r
             .entries()
             .filter(|(_, e)| all || e.node.service == req.service)
@@ -222,8 +222,8 @@ impl AdminService {
                 extra_info_json: serde_json::to_string(&e.node.extra_info).unwrap_or_default(),
                 expires_ms: e.deadline.as_ms() as i64,
                 placed: r.is_placed(&e.node.service),
-                draining: drains.contains_key(k),
-                sessions: sessions.iter().filter(|s| s.node == *k).count() as u64,
+                draining: sessions.draining(k).is_some(),
+                sessions: sessions.count(k),
             })
             .collect();
         nodes.sort_by(|a, b| {
@@ -267,7 +267,7 @@ impl AdminService {
             node: key.to_string(),
             draining: deadline_seconds.is_some(),
             deadline_ms: deadline.map_or(0, |d| d.as_ms() as i64),
-            sessions: self.discovery.sessions(Some(&key)).len() as u64,
+            sessions: self.discovery.session_count(Some(&key)) as u64,
         })
     }
 
@@ -296,7 +296,7 @@ impl AdminService {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             nodes: r.len() as u64,
-            sessions: self.discovery.sessions(None).len() as u64,
+            sessions: self.discovery.session_count(None) as u64,
             store: self.discovery.store().kind().into(),
             store_healthy: self.discovery.store_healthy(),
             ready: self.discovery.store_healthy()

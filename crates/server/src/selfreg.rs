@@ -72,11 +72,11 @@ pub struct WatchedView {
 impl WatchedView {
     /// A copy of the watched nodes.
     pub fn snapshot(&self) -> Vec<Node> {
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        crate::lock(&self.nodes).values().cloned().collect()
     }
 
     fn apply(&self, action: &str, node: Node) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = crate::lock(&self.nodes);
         match action {
             "save" | "update" => {
                 nodes.insert(node.nid.clone(), node);
