@@ -116,12 +116,15 @@ impl IslbService {
                     return Err(Status::invalid_argument("a stream event needs nid and sid"));
                 }
                 let key = StreamKey { dc: self.dc.clone(), nid: s.nid.clone(), sid: s.sid.clone(), uid: s.uid.clone() };
-                let store = self.discovery.store();
+                let (d, store) = (&self.discovery, self.discovery.store());
+                // Bounded by the store timeout, and counted as any store failure.
                 let result = match ion::stream_event::State::try_from(s.state) {
                     Ok(ion::stream_event::State::Add) => {
-                        store.put_stream(&key, &streams_json(&s.streams), STREAM_TTL).await
+                        d.link_call("put_stream", store.put_stream(&key, &streams_json(&s.streams), STREAM_TTL)).await
                     }
-                    Ok(ion::stream_event::State::Remove) => store.delete_stream(&key).await.map(drop),
+                    Ok(ion::stream_event::State::Remove) => {
+                        d.link_call("delete_stream", store.delete_stream(&key)).await.map(drop)
+                    }
                     Err(_) => return Err(Status::invalid_argument(format!("unknown stream state {}", s.state))),
                 };
                 result.map_err(|e| Status::unavailable(format!("stream registry: {e}")))?;
@@ -272,7 +275,11 @@ impl AdminService {
     }
 
     async fn streams(&self, sid: &str) -> Result<pb::StreamList, Status> {
-        let records = self.discovery.store().streams_of(sid).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let records = self
+            .discovery
+            .link_call("streams_of", self.discovery.store().streams_of(sid))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(pb::StreamList {
             streams: records
                 .into_iter()
