@@ -21,6 +21,6 @@ pub mod sessions;
 pub mod time;
 
 pub use command::{Command, Lookup, Rejection, WriteAction};
-pub use registry::{Departure, Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key};
+pub use registry::{Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key};
 pub use sessions::{Decision, Session, Sessions};
 pub use time::Timestamp;

@@ -110,12 +110,22 @@ fn fnv(parts: &[&[u8]]) -> u64 {
         h ^= 0xff;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    // Final avalanche (splitmix64), so nearby keys spread.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    // Final avalanche, so nearby keys spread.
+    mix64(h)
+}
+
+/// splitmix64's finaliser: every input bit flips about half the output bits.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The next number of the splitmix64 sequence whose state is `state` (a small, fast,
+/// deterministic generator for sampling; not for secrets).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    mix64(*state)
 }
 
 /// The rendezvous weight of `node` for session `key`.

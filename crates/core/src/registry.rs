@@ -81,15 +81,6 @@ impl EventKind {
     }
 }
 
-/// Why a node went away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Departure {
-    /// It sent `delete`.
-    Deleted,
-    /// It stopped sending keep-alives.
-    Expired,
-}
-
 /// An event to publish on `node.discovery.<service>.<dc>.<nid>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

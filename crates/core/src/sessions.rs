@@ -207,11 +207,7 @@ impl Sessions {
 
     /// Sessions on drained nodes whose drain deadline has passed (they must move).
     pub fn drain_overdue(&self, now: Timestamp) -> Vec<Session> {
-        self.drains
-            .iter()
-            .filter(|(_, d)| d.is_some_and(|d| d <= now))
-            .flat_map(|(node, _)| self.of_node(node))
-            .collect()
+        self.drains.iter().filter(|(_, d)| drain_passed(**d, now)).flat_map(|(node, _)| self.of_node(node)).collect()
     }
 
     /// One node as a candidate (with its load), if it is registered.
@@ -223,16 +219,26 @@ impl Sessions {
         now: Timestamp,
     ) -> Option<(Candidate, Arc<Node>)> {
         let node = registry.lookup(key)?.node.clone();
+        Some(self.candidate_of(key.to_owned(), node, default_capacity, now))
+    }
+
+    fn candidate_of(
+        &mut self,
+        key: String,
+        node: Arc<Node>,
+        default_capacity: u64,
+        now: Timestamp,
+    ) -> (Candidate, Arc<Node>) {
         let c = Candidate {
-            sessions: self.count(key),
-            pending: self.pending_load(key, now),
-            draining: self.drains.contains_key(key),
+            sessions: self.count(&key),
+            pending: self.pending_load(&key, now),
+            draining: self.drains.contains_key(key.as_str()),
             report: Report::of(&node),
             default_capacity,
             dc: node.dc.clone(),
-            key: key.to_owned(),
+            key,
         };
-        Some((c, node))
+        (c, node)
     }
 
     /// The candidates for a new session of `service` (live nodes, with their loads).
@@ -247,19 +253,7 @@ impl Sessions {
         registry
             .get(&lookup)
             .into_iter()
-            .map(|node| {
-                let key = node.id();
-                let c = Candidate {
-                    sessions: self.count(&key),
-                    pending: self.pending_load(&key, now),
-                    draining: self.drains.contains_key(key.as_str()),
-                    report: Report::of(&node),
-                    default_capacity,
-                    dc: node.dc.clone(),
-                    key,
-                };
-                (c, node)
-            })
+            .map(|node| self.candidate_of(node.id(), node, default_capacity, now))
             .collect()
     }
 }
@@ -298,6 +292,11 @@ pub struct Ask<'a> {
     pub random: u64,
 }
 
+/// Whether a drain with `deadline` (`None`: none) makes its sessions move at `now`.
+pub fn drain_passed(deadline: Option<Timestamp>, now: Timestamp) -> bool {
+    deadline.is_some_and(|d| d <= now)
+}
+
 /// Decides where the session goes: its current node while that node lives (draining or
 /// not, until the drain deadline: existing sessions stay), else the best candidate.
 pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> Decision {
@@ -306,7 +305,7 @@ pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> De
     if let Some(s) = &current
         && let Some(e) = registry.lookup(&s.node)
         && e.node.service == service
-        && sessions.draining(&s.node).is_none_or(|d| d.is_none_or(|d| d > now))
+        && !sessions.draining(&s.node).is_some_and(|d| drain_passed(d, now))
     {
         return Decision::Existing(s.clone(), e.node.clone());
     }
@@ -316,10 +315,10 @@ pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> De
     {
         return Decision::Place { node, from };
     }
-    let candidates = sessions.candidates(registry, service, default_capacity, now);
-    let plain: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+    let (plain, nodes): (Vec<Candidate>, Vec<_>) =
+        sessions.candidates(registry, service, default_capacity, now).into_iter().unzip();
     match placement::choose(&plain, prefer_dc, sid, random) {
-        Some(i) => Decision::Place { node: candidates[i].1.clone(), from },
+        Some(i) => Decision::Place { node: nodes[i].clone(), from },
         None => Decision::NoCapacity,
     }
 }
@@ -332,14 +331,7 @@ fn sample(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> Option
     let local = registry.service_dc_nodes(ask.service, ask.prefer_dc);
     let pool = if local.is_empty() { registry.service_nodes(ask.service) } else { local };
     let mut state = ask.random;
-    let mut next = || {
-        // splitmix64
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut next = || placement::splitmix64(&mut state);
     let mut picks: Vec<(Candidate, Arc<Node>)> = Vec::with_capacity(2);
     for _ in 0..16 {
         let key = &pool[(next() % pool.len() as u64) as usize];

@@ -255,17 +255,13 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
-
 fn decode_node(key: &str, bytes: &[u8]) -> Result<Arc<Node>, StoreError> {
-    Node::from_gob(bytes).map(Arc::new).map_err(|e| corrupt(format!("node {key}: {e}")))
+    Node::from_gob(bytes).map(Arc::new).map_err(|e| StoreError::corrupt(format!("node {key}: {e}")))
 }
 
 fn parse_ms(s: &[u8]) -> Result<Timestamp, StoreError> {
-    let text = std::str::from_utf8(s).map_err(corrupt)?;
-    let v: f64 = text.parse().map_err(|_| corrupt(format!("bad deadline {text:?}")))?;
+    let text = std::str::from_utf8(s).map_err(StoreError::corrupt)?;
+    let v: f64 = text.parse().map_err(|_| StoreError::corrupt(format!("bad deadline {text:?}")))?;
     Ok(Timestamp::from_ms(v as u64))
 }
 
@@ -273,7 +269,7 @@ fn as_bytes(v: &Value) -> Result<&[u8], StoreError> {
     match v {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.as_bytes()),
-        other => Err(corrupt(format!("expected a string, got {other:?}"))),
+        other => Err(StoreError::corrupt(format!("expected a string, got {other:?}"))),
     }
 }
 
@@ -281,7 +277,7 @@ fn as_array(v: &Value) -> Result<&[Value], StoreError> {
     match v {
         Value::Array(a) => Ok(a),
         Value::Nil => Ok(&[]),
-        other => Err(corrupt(format!("expected an array, got {other:?}"))),
+        other => Err(StoreError::corrupt(format!("expected an array, got {other:?}"))),
     }
 }
 
@@ -500,14 +496,9 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         let parts = as_array(&v)?;
         let [hash, zset, id, seq, sessions_hash, used_zset, drains_hash] = parts else {
-            return Err(corrupt("snapshot: unexpected reply shape"));
+            return Err(StoreError::corrupt("snapshot: unexpected reply shape"));
         };
-        let mut used = std::collections::HashMap::new();
-        for pair in as_array(used_zset)?.chunks(2) {
-            if let [member, score] = pair {
-                used.insert(as_bytes(member)?.to_vec(), parse_ms(as_bytes(score)?)?);
-            }
-        }
+        let used = scores(used_zset)?;
         let mut sessions = Vec::new();
         for pair in as_array(sessions_hash)?.chunks(2) {
             if let [sid, value] = pair {
@@ -524,12 +515,7 @@ impl Store for RedisStore {
                 drains.push((String::from_utf8_lossy(as_bytes(node)?).into(), (d.as_ms() > 0).then_some(d)));
             }
         }
-        let mut deadlines = std::collections::HashMap::new();
-        for pair in as_array(zset)?.chunks(2) {
-            if let [member, score] = pair {
-                deadlines.insert(as_bytes(member)?.to_vec(), parse_ms(as_bytes(score)?)?);
-            }
-        }
+        let deadlines = scores(zset)?;
         let mut nodes = Vec::new();
         for pair in as_array(hash)?.chunks(2) {
             if let [key, node] = pair {
@@ -559,46 +545,43 @@ impl Store for RedisStore {
                 .map_err(unavailable)?;
             let entries = as_array(&entries)?;
             for entry in entries {
-                let [id, fields] = as_array(entry)? else { return Err(corrupt("stream entry shape")) };
-                let mut f = std::collections::HashMap::new();
-                for pair in as_array(fields)?.chunks(2) {
-                    if let [name, value] = pair {
-                        f.insert(String::from_utf8_lossy(as_bytes(name)?).into_owned(), as_bytes(value)?.to_vec());
-                    }
-                }
-                let seq: u64 = f.get("seq").and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
+                let [id, fields] = as_array(entry)? else { return Err(StoreError::corrupt("stream entry shape")) };
+                // An entry's fields, read in place (a handful per entry).
+                let fields = as_array(fields)?;
+                let lookup = |name: &[u8]| -> Option<&[u8]> {
+                    fields.chunks(2).find_map(|p| match p {
+                        [n, v] if as_bytes(n).ok()? == name => as_bytes(v).ok(),
+                        _ => None,
+                    })
+                };
+                let field = |name: &[u8]| lookup(name).unwrap_or_default();
+                let number = |name: &[u8]| -> u64 {
+                    std::str::from_utf8(field(name)).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+                };
+                let ms_or_zero = |name: &[u8]| parse_ms(lookup(name).unwrap_or(b"0"));
+                let seq = number(b"seq");
                 if seq != last_seq + 1 {
                     return Ok(Changes::Gap);
                 }
-                let key = String::from_utf8_lossy(f.get("key").map(Vec::as_slice).unwrap_or_default()).into_owned();
-                match f.get("op").map(Vec::as_slice) {
-                    Some(b"put") => {
-                        let node = decode_node(&key, f.get("node").map(Vec::as_slice).unwrap_or_default())?;
-                        let deadline = parse_ms(f.get("deadline").map(Vec::as_slice).unwrap_or(b"0"))?;
-                        changes.push(Change::Put(node, deadline));
-                    }
-                    Some(b"del") => changes.push(Change::Delete(key.into())),
-                    Some(b"sess") => {
-                        let field = |n: &str| f.get(n).map(Vec::as_slice).unwrap_or_default();
-                        changes.push(Change::Session(Session {
-                            sid: key.as_str().into(),
-                            node: String::from_utf8_lossy(field("node")).into(),
-                            version: std::str::from_utf8(field("version"))
-                                .ok()
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0),
-                            used: parse_ms(field("used"))?,
-                        }));
-                    }
-                    Some(b"unsess") => changes.push(Change::SessionGone(key.as_str().into())),
-                    Some(b"drain") => {
-                        let d = parse_ms(f.get("deadline").map(Vec::as_slice).unwrap_or(b"0"))?;
+                let key = String::from_utf8_lossy(field(b"key")).into_owned();
+                match field(b"op") {
+                    b"put" => changes.push(Change::Put(decode_node(&key, field(b"node"))?, ms_or_zero(b"deadline")?)),
+                    b"del" => changes.push(Change::Delete(key.into())),
+                    b"sess" => changes.push(Change::Session(Session {
+                        sid: key.as_str().into(),
+                        node: String::from_utf8_lossy(field(b"node")).into(),
+                        version: number(b"version"),
+                        used: parse_ms(field(b"used"))?,
+                    })),
+                    b"unsess" => changes.push(Change::SessionGone(key.as_str().into())),
+                    b"drain" => {
+                        let d = ms_or_zero(b"deadline")?;
                         changes.push(Change::Drain(key.into(), (d.as_ms() > 0).then_some(d)));
                     }
-                    Some(b"undrain") => changes.push(Change::Undrain(key.into())),
+                    b"undrain" => changes.push(Change::Undrain(key.into())),
                     // Written by a newer islb sharing the store (a rolling upgrade): what this
                     // version does not know it cannot apply, and must not stall on.
-                    other => tracing::debug!(op = ?other.map(String::from_utf8_lossy), "skipping an unknown change"),
+                    other => tracing::debug!(op = %String::from_utf8_lossy(other), "skipping an unknown change"),
                 }
                 last_id = String::from_utf8_lossy(as_bytes(id)?).into_owned();
                 last_seq = seq;
@@ -629,15 +612,10 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let [code, node, version, from, used] = as_array(&v)? else { return Err(corrupt("claim_session reply shape")) };
-        let session = || -> Result<Session, StoreError> {
-            Ok(Session {
-                sid: sid.into(),
-                node: text(node)?.into(),
-                version: int(version)? as u64,
-                used: parse_ms(as_bytes(used)?)?,
-            })
+        let [code, node, version, from, used] = as_array(&v)? else {
+            return Err(StoreError::corrupt("claim_session reply shape"));
         };
+        let session = || session_reply(sid, node, version, used);
         Ok(match int(code)? {
             0 => SessionClaim::Existing(session()?),
             1 => SessionClaim::Placed(session()?),
@@ -672,15 +650,12 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let [code, node, version, used] = as_array(&v)? else { return Err(corrupt("move_session reply shape")) };
+        let [code, node, version, used] = as_array(&v)? else {
+            return Err(StoreError::corrupt("move_session reply shape"));
+        };
         Ok(match int(code)? {
             0 => None,
-            _ => Some(Session {
-                sid: sid.into(),
-                node: text(node)?.into(),
-                version: int(version)? as u64,
-                used: parse_ms(as_bytes(used)?)?,
-            }),
+            _ => Some(session_reply(sid, node, version, used)?),
         })
     }
 
@@ -706,17 +681,17 @@ impl Store for RedisStore {
     }
 
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
-        let index = format!("{{{}}}:streams:{}", self.keys.prefix, key.sid);
+        let (index, record) = (self.stream_index(&key.sid), key.redis_key());
         let ms = ttl.as_millis().max(1) as u64;
         let _: Value = redis::pipe()
             .cmd("SET")
-            .arg(key.redis_key())
+            .arg(&record)
             .arg(json)
             .arg("PX")
             .arg(ms)
             .cmd("SADD")
             .arg(&index)
-            .arg(key.redis_key())
+            .arg(&record)
             .cmd("PEXPIRE")
             .arg(&index)
             .arg(ms)
@@ -727,13 +702,13 @@ impl Store for RedisStore {
     }
 
     async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
-        let index = format!("{{{}}}:streams:{}", self.keys.prefix, key.sid);
+        let (index, record) = (self.stream_index(&key.sid), key.redis_key());
         let (n, _): (i64, i64) = redis::pipe()
             .cmd("DEL")
-            .arg(key.redis_key())
+            .arg(&record)
             .cmd("SREM")
             .arg(&index)
-            .arg(key.redis_key())
+            .arg(&record)
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -741,7 +716,7 @@ impl Store for RedisStore {
     }
 
     async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
-        let index = format!("{{{}}}:streams:{sid}", self.keys.prefix);
+        let index = self.stream_index(sid);
         let mut conn = self.conn();
         let keys: Vec<String> = redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn).await.map_err(unavailable)?;
         if keys.is_empty() {
@@ -772,6 +747,11 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
+    /// The index of session `sid`'s stream records.
+    fn stream_index(&self, sid: &str) -> String {
+        format!("{{{}}}:streams:{sid}", self.keys.prefix)
+    }
+
     /// Drops from `index` those of `stale` that still have no record (one may have been
     /// published again since it was read); returns how many went.
     async fn forget_stale_streams(&self, index: &str, stale: &[String]) -> Result<i64, StoreError> {
@@ -783,11 +763,33 @@ impl RedisStore {
     }
 }
 
+/// A sorted set's `member score` pairs (scores in ms).
+fn scores(zset: &Value) -> Result<std::collections::HashMap<Vec<u8>, Timestamp>, StoreError> {
+    let mut out = std::collections::HashMap::new();
+    for pair in as_array(zset)?.chunks(2) {
+        if let [member, score] = pair {
+            out.insert(as_bytes(member)?.to_vec(), parse_ms(as_bytes(score)?)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A session as the session scripts return it.
+fn session_reply(sid: &str, node: &Value, version: &Value, used: &Value) -> Result<Session, StoreError> {
+    Ok(Session {
+        sid: sid.into(),
+        node: text(node)?.into(),
+        version: int(version)? as u64,
+        used: parse_ms(as_bytes(used)?)?,
+    })
+}
+
 /// `<version> <DC.NID>`.
 fn parse_session_value(v: &[u8]) -> Result<(u64, NodeKey), StoreError> {
-    let text = std::str::from_utf8(v).map_err(corrupt)?;
-    let (version, node) = text.split_once(' ').ok_or_else(|| corrupt(format!("bad session value {text:?}")))?;
-    Ok((version.parse().map_err(|_| corrupt(format!("bad session version {text:?}")))?, node.into()))
+    let text = std::str::from_utf8(v).map_err(StoreError::corrupt)?;
+    let (version, node) =
+        text.split_once(' ').ok_or_else(|| StoreError::corrupt(format!("bad session value {text:?}")))?;
+    Ok((version.parse().map_err(|_| StoreError::corrupt(format!("bad session version {text:?}")))?, node.into()))
 }
 
 fn int(v: &Value) -> Result<i64, StoreError> {
@@ -796,7 +798,7 @@ fn int(v: &Value) -> Result<i64, StoreError> {
         other => std::str::from_utf8(as_bytes(other)?)
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt(format!("expected a number, got {other:?}"))),
+            .ok_or_else(|| StoreError::corrupt(format!("expected a number, got {other:?}"))),
     }
 }
 

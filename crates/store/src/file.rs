@@ -9,7 +9,7 @@
 //! `drains` (key `DC.NID`, value = deadline, 0 for none). Stream records live in memory
 //! only (they expire after a day and are re-posted by their SFU).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,6 @@ const DRAINS: TableDefinition<&str, u64> = TableDefinition::new("drains");
 pub struct FileStore {
     mem: MemoryStore,
     db: Arc<Database>,
-    path: PathBuf,
     write: tokio::sync::Mutex<()>,
 }
 
@@ -51,16 +50,12 @@ fn encode_session(s: &Session) -> Vec<u8> {
 
 fn decode_session(sid: &str, v: &[u8]) -> Result<Session, StoreError> {
     if v.len() < 16 {
-        return Err(corrupt(format!("session {sid}: value too short")));
+        return Err(StoreError::corrupt(format!("session {sid}: value too short")));
     }
     let version = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
     let used = Timestamp::from_ms(u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")));
-    let node = std::str::from_utf8(&v[16..]).map_err(|e| corrupt(format!("session {sid}: {e}")))?;
+    let node = std::str::from_utf8(&v[16..]).map_err(|e| StoreError::corrupt(format!("session {sid}: {e}")))?;
     Ok(Session { sid: sid.into(), node: node.into(), version, used })
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 fn encode(node: &Node, deadline: Timestamp) -> Vec<u8> {
@@ -79,41 +74,37 @@ impl FileStore {
         let db = Database::create(&path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let mem = MemoryStore::new();
         {
-            let txn = db.begin_write().map_err(corrupt)?;
-            txn.open_table(NODES).map_err(corrupt)?;
-            txn.open_table(SESSIONS).map_err(corrupt)?;
-            txn.open_table(DRAINS).map_err(corrupt)?;
-            txn.commit().map_err(corrupt)?;
-            let txn = db.begin_read().map_err(corrupt)?;
-            let table = txn.open_table(NODES).map_err(corrupt)?;
-            for row in table.iter().map_err(corrupt)? {
-                let (key, value) = row.map_err(corrupt)?;
+            let txn = db.begin_write().map_err(StoreError::corrupt)?;
+            txn.open_table(NODES).map_err(StoreError::corrupt)?;
+            txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
+            txn.open_table(DRAINS).map_err(StoreError::corrupt)?;
+            txn.commit().map_err(StoreError::corrupt)?;
+            let txn = db.begin_read().map_err(StoreError::corrupt)?;
+            let table = txn.open_table(NODES).map_err(StoreError::corrupt)?;
+            for row in table.iter().map_err(StoreError::corrupt)? {
+                let (key, value) = row.map_err(StoreError::corrupt)?;
                 let value = value.value();
                 if value.len() < 8 {
-                    return Err(corrupt(format!("node {}: value too short", key.value())));
+                    return Err(StoreError::corrupt(format!("node {}: value too short", key.value())));
                 }
                 let deadline = Timestamp::from_ms(u64::from_be_bytes(value[..8].try_into().expect("8 bytes")));
-                let node = Node::from_gob(&value[8..]).map_err(|e| corrupt(format!("node {}: {e}", key.value())))?;
+                let node = Node::from_gob(&value[8..])
+                    .map_err(|e| StoreError::corrupt(format!("node {}: {e}", key.value())))?;
                 mem.insert_loaded(Arc::new(node), deadline);
             }
-            let table = txn.open_table(SESSIONS).map_err(corrupt)?;
-            for row in table.iter().map_err(corrupt)? {
-                let (sid, value) = row.map_err(corrupt)?;
+            let table = txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
+            for row in table.iter().map_err(StoreError::corrupt)? {
+                let (sid, value) = row.map_err(StoreError::corrupt)?;
                 mem.insert_session(decode_session(sid.value(), value.value())?);
             }
-            let table = txn.open_table(DRAINS).map_err(corrupt)?;
-            for row in table.iter().map_err(corrupt)? {
-                let (node, deadline) = row.map_err(corrupt)?;
+            let table = txn.open_table(DRAINS).map_err(StoreError::corrupt)?;
+            for row in table.iter().map_err(StoreError::corrupt)? {
+                let (node, deadline) = row.map_err(StoreError::corrupt)?;
                 let d = deadline.value();
                 mem.set_drain_now(&node.value().into(), (d > 0).then_some(Timestamp::from_ms(d)));
             }
         }
-        Ok(FileStore { mem, db: Arc::new(db), path, write: tokio::sync::Mutex::new(()) })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(FileStore { mem, db: Arc::new(db), write: tokio::sync::Mutex::new(()) })
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
@@ -122,23 +113,25 @@ impl FileStore {
         }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(corrupt)?;
+            let txn = db.begin_write().map_err(StoreError::corrupt)?;
             {
-                let mut nodes = txn.open_table(NODES).map_err(corrupt)?;
-                let mut sessions = txn.open_table(SESSIONS).map_err(corrupt)?;
-                let mut drains = txn.open_table(DRAINS).map_err(corrupt)?;
+                let mut nodes = txn.open_table(NODES).map_err(StoreError::corrupt)?;
+                let mut sessions = txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
+                let mut drains = txn.open_table(DRAINS).map_err(StoreError::corrupt)?;
                 for op in &ops {
                     match op {
-                        Op::Put(k, v) => drop(nodes.insert(k.as_str(), v.as_slice()).map_err(corrupt)?),
-                        Op::Remove(k) => drop(nodes.remove(k.as_str()).map_err(corrupt)?),
-                        Op::PutSession(k, v) => drop(sessions.insert(k.as_str(), v.as_slice()).map_err(corrupt)?),
-                        Op::RemoveSession(k) => drop(sessions.remove(k.as_str()).map_err(corrupt)?),
-                        Op::PutDrain(k, d) => drop(drains.insert(k.as_str(), *d).map_err(corrupt)?),
-                        Op::RemoveDrain(k) => drop(drains.remove(k.as_str()).map_err(corrupt)?),
+                        Op::Put(k, v) => drop(nodes.insert(k.as_str(), v.as_slice()).map_err(StoreError::corrupt)?),
+                        Op::Remove(k) => drop(nodes.remove(k.as_str()).map_err(StoreError::corrupt)?),
+                        Op::PutSession(k, v) => {
+                            drop(sessions.insert(k.as_str(), v.as_slice()).map_err(StoreError::corrupt)?)
+                        }
+                        Op::RemoveSession(k) => drop(sessions.remove(k.as_str()).map_err(StoreError::corrupt)?),
+                        Op::PutDrain(k, d) => drop(drains.insert(k.as_str(), *d).map_err(StoreError::corrupt)?),
+                        Op::RemoveDrain(k) => drop(drains.remove(k.as_str()).map_err(StoreError::corrupt)?),
                     }
                 }
             }
-            txn.commit().map_err(corrupt)
+            txn.commit().map_err(StoreError::corrupt)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("file store writer: {e}")))?

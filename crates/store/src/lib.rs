@@ -52,6 +52,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// [`StoreError::Corrupt`] saying what could not be read.
+    pub fn corrupt(what: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt(what.to_string())
+    }
+}
+
 /// The result of an expiry claim.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {

@@ -24,7 +24,7 @@ pub(crate) struct State {
 
 impl State {
     fn drained_past(&self, node: &str, now: Timestamp) -> bool {
-        self.drains.get(node).is_some_and(|d| d.is_some_and(|d| d <= now))
+        self.drains.get(node).is_some_and(|d| islb_core::sessions::drain_passed(*d, now))
     }
 }
 
