@@ -58,28 +58,16 @@ enum Cmd {
     /// Session lookups (`get rtc` with a sid param) from C concurrent connections, as ion's
     /// signal sends them: throughput and latency (point it at `echo` for the baseline).
     Lookups {
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        url: String,
-        #[arg(long, default_value_t = 1_000)]
-        sids: usize,
-        #[arg(long, short, default_value_t = 16)]
-        concurrency: usize,
-        #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        #[command(flatten)]
+        load: LoadOpts,
     },
     /// Unary `islb.ISLB/FindNode` calls over nats-grpc from C concurrent callers.
     Findnode {
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        url: String,
         /// The islb's NID.
         #[arg(long)]
         nid: String,
-        #[arg(long, default_value_t = 1_000)]
-        sids: usize,
-        #[arg(long, short, default_value_t = 16)]
-        concurrency: usize,
-        #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        #[command(flatten)]
+        load: LoadOpts,
     },
     /// Placement simulator (pure core, no I/O) against random choice and round robin.
     Sim {
@@ -97,16 +85,27 @@ enum Cmd {
     },
 }
 
+/// A timed load of session lookups.
+#[derive(clap::Args)]
+struct LoadOpts {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    url: String,
+    #[arg(long, default_value_t = 1_000)]
+    sids: usize,
+    #[arg(long, short, default_value_t = 16)]
+    concurrency: usize,
+    #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Echo { url } => echo(&url).await,
         Cmd::Load { url, nodes, concurrency } => load(&url, nodes, concurrency).await,
         Cmd::Expiry { url, nodes, expire_ms } => expiry(&url, nodes, Duration::from_millis(expire_ms)).await,
-        Cmd::Lookups { url, sids, concurrency, duration } => lookups(&url, sids, concurrency, duration).await,
-        Cmd::Findnode { url, nid, sids, concurrency, duration } => {
-            findnode(&url, &nid, sids, concurrency, duration).await
-        }
+        Cmd::Lookups { load: o } => lookups(&o.url, o.sids, o.concurrency, o.duration).await,
+        Cmd::Findnode { nid, load: o } => findnode(&o.url, &nid, o.sids, o.concurrency, o.duration).await,
         Cmd::Sim { nodes, sessions, churn, failures, seed } => {
             sim::run(&sim::SimConfig { nodes, sessions, churn, failures, seed });
             Ok(())
@@ -145,6 +144,17 @@ fn node(i: usize) -> Node {
     n
 }
 
+/// The subject and payload of a `save` of `n`, as ion's nodes send it.
+fn save(n: Node) -> (String, bytes::Bytes) {
+    let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
+    (subject, Request { action: "save".into(), node: n, ..Request::default() }.to_gob().into())
+}
+
+/// The `f` quantile of sorted, non-empty `sorted`.
+fn quantile(sorted: &[Duration], f: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * f) as usize]
+}
+
 async fn load(url: &str, nodes: usize, concurrency: usize) -> anyhow::Result<()> {
     let client = async_nats::connect(url).await.context("connecting to NATS")?;
     let started = Instant::now();
@@ -152,11 +162,8 @@ async fn load(url: &str, nodes: usize, concurrency: usize) -> anyhow::Result<()>
         .map(|i| {
             let client = client.clone();
             async move {
-                let n = node(i);
-                let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
-                let req = Request { action: "save".into(), node: n, ..Request::default() };
-                let reply =
-                    tokio::time::timeout(Duration::from_secs(10), client.request(subject, req.to_gob().into())).await;
+                let (subject, req) = save(node(i));
+                let reply = tokio::time::timeout(Duration::from_secs(10), client.request(subject, req)).await;
                 matches!(reply, Ok(Ok(m)) if Response::from_gob(&m.payload).is_ok_and(|r| r.success))
             }
         })
@@ -177,12 +184,12 @@ async fn expiry(url: &str, count: usize, expire: Duration) -> anyhow::Result<()>
     for i in 0..count {
         let mut n = node(i);
         n.service = "benchexpiry".into();
-        let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
-        let req = Request { action: "save".into(), node: n.clone(), ..Request::default() };
+        let id = n.id();
+        let (subject, req) = save(n);
         let sent = Instant::now();
-        client.request(subject, req.to_gob().into()).await.context("save")?;
+        client.request(subject, req).await.context("save")?;
         // The deadline starts when islb handled the request: between sending and the reply.
-        last_ack.insert(n.id(), sent);
+        last_ack.insert(id, sent);
     }
     let mut late = Vec::new();
     let end = Instant::now() + expire * 3 + Duration::from_secs(5);
@@ -198,11 +205,10 @@ async fn expiry(url: &str, count: usize, expire: Duration) -> anyhow::Result<()>
     }
     anyhow::ensure!(late.len() == count, "only {} of {count} delete events arrived", late.len());
     late.sort();
-    let q = |f: f64| late[((late.len() - 1) as f64 * f) as usize];
     println!(
         "expiry lateness over {count} nodes: p50={:.1}ms p99={:.1}ms max={:.1}ms",
-        q(0.5).as_secs_f64() * 1e3,
-        q(0.99).as_secs_f64() * 1e3,
+        quantile(&late, 0.5).as_secs_f64() * 1e3,
+        quantile(&late, 0.99).as_secs_f64() * 1e3,
         late[late.len() - 1].as_secs_f64() * 1e3
     );
     Ok(())
@@ -241,13 +247,12 @@ where
     }
     all.sort();
     anyhow::ensure!(!all.is_empty(), "no replies ({errors} errors)");
-    let q = |f: f64| all[((all.len() - 1) as f64 * f) as usize];
     println!(
         "{name}: requests={} errors={errors} rps={:.0} p50={:?} p99={:?}",
         all.len(),
         all.len() as f64 / d.as_secs_f64(),
-        q(0.5),
-        q(0.99)
+        quantile(&all, 0.5),
+        quantile(&all, 0.99)
     );
     Ok(())
 }

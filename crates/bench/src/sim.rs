@@ -104,11 +104,10 @@ pub(crate) struct Outcome {
     pub(crate) live_sessions: usize,
 }
 
-fn imbalance(counts: impl Iterator<Item = usize>) -> f64 {
-    let v: Vec<usize> = counts.collect();
-    let total: usize = v.iter().sum();
-    let mean = total as f64 / v.len() as f64;
-    *v.iter().max().unwrap_or(&0) as f64 / mean
+fn imbalance(counts: &[usize]) -> f64 {
+    let total: usize = counts.iter().sum();
+    let mean = total as f64 / counts.len() as f64;
+    *counts.iter().max().unwrap_or(&0) as f64 / mean
 }
 
 /// islb's core: `decide` for every start and every session of a failed node.
@@ -150,8 +149,8 @@ fn run_islb(cfg: &SimConfig, ops: &[Op]) -> (Outcome, f64) {
                 let keys = registry.service_nodes("rtc");
                 let victim: NodeKey = keys[(pick % keys.len() as u64) as usize].clone();
                 registry.remove(&victim);
+                let dc = &victim[..victim.find('.').unwrap_or(0)];
                 for s in sessions.of_node(&victim) {
-                    let dc = &victim[..victim.find('.').unwrap_or(0)];
                     let ask = Ask {
                         service: "rtc",
                         sid: &s.sid,
@@ -183,7 +182,7 @@ fn run_islb(cfg: &SimConfig, ops: &[Op]) -> (Outcome, f64) {
     let table_bytes = with_table.saturating_sub(before_table);
     drop(sessions);
     let per_session = table_bytes as f64 / live_sessions.max(1) as f64;
-    (Outcome { decisions, seconds, max_over_mean: imbalance(counts.into_iter()), live_sessions }, per_session)
+    (Outcome { decisions, seconds, max_over_mean: imbalance(&counts), live_sessions }, per_session)
 }
 
 /// A baseline: a choice over node indexes (random, or round robin).
@@ -226,7 +225,7 @@ fn run_baseline(cfg: &SimConfig, ops: &[Op], mut choose: impl FnMut(&mut Rng, us
     Outcome {
         decisions,
         seconds: started.elapsed().as_secs_f64(),
-        max_over_mean: imbalance(counts.iter().copied()),
+        max_over_mean: imbalance(&counts),
         live_sessions: placed.len(),
     }
 }

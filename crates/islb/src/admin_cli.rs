@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use islb_gob::{GetResponse, Message as _, Request};
+use islb_core::command::PARAM_INCLUDE_PLACED;
+use islb_gob::{GetResponse, Message as _, Request, Value};
 use islb_nrpc::{Client, Metadata};
 use islb_proto::islb as pb;
 
@@ -28,16 +29,41 @@ pub(crate) async fn find_islb(
     if let Some(nid) = given {
         return Ok(nid.to_owned());
     }
-    let req = Request { action: "get".into(), service: "islb".into(), ..Request::default() };
-    let reply = tokio::time::timeout(timeout, nats.request("node.publish.islb", req.to_gob().into()))
-        .await
-        .map_err(|_| anyhow::anyhow!("no registry answered within {timeout:?}"))?
-        .context("no registry answered (is islb running on this NATS?)")?;
-    let nodes = GetResponse::from_gob(&reply.payload).context("unreadable reply from the registry")?.nodes;
+    let reply = registry_get(nats, "islb", false, timeout).await?;
+    let nodes = GetResponse::from_gob(&reply).context("unreadable reply from the registry")?.nodes;
     match nodes.into_iter().next() {
         Some(n) => Ok(n.nid),
         None => bail!("no islb node is registered (give one with --islb NID)"),
     }
+}
+
+/// An nrpc client of the islb `given`, or of the first the registry lists.
+pub(crate) async fn islb_client(
+    nats: async_nats::Client,
+    given: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let nid = find_islb(&nats, given, timeout).await?;
+    Ok(Client::new(nats, nid, "islb-cli"))
+}
+
+/// A registry `get` of `service`, as ion's nodes send it (`include_placed`: placed
+/// services listed too); the raw reply.
+pub(crate) async fn registry_get(
+    nats: &async_nats::Client,
+    service: &str,
+    include_placed: bool,
+    timeout: Duration,
+) -> anyhow::Result<bytes::Bytes> {
+    let mut req = Request { action: "get".into(), service: service.into(), ..Request::default() };
+    if include_placed {
+        req.params.insert(PARAM_INCLUDE_PLACED.into(), Value::Bool(true));
+    }
+    let reply = tokio::time::timeout(timeout, nats.request(format!("node.publish.{service}"), req.to_gob().into()))
+        .await
+        .map_err(|_| anyhow::anyhow!("no registry answered within {timeout:?}"))?
+        .context("no registry answered (is islb running on this NATS?)")?;
+    Ok(reply.payload)
 }
 
 pub(crate) struct Admin {
@@ -47,9 +73,13 @@ pub(crate) struct Admin {
 
 impl Admin {
     pub(crate) async fn new(args: &AdminArgs) -> anyhow::Result<Admin> {
-        let nats = connect(&args.cluster).await?;
-        let nid = find_islb(&nats, args.islb.as_deref(), args.cluster.timeout).await?;
-        Ok(Admin { client: Client::new(nats, nid, "islb-cli"), timeout: args.cluster.timeout })
+        Admin::on(connect(&args.cluster).await?, args).await
+    }
+
+    /// An admin client on an open NATS connection.
+    pub(crate) async fn on(nats: async_nats::Client, args: &AdminArgs) -> anyhow::Result<Admin> {
+        let timeout = args.cluster.timeout;
+        Ok(Admin { client: islb_client(nats, args.islb.as_deref(), timeout).await?, timeout })
     }
 
     pub(crate) async fn call<Req: prost::Message, Resp: prost::Message + Default>(
@@ -171,8 +201,7 @@ pub(crate) async fn status(args: &AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn nodes(args: &AdminArgs, service: &str, json: bool) -> anyhow::Result<()> {
-    let admin = Admin::new(args).await?;
+pub(crate) async fn nodes(admin: &Admin, service: &str, json: bool) -> anyhow::Result<()> {
     let list: pb::NodeList = admin.call("ListNodes", &pb::ListNodesRequest { service: service.into() }).await?;
     if json {
         let v: Vec<serde_json::Value> = list

@@ -253,10 +253,7 @@ pub(crate) enum RpcCommand {
 #[derive(Debug, Args)]
 pub(crate) struct NodesArgs {
     #[command(flatten)]
-    pub(crate) cluster: ClusterArgs,
-    /// NID of the islb to ask (default: the first the registry lists)
-    #[arg(long, value_name = "NID")]
-    pub(crate) islb: Option<String>,
+    pub(crate) admin: AdminArgs,
     /// Only this service (`*`: all, placed services included)
     #[arg(long, short, default_value = "*")]
     pub(crate) service: String,

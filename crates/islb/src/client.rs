@@ -2,33 +2,17 @@
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use islb_core::command::PARAM_INCLUDE_PLACED;
-use islb_gob::{GetResponse, Message as _, Node, Request, Value};
+use islb_gob::{GetResponse, Message as _, Node, Request};
 
-use crate::cli::{ClusterArgs, NodesArgs, WatchArgs};
-
-async fn connect(cluster: &ClusterArgs) -> anyhow::Result<async_nats::Client> {
-    let addrs = islb_server::nats::parse_urls(&cluster.nats_url)?;
-    let url = islb_server::config::mask_url(&cluster.nats_url);
-    tokio::time::timeout(cluster.timeout, async_nats::ConnectOptions::new().name("islb cli").connect(addrs))
-        .await
-        .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within {:?}", cluster.timeout))?
-        .with_context(|| format!("cannot connect to NATS at {url}"))
-}
+use crate::admin_cli::{connect, registry_get};
+use crate::cli::{NodesArgs, WatchArgs};
 
 /// `islb nodes`: a `get` like ion's, printed as a table or JSON.
-pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
-    let client = connect(&args.cluster).await?;
-    let mut req = Request { action: "get".into(), service: args.service.clone(), ..Request::default() };
-    req.params.insert(PARAM_INCLUDE_PLACED.into(), Value::Bool(true));
-    let subject = format!("node.publish.{}", args.service);
-    let reply = tokio::time::timeout(args.cluster.timeout, client.request(subject, req.to_gob().into()))
-        .await
-        .map_err(|_| anyhow::anyhow!("no registry answered within {:?}", args.cluster.timeout))?
-        .context("no registry answered (is islb running on this NATS?)")?;
-    let resp = match GetResponse::from_gob(&reply.payload) {
+pub(crate) async fn nodes(nats: &async_nats::Client, args: &NodesArgs) -> anyhow::Result<()> {
+    let reply = registry_get(nats, &args.service, true, args.admin.cluster.timeout).await?;
+    let resp = match GetResponse::from_gob(&reply) {
         Ok(r) => r,
-        Err(e) => match islb_gob::Response::from_gob(&reply.payload) {
+        Err(e) => match islb_gob::Response::from_gob(&reply) {
             Ok(r) => bail!("the registry refused: {}", r.reason),
             Err(_) => bail!("unreadable reply from the registry: {e}"),
         },
@@ -49,23 +33,13 @@ fn extra(n: &Node) -> String {
 
 /// Nodes as an aligned text table.
 pub(crate) fn table(nodes: &[Node]) -> String {
-    let rows: Vec<[String; 6]> = nodes
+    let rows = nodes
         .iter()
-        .map(|n| [n.service.clone(), n.dc.clone(), n.nid.clone(), n.rpc.protocol.clone(), n.rpc.addr.clone(), extra(n)])
+        .map(|n| {
+            vec![n.service.clone(), n.dc.clone(), n.nid.clone(), n.rpc.protocol.clone(), n.rpc.addr.clone(), extra(n)]
+        })
         .collect();
-    let header = ["SERVICE", "DC", "NID", "PROTOCOL", "ADDR", "EXTRA"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = crate::admin_cli::table(&["SERVICE", "DC", "NID", "PROTOCOL", "ADDR", "EXTRA"], rows);
     out.push_str(&format!("{} node(s)\n", nodes.len()));
     out
 }
@@ -96,6 +70,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use islb_gob::Value;
 
     #[test]
     fn the_table_aligns_columns() {

@@ -65,14 +65,16 @@ fn main() -> ExitCode {
 /// `islb nodes`: through islb.Admin (expiry, sessions, drains); against a registry that
 /// has no Admin service (ion's Go islb), a plain `get`.
 async fn nodes(args: cli::NodesArgs) -> anyhow::Result<()> {
-    let admin = cli::AdminArgs { cluster: args.cluster.clone(), islb: args.islb.clone() };
-    match admin_cli::nodes(&admin, &args.service, args.json).await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            eprintln!("islb: islb.Admin did not answer ({e:#}); listing with a registry get instead");
-            client::nodes(args).await
-        }
+    let nats = admin_cli::connect(&args.admin.cluster).await?;
+    let listed = match admin_cli::Admin::on(nats.clone(), &args.admin).await {
+        Ok(admin) => admin_cli::nodes(&admin, &args.service, args.json).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = listed {
+        eprintln!("islb: islb.Admin did not answer ({e:#}); listing with a registry get instead");
+        return client::nodes(&nats, &args).await;
     }
+    Ok(())
 }
 
 async fn rpc(cmd: cli::RpcCommand) -> anyhow::Result<()> {
@@ -82,9 +84,7 @@ async fn rpc(cmd: cli::RpcCommand) -> anyhow::Result<()> {
         RpcCommand::Describe { cluster, nid, .. } => (cluster, nid.clone()),
         RpcCommand::Call { cluster, nid, .. } => (cluster, Some(nid.clone())),
     };
-    let nats = admin_cli::connect(cluster).await?;
-    let nid = admin_cli::find_islb(&nats, nid.as_deref(), cluster.timeout).await?;
-    let client = islb_nrpc::Client::new(nats, nid, "islb-cli");
+    let client = admin_cli::islb_client(admin_cli::connect(cluster).await?, nid.as_deref(), cluster.timeout).await?;
     match &cmd {
         RpcCommand::List { cluster, .. } => rpc_cli::list(&client, cluster.timeout).await,
         RpcCommand::Describe { cluster, symbol, .. } => rpc_cli::describe(&client, symbol, cluster.timeout).await,

@@ -78,6 +78,14 @@ impl Reflector {
             .context("the descriptors do not link")
     }
 
+    /// The descriptors of `symbol`'s file and its imports, on a stream of their own.
+    pub(crate) async fn pool(client: &Client, symbol: &str, timeout: Duration) -> anyhow::Result<DescriptorPool> {
+        let mut r = Reflector::open(client, timeout).await?;
+        let pool = r.pool_for(symbol).await;
+        r.close().await;
+        pool
+    }
+
     /// Ends the stream: one cancel (never a half-close as well: one `end` per call).
     pub(crate) async fn close(self) {
         self.stream.cancel().await;
@@ -130,9 +138,7 @@ fn signature(m: &MethodDescriptor) -> String {
 }
 
 pub(crate) async fn describe(client: &Client, symbol: &str, timeout: Duration) -> anyhow::Result<()> {
-    let mut r = Reflector::open(client, timeout).await?;
-    let pool = r.pool_for(symbol).await?;
-    r.close().await;
+    let pool = Reflector::pool(client, symbol, timeout).await?;
     if let Some(s) = pool.get_service_by_name(symbol) {
         println!("service {} {{  // {}", s.full_name(), s.parent_file().name());
         for m in s.methods() {
@@ -164,9 +170,7 @@ pub(crate) async fn describe(client: &Client, symbol: &str, timeout: Duration) -
 pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Duration) -> anyhow::Result<()> {
     let (service, method) =
         islb_nrpc::subject::split_path(path).context("the method must look like /package.Service/Method")?;
-    let mut r = Reflector::open(client, timeout).await?;
-    let pool = r.pool_for(service).await?;
-    r.close().await;
+    let pool = Reflector::pool(client, service, timeout).await?;
     let m = pool
         .get_service_by_name(service)
         .and_then(|s| s.methods().find(|m| m.name() == method))
@@ -182,20 +186,17 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
     };
     match (m.is_client_streaming(), m.is_server_streaming()) {
         (false, false) => {
-            let reply = client
-                .unary(path, bytes.into(), &Metadata::new(), timeout)
-                .await
-                .map_err(|s| anyhow::anyhow!("{s}"))?;
+            let reply = client.unary(path, bytes.into(), &Metadata::new(), timeout).await?;
             print(reply)
         }
         (client_streaming, _) => {
             // Streams: the one request, then every response until the server ends the call
             // (a bidi stream such as WatchISLBEvent stays open until Ctrl-C).
-            let mut s = client.open(path, &Metadata::new()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
-            s.send(bytes.into()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
+            let mut s = client.open(path, &Metadata::new()).await?;
+            s.send(bytes.into()).await?;
             // A bidi stream is not half-closed: servers may take that as the caller leaving.
             if client_streaming && !m.is_server_streaming() {
-                s.close_send().await.map_err(|s| anyhow::anyhow!("{s}"))?;
+                s.close_send().await?;
             }
             let wait = if m.is_server_streaming() { Duration::from_secs(24 * 3600) } else { timeout };
             loop {
@@ -209,7 +210,7 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
                 let printed = match got {
                     Ok(Some(b)) => print(b),
                     Ok(None) => return Ok(()),
-                    Err(e) => Err(anyhow::anyhow!("{e}")),
+                    Err(e) => Err(e.into()),
                 };
                 if let Err(e) = printed {
                     // Tell the server before exiting (a no-op when it ended the call).

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use async_nats::{Client as Nats, Subscriber};
+use async_nats::{Client as Nats, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use islb_proto::nrpc::{self, response};
@@ -69,22 +69,23 @@ impl Client {
         &self.target
     }
 
-    async fn open_inbox(&self) -> Result<(String, Subscriber), Status> {
-        let inbox = self.nats.new_inbox();
+    async fn open_inbox(&self) -> Result<(Subject, Subscriber), Status> {
+        let inbox = Subject::from(self.nats.new_inbox());
         let sub = self.nats.subscribe(inbox.clone()).await.map_err(|e| Status::unavailable(format!("NATS: {e}")))?;
         Ok((inbox, sub))
     }
 
-    async fn publish(&self, subject: &str, inbox: &str, payload: Bytes) -> Result<(), Status> {
+    /// Publishes one frame of a call (the subjects are shared, not copied).
+    async fn publish(&self, subject: &Subject, inbox: &Subject, payload: Bytes) -> Result<(), Status> {
         self.nats
-            .publish_with_reply(subject.to_owned(), inbox.to_owned(), payload)
+            .publish_with_reply(subject.clone(), inbox.clone(), payload)
             .await
             .map_err(|e| Status::unavailable(format!("NATS: {e}")))
     }
 
     /// A unary call of `path` (`/pkg.Service/Method`): the response message, or the status.
     pub async fn unary(&self, path: &str, request: Bytes, md: &Metadata, timeout: Duration) -> Result<Bytes, Status> {
-        let subject = subject::method_subject(&self.target, path);
+        let subject = Subject::from(subject::method_subject(&self.target, path));
         let (inbox, mut sub) = self.open_inbox().await?;
         self.publish(&subject, &inbox, frame::call(path, md, "")).await?;
         self.publish(&subject, &inbox, frame::request_data(request)).await?;
@@ -124,7 +125,7 @@ impl Client {
 
     /// Opens a stream (server-, client- or bidi-streaming) of `path`.
     pub async fn open(&self, path: &str, md: &Metadata) -> Result<ClientStream, Status> {
-        let subject = subject::method_subject(&self.target, path);
+        let subject = Subject::from(subject::method_subject(&self.target, path));
         let (inbox, sub) = self.open_inbox().await?;
         // Go sends the call with the first message and the subject as method; so does this.
         self.publish(&subject, &inbox, frame::call(&subject, md, &self.nid)).await?;
@@ -135,8 +136,8 @@ impl Client {
 /// One open stream. Dropped before its end, it cancels the call at the server.
 pub struct ClientStream {
     client: Client,
-    subject: String,
-    inbox: String,
+    subject: Subject,
+    inbox: Subject,
     sub: Subscriber,
     /// The server's `end` arrived.
     ended: bool,

@@ -505,7 +505,7 @@ impl Loop {
         active.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("islb_nrpc_active_calls").increment(1.0);
         tokio::spawn(async move {
-            let (svc, m) = (info.service.clone(), info.method.clone());
+            let (svc, m) = (service.name(), info.method.clone());
             let result = tokio::select! {
                 biased;
                 _ = ctl.cancel.cancelled() => None,
