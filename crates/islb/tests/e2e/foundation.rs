@@ -175,11 +175,7 @@ async fn islb_reconnects_after_nats_restarts_and_readiness_follows() {
     }
     assert!(islb.http_get("/readyz").1.contains("nats"), "{:?}", islb.http_get("/readyz"));
     nats.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while islb.http_get("/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "readiness never came back: {:?}", islb.http_get("/readyz"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    islb.wait_ready(200, Duration::from_secs(15)).await;
     let peer = Peer::connect(&nats).await;
     assert!(peer.send("save", &crate::harness::ion_node("signal", "sig-after")).await.success);
 }

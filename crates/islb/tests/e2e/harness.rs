@@ -46,6 +46,19 @@ impl Islb {
     }
 
     /// `GET path` on the admin server: (status, body).
+    /// Waits until `/readyz` answers `want`.
+    pub(crate) async fn wait_ready(&self, want: u16, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.http_get("/readyz").0 != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "readiness never became {want}: {:?}",
+                self.http_get("/readyz")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http, path)
     }

@@ -8,7 +8,7 @@ use islb_gob::{Message as _, Request, Value};
 use islb_testkit::{NatsServer, Proc, ionpeer, ionpeer_run, workspace_root};
 
 use crate::foundation::watched_events;
-use crate::harness::{ISLB, Islb, Peer, ion_node};
+use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
 
 fn conform(nats: &NatsServer, expire: &str) -> String {
     let out = ionpeer_run(&["conform", "-url", &nats.url(), "-expire", expire], b"");
@@ -203,27 +203,7 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
     let peer = Peer::connect(&nats).await;
     let nodes: Vec<_> = (0..10).map(|i| ion_node("room", &format!("room-{i}"))).collect();
     // ion's KeepAlive: save once, then update every 2 s, whatever the replies.
-    let keepalive = {
-        let client = peer.client.clone();
-        let nodes = nodes.clone();
-        tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                for n in &nodes {
-                    let action = if first { "save" } else { "update" };
-                    let req = Request { action: action.into(), node: n.clone(), ..Request::default() };
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        client.request(format!("node.publish.room.dc1.{}", n.nid), req.to_gob().into()),
-                    )
-                    .await;
-                }
-                first = false;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keepalive = KeepAlive::start(&nats, &nodes, Duration::from_secs(2)).await;
     assert_eq!(peer.get("room", &[]).await.len(), 10);
     assert!(islb.stop().success());
     let islb2 = Islb::start(&nats, &[]);
@@ -237,7 +217,7 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
         assert!(Instant::now() < deadline, "only {n} of 10 nodes back {:?} after the restart", restarted.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    keepalive.abort();
+    drop(keepalive);
     drop(islb2);
 }
 

@@ -135,8 +135,9 @@ fn replicas(nats: &NatsServer, redis: &RedisServer, n: usize, extra: &[&str]) ->
 fn ionpeer_conform_passes_against_three_replicas_on_one_redis() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
-    let _cluster = replicas(&nats, &redis, 3, &[]);
-    let out = ionpeer_run(&["conform", "-url", &nats.url()], b"");
+    // A short expiry keeps the conformance run short (the default is tested in registry.rs).
+    let _cluster = replicas(&nats, &redis, 3, &["--expire", "1s"]);
+    let out = ionpeer_run(&["conform", "-url", &nats.url(), "-expire", "1s"], b"");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("15 passed, 0 failed"), "{text}");
 }
@@ -277,14 +278,6 @@ async fn sigkill_of_a_replica_under_load_loses_no_node() {
 }
 
 /// Waits until `/readyz` of `islb` is `want` (200 or 503).
-async fn wait_ready(islb: &Islb, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while islb.http_get("/readyz").0 != want {
-        assert!(Instant::now() < deadline, "readiness never became {want}: {:?}", islb.http_get("/readyz"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
     let nats = NatsServer::start();
@@ -295,7 +288,7 @@ async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     redis.stop(); // a restart without persistence: the data is gone when it comes back
     for islb in &cluster {
-        wait_ready(islb, 503, Duration::from_secs(5)).await;
+        islb.wait_ready(503, Duration::from_secs(5)).await;
     }
     // islb keeps answering from what it knows, and accepts new nodes (which keep alive as
     // ion's do, through whichever replica).
@@ -317,7 +310,7 @@ async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
     tokio::time::sleep(Duration::from_secs(10) - started.elapsed()).await;
     redis.restart();
     for islb in &cluster {
-        wait_ready(islb, 200, Duration::from_secs(10)).await;
+        islb.wait_ready(200, Duration::from_secs(10)).await;
     }
     assert!(load.wait_exit(Duration::from_secs(30)).success());
     let (requests, errors) = bench_errors(&load);
@@ -344,8 +337,8 @@ async fn a_hanging_redis_bounds_every_request_and_readiness_follows() {
     assert!(peer.send("save", &ion_node("signal", "during")).await.success);
     assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
     assert_eq!(nids(&peer.get("signal", &[]).await).len(), 2);
-    wait_ready(&cluster[0], 503, Duration::from_secs(5)).await;
+    cluster[0].wait_ready(503, Duration::from_secs(5)).await;
     redis.resume();
-    wait_ready(&cluster[0], 200, Duration::from_secs(10)).await;
+    cluster[0].wait_ready(200, Duration::from_secs(10)).await;
     assert_eq!(redis.command(&["HEXISTS", "{islb}:nodes", "dc1.during"]), "1", "the held write reached Redis");
 }

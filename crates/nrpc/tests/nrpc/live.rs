@@ -228,8 +228,7 @@ async fn a_stream_cancelled_by_the_client_ends_at_the_server() {
     let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
     let client = Client::new(conn, "srv-1", "");
     let s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(srv.active_calls(), 1);
+    eventually("the call is open", || srv.active_calls() == 1).await;
     s.cancel().await;
     eventually("cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0).await;
 }
@@ -290,9 +289,8 @@ async fn a_node_going_down_closes_its_streams() {
     let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
     let client = Client::new(conn, "srv-1", "sfu-7");
     let mut s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the call is open", || srv.active_calls() == 1).await;
     assert_eq!(srv.close_peer("sfu-7"), 1);
     assert!(s.recv(Duration::from_millis(300)).await.is_err(), "nothing is sent for a cancelled call");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(echo.cancelled.load(Ordering::SeqCst), 1);
+    eventually("the handler is cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1).await;
 }
