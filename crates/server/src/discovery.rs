@@ -22,6 +22,7 @@
 //! view is reloaded, and expiry resumes after one more expiry period.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,10 @@ pub struct Discovery {
     bad_input_log: Throttle,
     pub(crate) capacity_log: Throttle,
     sync_lock: tokio::sync::Mutex<()>,
+    /// Syncs begun (each numbered by this count when it starts, under `sync_lock`).
+    syncs_begun: AtomicU64,
+    /// The number of the latest sync that succeeded.
+    synced: AtomicU64,
     link: StoreLink,
     pub(crate) placement: PlacementState,
 }
@@ -110,6 +115,8 @@ impl Discovery {
             bad_input_log: Throttle::new(Duration::from_secs(1)),
             capacity_log: Throttle::new(Duration::from_secs(1)),
             sync_lock: tokio::sync::Mutex::new(()),
+            syncs_begun: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
             link: StoreLink::new(store_kind, store_timeout),
             placement: PlacementState::new(placement),
         }
@@ -405,16 +412,32 @@ impl Discovery {
     /// Reads what other replicas wrote before answering, so a node saved (or a session
     /// placed) through any replica is seen here at once (one round trip when nothing
     /// changed; nothing to do for a store of this replica's own).
+    ///
+    /// Concurrent requests share a sync: one that begins after a request arrived has seen
+    /// every write finished before it, so when such a sync succeeds while the request waits
+    /// for its turn, the request needs no round trip of its own.
     pub(crate) async fn catch_up(&self) {
-        if self.store.shared() && self.link.healthy() {
-            self.sync().await;
+        if !(self.store.shared() && self.link.healthy()) {
+            return;
         }
+        let wanted = self.syncs_begun.load(Ordering::Acquire) + 1;
+        let _one_at_a_time = self.sync_lock.lock().await;
+        if self.synced.load(Ordering::Acquire) >= wanted {
+            return;
+        }
+        self.sync_held().await;
     }
 
     /// Applies what other replicas wrote since the last look (silently: they announced it).
     /// One sync at a time, so that batches apply in feed order.
     pub(crate) async fn sync(&self) {
         let _one_at_a_time = self.sync_lock.lock().await;
+        self.sync_held().await;
+    }
+
+    /// [`Discovery::sync`] with `sync_lock` held.
+    async fn sync_held(&self) {
+        let number = self.syncs_begun.fetch_add(1, Ordering::AcqRel) + 1;
         let cursor = self.link.cursor();
         match self.store_call("changes", self.store.changes(&cursor)).await {
             Some(Changes::Since { changes, cursor }) => {
@@ -447,6 +470,7 @@ impl Discovery {
                     }
                 }
                 self.link.set_cursor(cursor);
+                self.synced.store(number, Ordering::Release);
                 if !expired.is_empty() {
                     info!(nodes = expired.len(), "announcing nodes whose expiry claim was lost in flight");
                     self.announce_expired(expired).await;
@@ -454,8 +478,9 @@ impl Discovery {
             }
             Some(Changes::Gap) => {
                 info!("change feed gap: reloading every node from the store");
-                if let Err(e) = self.load_from_store().await {
-                    warn!(error = %e, "reload after a change feed gap failed");
+                match self.load_from_store().await {
+                    Ok(_) => self.synced.store(number, Ordering::Release),
+                    Err(e) => warn!(error = %e, "reload after a change feed gap failed"),
                 }
             }
             None => {}

@@ -1,13 +1,13 @@
-//! An expiry claim that succeeds in the store but whose answer is lost (a timeout, a
-//! dropped connection) must still end in one `delete` event: no other replica announces
-//! it, and the node's watchers would otherwise keep a dead node.
+//! The registry shell against a real store (memory, or Redis with its change feed) behind
+//! a wrapper that counts calls and injects the one fault a real server cannot be made to
+//! produce on demand: an expiry claim that ran but whose answer was lost.
 //!
-//! The store is a real one (memory, and Redis with its change feed) behind a wrapper that
-//! runs the first claim and then reports a timeout, the one fault a real server cannot be
-//! made to produce on demand.
+//! - Such a claim must still end in one `delete` event: no other replica announces it, and
+//!   the node's watchers would otherwise keep a dead node.
+//! - Concurrent lookups share one read of the change feed instead of queueing one each.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,14 +20,23 @@ use islb_store::{Changes, Claim, Cursor, MemoryStore, SessionClaim, Snapshot, St
 use islb_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-/// A store, except that the first expiry claim's answer is lost.
-struct LosesFirstClaimAnswer<S> {
+/// A store that counts change-feed reads and, if asked, loses the first expiry claim's
+/// answer (and then reloads slowly).
+struct Instrumented<S> {
     inner: S,
+    lose_a_claim: bool,
     lost: AtomicBool,
+    feed_reads: AtomicUsize,
+}
+
+impl<S> Instrumented<S> {
+    fn new(inner: S, lose_a_claim: bool) -> Arc<Self> {
+        Arc::new(Instrumented { inner, lose_a_claim, lost: AtomicBool::new(false), feed_reads: AtomicUsize::new(0) })
+    }
 }
 
 #[async_trait]
-impl<S: Store> Store for LosesFirstClaimAnswer<S> {
+impl<S: Store> Store for Instrumented<S> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
@@ -52,7 +61,7 @@ impl<S: Store> Store for LosesFirstClaimAnswer<S> {
     async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
         let claims = self.inner.claim_expired(keys, now).await?;
         let expired = claims.iter().any(|c| matches!(c, Claim::Expired(_)));
-        if expired && !self.lost.swap(true, Ordering::SeqCst) {
+        if self.lose_a_claim && expired && !self.lost.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Timeout(Duration::from_secs(1)));
         }
         Ok(claims)
@@ -65,6 +74,9 @@ impl<S: Store> Store for LosesFirstClaimAnswer<S> {
         self.inner.load().await
     }
     async fn changes(&self, cursor: &Cursor) -> Result<Changes, StoreError> {
+        self.feed_reads.fetch_add(1, Ordering::SeqCst);
+        // A round trip long enough for lookups to pile up behind it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         self.inner.changes(cursor).await
     }
     async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
@@ -100,22 +112,35 @@ impl<S: Store> Store for LosesFirstClaimAnswer<S> {
     }
 }
 
-/// Registers a node that then falls silent, with lookups running all along (a lookup of a
-/// shared store reads its change feed, which is one of the two ways the lost claim's
-/// removal comes back); counts its delete events.
-async fn lose_a_claim<S: Store>(inner: S) {
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let store = Arc::new(LosesFirstClaimAnswer { inner, lost: AtomicBool::new(false) });
-    let registry = Registry::new(RegistryConfig { expire_ms: 300, placed: Default::default() });
+/// A registry replica on `store` (no background loops started).
+fn replica(client: &async_nats::Client, store: Arc<dyn Store>, expire_ms: u64) -> Arc<Discovery> {
+    let registry = Registry::new(RegistryConfig { expire_ms, placed: Default::default() });
     let placement = PlacementConfig {
         dc: "dc1".into(),
         default_capacity: 0,
         session_ttl: Duration::from_secs(3600),
         jwt_key: None,
     };
-    let discovery =
-        Arc::new(Discovery::new(client.clone(), registry, store.clone(), 1 << 20, Duration::from_secs(1), placement));
+    Arc::new(Discovery::new(client.clone(), registry, store, 1 << 20, Duration::from_secs(1), placement))
+}
+
+fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConfig {
+    islb_store_redis::RedisConfig {
+        url: redis.url(),
+        prefix: "islb".into(),
+        timeout: Duration::from_secs(2),
+        ca_file: None,
+    }
+}
+
+/// Registers a node that then falls silent, with lookups running all along (a lookup of a
+/// shared store reads its change feed, which is one of the two ways the lost claim's
+/// removal comes back); counts its delete events.
+async fn lose_a_claim<S: Store>(inner: S) {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let store = Instrumented::new(inner, true);
+    let discovery = replica(&client, store.clone(), 300);
     let mut events = client.subscribe("node.discovery.>").await.unwrap();
     client.flush().await.unwrap();
 
@@ -160,11 +185,34 @@ async fn a_node_whose_expiry_claim_answer_was_lost_is_still_announced_once() {
 #[tokio::test]
 async fn a_lost_claim_on_redis_is_announced_once_whichever_way_it_comes_back() {
     let redis = islb_testkit::RedisServer::start();
-    let cfg = islb_store_redis::RedisConfig {
-        url: redis.url(),
-        prefix: "islb".into(),
-        timeout: Duration::from_secs(2),
-        ca_file: None,
-    };
-    lose_a_claim(islb_store_redis::RedisStore::connect(&cfg).await.unwrap()).await;
+    lose_a_claim(islb_store_redis::RedisStore::connect(&redis_store(&redis)).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_a_read_of_the_change_feed_and_all_see_the_latest_write() {
+    let nats = NatsServer::start();
+    let redis = islb_testkit::RedisServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let connect = || async { islb_store_redis::RedisStore::connect(&redis_store(&redis)).await.unwrap() };
+    let a = replica(&client, Instrumented::new(connect().await, false), 60_000);
+    let b_store = Instrumented::new(connect().await, false);
+    let b = replica(&client, b_store.clone(), 60_000);
+    b.load_from_store().await.unwrap();
+    // Saved through replica A; B has not heard of it.
+    let node = Node { dc: "dc1".into(), service: "signal".into(), nid: "sig-1".into(), ..Node::default() };
+    a.process(&Request { action: "save".into(), node, ..Request::default() }.to_gob()).await;
+
+    let get = Request { action: "get".into(), service: "signal".into(), ..Request::default() }.to_gob();
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let (b, get) = (b.clone(), get.clone());
+            tokio::spawn(async move { b.process(&get).await.1.expect("a reply") })
+        })
+        .collect();
+    for reply in futures::future::join_all(lookups).await {
+        let listed = islb_gob::GetResponse::from_gob(&reply.unwrap()).unwrap().nodes;
+        assert_eq!(listed.iter().map(|n| n.nid.as_str()).collect::<Vec<_>>(), ["sig-1"], "each sees A's save");
+    }
+    let reads = b_store.feed_reads.load(Ordering::SeqCst);
+    assert!(reads < 10, "20 concurrent lookups read the feed {reads} times");
 }
