@@ -191,6 +191,32 @@ impl NatsServer {
         }
     }
 
+    /// Publishes one message with the plain NATS text protocol and returns once the
+    /// server has processed it (a `PING` after the `PUB` is answered with `PONG` only
+    /// after the `PUB` was routed to every subscriber).
+    pub fn publish(&self, subject: &str, payload: &[u8]) {
+        let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).expect("connecting to nats-server");
+        stream.set_read_timeout(Some(START_TIMEOUT)).expect("read timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("stream clone"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("nats INFO line");
+        assert!(line.starts_with("INFO "), "nats-server greeted with {line:?}");
+        let mut w = stream;
+        write!(w, "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n", payload.len())
+            .and_then(|_| w.write_all(payload))
+            .and_then(|_| w.write_all(b"\r\nPING\r\n"))
+            .expect("publishing to nats-server");
+        loop {
+            line.clear();
+            assert!(reader.read_line(&mut line).expect("reading from nats-server") > 0, "nats-server hung up");
+            match line.trim_end() {
+                "PONG" => return,
+                l if l.starts_with("-ERR") => panic!("nats-server refused a publish to {subject}: {l}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Starts the server again on the same port after [`NatsServer::stop`].
     pub fn restart(&mut self) {
         self.stop();
@@ -534,6 +560,26 @@ pub fn ionpeer_run(args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// Starts `ionpeer watch` (Go's view of node events, one JSON line each) for `service`
+/// (`"*"` for all) and returns once it is subscribed: probe messages are published until
+/// the watcher prints one, so no event sent after this returns can be missed. The probes
+/// print as lines without an `Action`.
+pub fn go_watcher(nats: &NatsServer, service: &str) -> Proc {
+    let mut cmd = Command::new(ionpeer());
+    cmd.args(["watch", "-url", &nats.url(), "-service", service]);
+    let mut watcher = Proc::spawn("ionpeer-watch", cmd);
+    let svc = if service == "*" { "probe" } else { service };
+    let subject = format!("node.discovery.{svc}.islb-test-probe");
+    let end = Instant::now() + START_TIMEOUT;
+    while !watcher.output().contains(&subject) {
+        assert!(watcher.is_running(), "ionpeer watch exited before subscribing:\n{}", watcher.output());
+        assert!(Instant::now() < end, "ionpeer watch did not subscribe within {START_TIMEOUT:?}");
+        nats.publish(&subject, b"probe");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    watcher
+}
+
 /// A child process whose stdout and stderr go to a log file, killed on drop.
 pub struct Proc {
     child: Child,
@@ -635,6 +681,17 @@ mod tests {
         assert!(TcpStream::connect(addr).is_err(), "stopped server must not accept");
         nats.restart();
         assert!(TcpStream::connect(addr).is_ok(), "restarted on the same port");
+    }
+
+    #[test]
+    fn a_go_watcher_is_subscribed_when_it_returns() {
+        let nats = NatsServer::start();
+        let mut watcher = go_watcher(&nats, "rtc");
+        nats.publish("node.discovery.signal.sig-1", b"x"); // another service: not printed
+        nats.publish("node.discovery.rtc.sfu-1", b"x");
+        let line = watcher.wait_for("node.discovery.rtc.sfu-1", Duration::from_secs(5));
+        assert!(line.contains("\"error\""), "not gob, so Go reports an error: {line}");
+        assert!(!watcher.output().contains("node.discovery.signal"), "{}", watcher.output());
     }
 
     #[test]

@@ -4,31 +4,23 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use islb_testkit::{NatsServer, Proc, free_port, ionpeer, workspace_root};
+use islb_testkit::{NatsServer, Proc, free_port, go_watcher, workspace_root};
 
 use crate::harness::{ISLB, Islb, Peer};
-
-fn watch(nats: &NatsServer, service: &str) -> Proc {
-    let mut cmd = Command::new(ionpeer());
-    cmd.args(["watch", "-url", &nats.url(), "-service", service]);
-    let p = Proc::spawn("ionpeer-watch", cmd);
-    std::thread::sleep(Duration::from_millis(300)); // let it subscribe
-    p
-}
 
 /// (Action, NID) of every event a Go watcher printed.
 pub(crate) fn watched_events(p: &Proc) -> Vec<(String, String)> {
     p.output()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| (v["Action"].as_str().unwrap_or("?").to_owned(), v["Node"]["NID"].as_str().unwrap_or("?").to_owned()))
+        .filter_map(|v| Some((v["Action"].as_str()?.to_owned(), v["Node"]["NID"].as_str().unwrap_or("?").to_owned())))
         .collect()
 }
 
 #[test]
 fn islb_registers_itself_for_go_watchers_and_exits_cleanly_on_sigterm() {
     let nats = NatsServer::start();
-    let mut watcher = watch(&nats, "islb");
+    let mut watcher = go_watcher(&nats, "islb");
     let mut islb = Islb::start(&nats, &[]);
     let up = format!("\"NID\":\"{}\"", islb.nid);
     let line = watcher.wait_for(&up, Duration::from_secs(10));

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use islb_gob::{Message as _, Request, Value};
-use islb_testkit::{NatsServer, Proc, ionpeer, ionpeer_run, workspace_root};
+use islb_testkit::{NatsServer, Proc, go_watcher, ionpeer_run, workspace_root};
 
 use crate::foundation::watched_events;
 use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
@@ -36,10 +36,7 @@ fn ionpeer_conform_passes_at_a_short_expiry() {
 async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &["--expire", "1s"]);
-    let mut cmd = Command::new(ionpeer());
-    cmd.args(["watch", "-url", &nats.url(), "-service", "signal"]);
-    let mut watcher = Proc::spawn("ionpeer-watch", cmd);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watcher = go_watcher(&nats, "signal");
     let peer = Peer::connect(&nats).await;
 
     let mut a = ion_node("signal", "sig-a");
@@ -225,10 +222,7 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
 async fn placed_services_are_hidden_from_get_star_and_from_up_events_but_not_from_down_events() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &[]);
-    let mut cmd = Command::new(ionpeer());
-    cmd.args(["watch", "-url", &nats.url()]);
-    let mut watcher = Proc::spawn("ionpeer-watch", cmd);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watcher = go_watcher(&nats, "*");
     let peer = Peer::connect(&nats).await;
     let sfu = ion_node("rtc", "sfu-1");
     let sig = ion_node("signal", "sig-1");
