@@ -115,25 +115,50 @@ pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("not within 2 s: {what}");
 }
 
-/// Counts the `end` frames callers publish on `subject` (the server's queue subscription
+/// Counts the `end` frames callers publish on a subject (the server's queue subscription
 /// does not hide them from a plain one).
-async fn count_client_ends(nats: &NatsServer, subject: &str) -> Arc<AtomicUsize> {
-    use futures::StreamExt;
-    let conn = async_nats::connect(nats.url()).await.unwrap();
-    let mut sub = conn.subscribe(subject.to_owned()).await.unwrap();
-    conn.flush().await.unwrap();
-    let ends = Arc::new(AtomicUsize::new(0));
-    let counter = ends.clone();
-    tokio::spawn(async move {
-        let _conn = conn;
-        while let Some(m) = sub.next().await {
-            let f = <islb_proto::nrpc::Request as prost::Message>::decode(m.payload).unwrap();
-            if matches!(f.r#type, Some(islb_proto::nrpc::request::Type::End(_))) {
-                counter.fetch_add(1, Ordering::SeqCst);
+struct EndCounter {
+    subject: String,
+    ends: Arc<AtomicUsize>,
+    sentinels: Arc<AtomicUsize>,
+}
+
+/// A payload that is not an nrpc frame, published after the frames under test.
+const SENTINEL: &[u8] = b"islb-test-sentinel";
+
+impl EndCounter {
+    async fn start(nats: &NatsServer, subject: &str) -> Self {
+        use futures::StreamExt;
+        let conn = async_nats::connect(nats.url()).await.unwrap();
+        let mut sub = conn.subscribe(subject.to_owned()).await.unwrap();
+        conn.flush().await.unwrap();
+        let (ends, sentinels) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (e, st) = (ends.clone(), sentinels.clone());
+        tokio::spawn(async move {
+            let _conn = conn;
+            while let Some(m) = sub.next().await {
+                if m.payload.as_ref() == SENTINEL {
+                    st.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                let f = <islb_proto::nrpc::Request as prost::Message>::decode(m.payload).unwrap();
+                if matches!(f.r#type, Some(islb_proto::nrpc::request::Type::End(_))) {
+                    e.fetch_add(1, Ordering::SeqCst);
+                }
             }
-        }
-    });
-    ends
+        });
+        EndCounter { subject: subject.to_owned(), ends, sentinels }
+    }
+
+    /// The ends published on `conn` so far: NATS keeps one connection's messages in
+    /// order, so every end sent before a sentinel is counted once the sentinel arrives.
+    async fn sent_by(&self, conn: &async_nats::Client) -> usize {
+        let seen = self.sentinels.load(Ordering::SeqCst);
+        conn.publish(self.subject.clone(), SENTINEL.into()).await.unwrap();
+        conn.flush().await.unwrap();
+        eventually("the sentinel arrives", || self.sentinels.load(Ordering::SeqCst) > seen).await;
+        self.ends.load(Ordering::SeqCst)
+    }
 }
 
 #[tokio::test]
@@ -237,21 +262,21 @@ async fn a_stream_cancelled_by_the_client_ends_at_the_server() {
 async fn a_stream_dropped_mid_call_is_cancelled_at_the_server() {
     let nats = NatsServer::start();
     let (srv, echo, conn) = serve(&nats, "srv-1", |_| {}).await;
-    let ends = count_client_ends(&nats, "nrpc.srv-1.test.Echo.Slow").await;
-    let client = Client::new(conn, "srv-1", "");
+    let ends = EndCounter::start(&nats, "nrpc.srv-1.test.Echo.Slow").await;
+    let client = Client::new(conn.clone(), "srv-1", "");
     let s = client.open("/test.Echo/Slow", &Metadata::new()).await.unwrap();
     eventually("the call is open", || srv.active_calls() == 1).await;
     drop(s);
     eventually("cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0).await;
-    assert_eq!(ends.load(Ordering::SeqCst), 1);
+    assert_eq!(ends.sent_by(&conn).await, 1);
 }
 
 #[tokio::test]
 async fn a_client_sends_at_most_one_end_per_call() {
     let nats = NatsServer::start();
     let (_srv, _echo, conn) = serve(&nats, "srv-1", |_| {}).await;
-    let ends = count_client_ends(&nats, "nrpc.srv-1.test.Echo.Chat").await;
-    let client = Client::new(conn, "srv-1", "");
+    let ends = EndCounter::start(&nats, "nrpc.srv-1.test.Echo.Chat").await;
+    let client = Client::new(conn.clone(), "srv-1", "");
     // Half-closed, then cancelled and dropped: one end (two crash a Go v0.1.12 server).
     let mut s = client.open("/test.Echo/Chat", &Metadata::new()).await.unwrap();
     s.send("a".into()).await.unwrap();
@@ -266,8 +291,8 @@ async fn a_client_sends_at_most_one_end_per_call() {
     assert_eq!(s.recv(T).await.unwrap().unwrap(), "echo:c");
     assert_eq!(s.recv(T).await.unwrap(), None);
     drop(s);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ends.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await; // a wrong end from drop would be out by now
+    assert_eq!(ends.sent_by(&conn).await, 2);
 }
 
 #[tokio::test]
