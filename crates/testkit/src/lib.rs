@@ -703,14 +703,26 @@ mod tests {
         redis.pause();
         assert!(!redis_ping(redis.port(), None), "a paused server answers nothing");
         redis.resume();
-        assert!(redis_ping(redis.port(), None));
+        assert!(answers_soon(redis.port(), None), "a resumed server answers again");
+    }
+
+    /// A PING answered within 10 s (a thawed or busy server may need a moment).
+    fn answers_soon(port: u16, password: Option<&str>) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !redis_ping(port, password) {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 
     #[test]
     fn redis_server_with_password_requires_auth() {
         let redis = RedisServer::start_with_password(Some("s3cret"));
         assert!(!redis_ping(redis.port(), None));
-        assert!(redis_ping(redis.port(), Some("s3cret")));
+        assert!(answers_soon(redis.port(), Some("s3cret")));
         assert!(redis.url().contains(":s3cret@"));
     }
 

@@ -152,10 +152,11 @@ impl Peer {
         GetResponse::from_gob(&payload).expect("a GetResponse").nodes
     }
 
-    /// A request with any payload: the reply payload, or `None` without an answer in 2 s.
+    /// A request with any payload: the reply payload, or `None` without an answer in 10 s
+    /// (an answer takes milliseconds; the budget is for a machine starved by other work).
     pub(crate) async fn raw(&self, subject: &str, payload: Vec<u8>) -> Option<Vec<u8>> {
         let fut = self.client.request(subject.to_owned(), payload.into());
-        match tokio::time::timeout(Duration::from_secs(2), fut).await {
+        match tokio::time::timeout(Duration::from_secs(10), fut).await {
             Ok(Ok(msg)) => Some(msg.payload.to_vec()),
             _ => None,
         }
@@ -163,22 +164,44 @@ impl Peer {
 }
 
 /// Keeps nodes alive as ion's KeepAlive does (save, then update every `period`) until
-/// dropped; each node's loop can be stopped alone (an SFU dying).
+/// dropped; each node's loop can be stopped alone (an SFU dying). The loops run on a
+/// thread and runtime of their own, so a test that blocks its own runtime (running the
+/// CLI or ionpeer, restarting islb) never starves them.
 pub(crate) struct KeepAlive {
-    tasks: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
+    tasks: std::collections::HashMap<String, tokio::task::AbortHandle>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl KeepAlive {
+    /// Registers every node (its first save is answered before this returns) and starts
+    /// its keep-alives.
     pub(crate) async fn start(nats: &NatsServer, nodes: &[Node], period: Duration) -> KeepAlive {
-        let client = async_nats::connect(nats.url()).await.expect("NATS connection");
+        let (url, nodes) = (nats.url(), nodes.to_vec());
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let tasks = rt.block_on(Self::run(url, nodes, period));
+            let _ = ready.send(tasks);
+            let _ = rt.block_on(stopped);
+        });
+        let tasks = started.await.expect("the keep-alive thread registered every node (see its panic above)");
+        KeepAlive { tasks, stop: Some(stop), thread: Some(thread) }
+    }
+
+    async fn run(
+        url: String,
+        nodes: Vec<Node>,
+        period: Duration,
+    ) -> std::collections::HashMap<String, tokio::task::AbortHandle> {
+        let client = async_nats::connect(url).await.expect("NATS connection");
         let mut tasks = std::collections::HashMap::new();
         for n in nodes {
             let client = client.clone();
-            let n = n.clone();
             let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
             let req = |action: &str| Request { action: action.into(), node: n.clone(), ..Request::default() }.to_gob();
             let (save, update) = (req("save"), req("update"));
-            // The first save is sent before this returns: the node is registered.
             let reply = client.request(subject.clone(), save.into()).await.expect("save answered");
             assert!(Response::from_gob(&reply.payload).expect("a Response").success);
             let task = tokio::spawn(async move {
@@ -191,9 +214,9 @@ impl KeepAlive {
                     .await;
                 }
             });
-            tasks.insert(n.nid.clone(), task);
+            tasks.insert(n.nid.clone(), task.abort_handle());
         }
-        KeepAlive { tasks }
+        tasks
     }
 
     /// Stops one node's keep-alives (it falls silent, as a crashed SFU).
@@ -207,5 +230,11 @@ impl KeepAlive {
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.tasks.values().for_each(|t| t.abort());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

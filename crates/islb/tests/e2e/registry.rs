@@ -28,14 +28,15 @@ fn ionpeer_conform_passes_at_the_default_expiry() {
 #[test]
 fn ionpeer_conform_passes_at_a_short_expiry() {
     let nats = NatsServer::start();
-    let _islb = Islb::start(&nats, &["--expire", "1s"]);
-    conform(&nats, "1s");
+    let _islb = Islb::start(&nats, &["--expire", "2s"]);
+    conform(&nats, "2s");
 }
 
 #[tokio::test]
 async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     let nats = NatsServer::start();
-    let _islb = Islb::start(&nats, &["--expire", "1s"]);
+    const EXPIRE: Duration = Duration::from_secs(3);
+    let _islb = Islb::start(&nats, &["--expire", "3s"]);
     let mut watcher = go_watcher(&nats, "signal");
     let peer = Peer::connect(&nats).await;
 
@@ -49,9 +50,9 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     assert!(peer.send("delete", &a).await.success); // delete of an unknown node: silent
     let b = ion_node("signal", "sig-b");
     assert!(peer.send("update", &b).await.success); // update of unknown: a save event
-    let expired_at = Instant::now() + Duration::from_secs(1);
-    watcher.wait_for("\"NID\":\"sig-b\"", Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let expired_at = Instant::now() + EXPIRE;
+    watcher.wait_for("\"NID\":\"sig-b\"", Duration::from_secs(10));
+    let deadline = expired_at + Duration::from_secs(10);
     while watched_events(&watcher).len() < 5 {
         assert!(Instant::now() < deadline, "events so far: {:?}", watched_events(&watcher));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -64,7 +65,7 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
             .collect();
     tokio::time::sleep(Duration::from_millis(300)).await; // nothing more may arrive
     assert_eq!(watched_events(&watcher), want);
-    assert!(took < Duration::from_millis(1500), "expiry delete came {took:?} after the deadline");
+    assert!(took < Duration::from_secs(3), "expiry delete came {took:?} after the deadline");
     // The update event carries the new data, as Go decodes it.
     let out = watcher.output();
     let update = out.lines().find(|l| l.contains("\"Action\":\"update\"")).unwrap();
@@ -137,9 +138,8 @@ async fn hostile_input_never_loses_a_node_and_never_stops_the_registry() {
     let islb = Islb::start(&nats, &["--max-message-size", "65536"]);
     let peer = Peer::connect(&nats).await;
     let nodes: Vec<_> = (0..20).map(|i| ion_node("signal", &format!("sig-{i}"))).collect();
-    for n in &nodes {
-        assert!(peer.send("save", n).await.success);
-    }
+    // Keep-alives go on meanwhile, as in a real cluster.
+    let _alive = KeepAlive::start(&nats, &nodes, Duration::from_secs(1)).await;
     let battery = hostile_battery();
     assert!(battery.len() > 400, "{}", battery.len());
     let mut refused = 0;
@@ -156,12 +156,6 @@ async fn hostile_input_never_loses_a_node_and_never_stops_the_registry() {
         {
             assert!(!r.reason.is_empty(), "{name}: a refusal says why");
             refused += 1;
-        }
-        // Keep-alives go on meanwhile, as in a real cluster.
-        if i % 25 == 0 {
-            for n in &nodes {
-                assert!(peer.send("update", n).await.success);
-            }
         }
     }
     assert!(refused > 100, "only {refused} refusals");
@@ -205,7 +199,9 @@ async fn nodes_that_keep_sending_updates_are_back_within_one_keepalive_after_a_r
     assert!(islb.stop().success());
     let islb2 = Islb::start(&nats, &[]);
     let restarted = Instant::now();
-    let deadline = restarted + Duration::from_millis(2_500);
+    // One keep-alive period, plus slack for a loaded machine: without the update-as-save
+    // rule they would never come back (ion's nodes send no second save).
+    let deadline = restarted + Duration::from_secs(2 + 3);
     loop {
         let n = peer.get("room", &[]).await.len();
         if n == 10 {
@@ -253,7 +249,7 @@ async fn with_placement_off_rtc_nodes_are_announced_as_in_go() {
 #[tokio::test]
 async fn operators_list_and_watch_nodes_with_the_cli() {
     let nats = NatsServer::start();
-    let islb = Islb::start(&nats, &[]);
+    let islb = Islb::start(&nats, &["--expire", "30s"]); // nodes saved once stay listed
     let mut cmd = Command::new(ISLB);
     cmd.args(["watch", "--nats-url", &nats.url()]);
     let mut watch = Proc::spawn("islb-watch", cmd);
@@ -286,7 +282,7 @@ async fn operators_list_and_watch_nodes_with_the_cli() {
 #[test]
 fn the_cli_says_clearly_when_no_registry_answers() {
     let nats = NatsServer::start();
-    let out = Command::new(ISLB).args(["nodes", "--nats-url", &nats.url(), "--timeout", "1s"]).output().unwrap();
+    let out = Command::new(ISLB).args(["nodes", "--nats-url", &nats.url(), "--timeout", "5s"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no registry answered"), "{err}");

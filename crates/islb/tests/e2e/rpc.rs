@@ -2,7 +2,7 @@
 //! Admin service and the `islb rpc` / operator commands built on them.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use islb_nrpc::{Client, Metadata};
 use islb_proto::grpc::reflection::{v1, v1alpha};
@@ -113,7 +113,7 @@ async fn islb_rpc_lists_describes_and_calls_and_find_node_agrees_with_get_rtc() 
     assert!(out.contains("\"sfu-2\"") && !out.contains("sfu-1"), "{out}");
     let (ok, _, err) = islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/Nope", "{}"]);
     assert!(!ok && err.contains("has no method"), "{err}");
-    let (ok, _, err) = islb_cli(&nats, &["rpc", "call", "nobody", "/islb.ISLB/FindNode", "{}", "--timeout", "1s"]);
+    let (ok, _, err) = islb_cli(&nats, &["rpc", "call", "nobody", "/islb.ISLB/FindNode", "{}", "--timeout", "5s"]);
     assert!(!ok && err.contains("UNAVAILABLE"), "{err}");
 }
 
@@ -139,8 +139,21 @@ async fn stream_registry_round_trip(nats: &NatsServer, store: &[&str], redis: Op
     let watcher = Client::new(conn.clone(), b.nid.clone(), "biz-1");
     let mut w = watcher.open("/islb.ISLB/WatchISLBEvent", &Metadata::new()).await.unwrap();
     w.send_message(&pb::WatchRequest { nid: "biz-1".into(), sid: "room-1".into() }).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let poster = Client::new(conn, a.nid.clone(), "");
+    // Replica b subscribes to room-1's events once the watch request reaches it: probe
+    // until the watcher sees one, then retract the probe and skip what is still queued.
+    let probe = stream_event(ion::stream_event::State::Add, "room-1", "probe");
+    let started = Instant::now();
+    loop {
+        let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &probe, &Metadata::new(), T).await.unwrap();
+        if w.recv_message::<pb::IslbEvent>(Duration::from_millis(200)).await.is_ok_and(|e| e == Some(probe.clone())) {
+            break;
+        }
+        assert!(started.elapsed() < T, "the watcher never saw a probe");
+    }
+    let unprobe = stream_event(ion::stream_event::State::Remove, "room-1", "probe");
+    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &unprobe, &Metadata::new(), T).await.unwrap();
+    while w.recv_message::<pb::IslbEvent>(T).await.unwrap().unwrap() != unprobe {}
     let add = stream_event(ion::stream_event::State::Add, "room-1", "peer-1");
     let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
     let other = stream_event(ion::stream_event::State::Add, "room-2", "peer-9");
@@ -177,7 +190,7 @@ async fn the_stream_registry_records_and_forwards_events_across_replicas_with_re
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let url = redis.url();
-    stream_registry_round_trip(&nats, &["--store", &url], Some(&redis)).await;
+    stream_registry_round_trip(&nats, &["--store", &url, "--store-timeout", "5s"], Some(&redis)).await;
 }
 
 #[tokio::test]

@@ -82,10 +82,8 @@ async fn routing_is_by_subject_not_call_method_and_unary_starts_on_the_first_dat
     raw.send(frame::call("/something.Else/Entirely", &Metadata::new(), "")).await;
     raw.send(frame::request_data("hi".into())).await;
     // No end{} is sent, as Go's unary client sends none before it has the answer.
-    let frames = raw.frames(Duration::from_millis(500)).await;
-    assert_eq!(frames.len(), 2, "{frames:?}");
-    assert_eq!(data(&frames[0]), Some(&b"hi"[..]));
-    assert_eq!(end_status(&frames[1]), Some(None), "success is an end without status");
+    assert_eq!(data(&raw.next().await), Some(&b"hi"[..]));
+    assert_eq!(end_status(&raw.next().await), Some(None), "success is an end without status");
     // Go's late half-close for a finished call is ignored (no answer, no state).
     raw.send(unhex("2200")).await;
     assert!(raw.frames(Duration::from_millis(200)).await.is_empty());
@@ -108,8 +106,8 @@ async fn end_without_status_half_closes_and_end_with_any_status_cancels_silently
     raw.send(frame::request_data("b".into())).await;
     assert_eq!(data(&raw.next().await), Some(&b"echo:b"[..]));
     raw.send(unhex("22020a00")).await; // request_end_status0: a cancel, even with code 0
+    crate::live::eventually("the call is cancelled", || srv.active_calls() == 0).await;
     assert!(raw.frames(Duration::from_millis(300)).await.is_empty(), "a cancelled call gets nothing");
-    assert_eq!(srv.active_calls(), 0);
 }
 
 #[tokio::test]
@@ -204,9 +202,10 @@ async fn a_call_that_does_not_read_its_input_is_ended_once_not_buffered_forever(
             .unwrap();
     }
     raw.conn.flush().await.unwrap();
-    let frames = raw.frames(Duration::from_millis(500)).await;
-    assert_eq!(frames.len(), 1, "exactly one end: {frames:?}");
-    assert_eq!(end_status(&frames[0]).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32));
+    let end = raw.next().await;
+    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32), "{end:?}");
+    let more = raw.frames(Duration::from_millis(300)).await;
+    assert!(more.is_empty(), "exactly one end: {more:?}");
     crate::live::eventually("the handler is cancelled", || {
         echo.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1 && srv.active_calls() == 0
     })
@@ -270,7 +269,8 @@ async fn each_server_answers_on_its_own_nid_and_nobody_listening_is_unavailable_
     }
     let started = std::time::Instant::now();
     let client = Client::new(conn, "nobody", "");
-    let err = client.unary("/test.Echo/Say", "x".into(), &Metadata::new(), Duration::from_secs(5)).await.unwrap_err();
+    let err = client.unary("/test.Echo/Say", "x".into(), &Metadata::new(), Duration::from_secs(30)).await.unwrap_err();
+    // UNAVAILABLE (not DEADLINE_EXCEEDED) long before the deadline: NATS said no responders.
     assert_eq!(err.code, Code::Unavailable, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1), "no-responders is immediate");
+    assert!(started.elapsed() < Duration::from_secs(10), "no-responders is immediate");
 }

@@ -104,15 +104,14 @@ pub(crate) async fn serve(
 
 const T: Duration = Duration::from_secs(5);
 
-/// Waits up to 2 s for `cond`.
+/// Waits up to 10 s for `cond` (it usually holds within milliseconds; the budget is for a
+/// machine starved by other work).
 pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if cond() {
-            return;
-        }
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < end, "not within 10 s: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("not within 2 s: {what}");
 }
 
 /// Counts the `end` frames callers publish on a subject (the server's queue subscription
@@ -242,7 +241,7 @@ async fn a_client_deadline_cancels_the_call_at_the_server() {
     let err =
         client.unary("/test.Echo/Slow", "x".into(), &Metadata::new(), Duration::from_millis(300)).await.unwrap_err();
     assert_eq!(err.code, Code::DeadlineExceeded);
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(5), "the 300 ms deadline, not the 30 s handler");
     eventually("the handler is cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1 && srv.active_calls() == 0)
         .await;
 }
