@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use islb_core::placement::Candidate;
 use islb_core::session_key::{JwtKey, KeyError, session_key};
 use islb_core::sessions::{Ask, Decision, decide};
 use islb_core::{Lookup, NodeKey, Session, Sessions, Timestamp, placement};
@@ -166,6 +167,8 @@ impl Discovery {
         self.catch_up().await;
         match sid {
             Some(sid) => reply(self.place(&lookup.service, &sid, &prefer_dc).await.into_iter().collect()),
+            // An operator's listing (`islb nodes`): every node, nothing placed or counted.
+            None if lookup.include_placed() => reply(self.ranked(&lookup.service, &prefer_dc)),
             None => reply(self.place_unnamed(&lookup.service, &prefer_dc)),
         }
     }
@@ -187,30 +190,55 @@ impl Discovery {
             let lookup = Lookup { service: service.into(), nid: None, params: Default::default() };
             return r.get(&lookup);
         }
-        let now = Timestamp::now();
-        let mut sessions = lock(&self.placement.sessions);
-        let (plain, nodes): (Vec<_>, Vec<_>) =
-            sessions.candidates(&r, service, self.placement.config.default_capacity, now).into_iter().unzip();
-        placement::rank(&plain, &self.placement.config.dc, "").into_iter().map(|i| nodes[i].clone()).collect()
+        drop(r);
+        self.ranked(service, &self.placement.config.dc)
     }
 
-    /// Every live node of `service`, best first; the first takes an unnamed placement.
+    /// Every live node of placed `service`, best first for a new session (full and
+    /// draining ones last); nothing is placed.
+    fn ranked(&self, service: &str, prefer_dc: &str) -> Vec<Arc<Node>> {
+        self.rank_candidates(service, prefer_dc, "", |_, _| ())
+    }
+
+    /// Every live node of `service`, best first, and the first takes an unnamed placement;
+    /// when no node has room, no node at all (ion's signal takes the first node it is
+    /// given, so a full one must not be offered).
     fn place_unnamed(&self, service: &str, prefer_dc: &str) -> Vec<Arc<Node>> {
+        let session = format!("unnamed-{}", random());
+        let mut placed = false;
+        let order = self.rank_candidates(service, prefer_dc, &session, |sessions, first| {
+            if let Some(first) = first.filter(|c| c.eligible()) {
+                sessions.note_unnamed(&first.key.as_str().into(), Timestamp::now());
+                placed = true;
+            }
+        });
+        if placed {
+            metrics::counter!("islb_placements_total", "outcome" => "unnamed").increment(1);
+            return order;
+        }
+        metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
+        if let Some(suppressed) = self.capacity_log.allow() {
+            warn!(service, suppressed, "no node of the service has room: unnamed lookup answered with no node");
+        }
+        Vec::new()
+    }
+
+    /// The live nodes of `service` ranked for `session`; `first` sees the best candidate
+    /// with the sessions still locked (so a placement is noted before anyone else ranks).
+    fn rank_candidates(
+        &self,
+        service: &str,
+        prefer_dc: &str,
+        session: &str,
+        first: impl FnOnce(&mut Sessions, Option<&Candidate>),
+    ) -> Vec<Arc<Node>> {
         let now = Timestamp::now();
         let r = self.registry();
         let mut sessions = lock(&self.placement.sessions);
         let (plain, nodes): (Vec<_>, Vec<_>) =
             sessions.candidates(&r, service, self.placement.config.default_capacity, now).into_iter().unzip();
-        let session = format!("unnamed-{}", random());
-        let order = placement::rank(&plain, prefer_dc, &session);
-        if let Some(&first) = order.first()
-            && plain[first].eligible()
-        {
-            sessions.note_unnamed(&plain[first].key.as_str().into(), now);
-            metrics::counter!("islb_placements_total", "outcome" => "unnamed").increment(1);
-        } else {
-            metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
-        }
+        let order = placement::rank(&plain, prefer_dc, session);
+        first(&mut sessions, order.first().map(|&i| &plain[i]));
         order.into_iter().map(|i| nodes[i].clone()).collect()
     }
 

@@ -221,6 +221,9 @@ async fn with_every_node_full_lookups_answer_no_node_and_islb_keeps_serving() {
     assert!(got.iter().all(|g| g.len() == 1), "2 + 3 sessions fit: {got:?}");
     assert_eq!(got.iter().filter(|g| g[0] == "sfu-1").count(), 3, "a reported capacity beats the default");
     assert!(lookup(&peer, "room-5").await.is_empty(), "full: no node (signal answers Unavailable)");
+    assert!(peer.get("rtc", &[]).await.is_empty(), "nor for a call without a session key");
+    let listed = peer.get("rtc", &[("islb-all", Value::Bool(true))]).await;
+    assert_eq!(listed.len(), 2, "operators still see every node: {listed:?}");
     assert_eq!(lookup(&peer, "room-0").await.len(), 1, "existing sessions still answer");
     assert!(peer.send("save", &ion_node("signal", "still-here")).await.success);
     let (_, metrics) = islb.http_get("/metrics");
