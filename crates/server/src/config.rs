@@ -120,11 +120,21 @@ pub struct IonRedis {
 
 impl IonRedis {
     /// The equivalent `redis://` URL (first address; ion's cluster mode is not supported).
+    /// The password is percent-encoded, so any character ion accepts works here too.
     pub fn url(&self) -> Option<String> {
         let addr = self.addrs.first()?;
         let addr = if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr.clone() };
-        let auth = if self.password.is_empty() { String::new() } else { format!(":{}@", self.password) };
+        let auth = if self.password.is_empty() {
+            String::new()
+        } else {
+            format!(":{}@", percent_encoding::utf8_percent_encode(&self.password, percent_encoding::NON_ALPHANUMERIC))
+        };
         Some(format!("redis://{auth}{addr}/{}", self.db))
+    }
+
+    /// The addresses of `[redis] addrs` that islb does not use (all but the first).
+    pub fn unused_addrs(&self) -> &[String] {
+        self.addrs.get(1..).unwrap_or_default()
     }
 }
 
@@ -647,6 +657,17 @@ db = 0
         // An explicit store wins over ion's [redis].
         let over = Overrides { store: Some("memory".into()), ..Overrides::default() };
         assert_eq!(Config::load(Some(f.path()), &over).unwrap().store, StoreSpec::Memory);
+    }
+
+    #[test]
+    fn an_ion_redis_password_with_url_characters_is_encoded_and_extra_addrs_are_reported() {
+        let ion =
+            IonRedis { addrs: vec!["10.0.0.1:6379".into(), ":6380".into()], password: "p@ss:w/rd#1".into(), db: 2 };
+        assert_eq!(ion.url().unwrap(), "redis://:p%40ss%3Aw%2Frd%231@10.0.0.1:6379/2");
+        assert_eq!(ion.unused_addrs(), [":6380".to_owned()]);
+        let single = IonRedis { addrs: vec![":6379".into()], password: String::new(), db: 0 };
+        assert_eq!(single.url().unwrap(), "redis://127.0.0.1:6379/0");
+        assert!(single.unused_addrs().is_empty());
     }
 
     #[test]

@@ -160,6 +160,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     for (key, value) in cfg.describe() {
         info!("config {key} = {value}");
     }
+    if let Some(ion) = cfg.ion_redis.as_ref().filter(|r| !r.unused_addrs().is_empty()) {
+        warn!(
+            unused = ?ion.unused_addrs(),
+            "[redis] addrs lists several addresses (ion's cluster mode, not supported): a store taken from [redis] uses only the first"
+        );
+    }
     let metrics = telemetry::metrics_handle();
     metrics::gauge!("islb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 

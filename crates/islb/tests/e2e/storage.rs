@@ -43,10 +43,11 @@ fn nids(nodes: &[islb_gob::Node]) -> BTreeSet<String> {
 #[test]
 fn ions_own_islb_toml_starts_islb_on_redis() {
     let nats = NatsServer::start();
-    let redis = RedisServer::start();
+    // A password with URL characters, as ion accepts it.
+    let redis = RedisServer::start_with_password(Some("p@ss:w/rd#1"));
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     let toml = format!(
-        "[global]\n# data center id\ndc = \"dc1\"\n\n[log]\nlevel = \"info\"\n\n[nats]\nurl = \"{}\"\n\n[redis]\naddrs = [\"{}\"]\npassword = \"\"\ndb = 0\n",
+        "[global]\n# data center id\ndc = \"dc1\"\n\n[log]\nlevel = \"info\"\n\n[nats]\nurl = \"{}\"\n\n[redis]\naddrs = [\"{}\"]\npassword = \"p@ss:w/rd#1\"\ndb = 0\n",
         nats.url(),
         redis.addr()
     );
