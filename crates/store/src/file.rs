@@ -6,8 +6,9 @@
 //! completed call left. Tables: `nodes` (key `DC.NID`, value = deadline as 8 bytes big
 //! endian, milliseconds since the epoch, then the node in gob as Go encodes it),
 //! `sessions` (key sid, value = version and last use as 8 bytes each, then the node key),
-//! `drains` (key `DC.NID`, value = deadline, 0 for none). Stream records live in memory
-//! only (they expire after a day and are re-posted by their SFU).
+//! `drains` (key `DC.NID`, value = deadline, 0 for none), `streams` (key
+//! `<dc>/<nid>/<sid>/<uid>`, value = wall-clock expiry as 8 bytes, then the JSON record;
+//! records past their expiry are dropped when the file is opened).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::{Claim, SessionClaim, Snapshot, Store, StoreError, StreamKey};
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const DRAINS: TableDefinition<&str, u64> = TableDefinition::new("drains");
+const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 
 /// Nodes in memory, durable in a file.
 pub struct FileStore {
@@ -39,6 +41,8 @@ enum Op {
     RemoveSession(String),
     PutDrain(String, u64),
     RemoveDrain(String),
+    PutStream(String, Vec<u8>),
+    RemoveStream(String),
 }
 
 fn encode_session(s: &Session) -> Vec<u8> {
@@ -78,6 +82,7 @@ impl FileStore {
             txn.open_table(NODES).map_err(StoreError::corrupt)?;
             txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
             txn.open_table(DRAINS).map_err(StoreError::corrupt)?;
+            txn.open_table(STREAMS).map_err(StoreError::corrupt)?;
             txn.commit().map_err(StoreError::corrupt)?;
             let txn = db.begin_read().map_err(StoreError::corrupt)?;
             let table = txn.open_table(NODES).map_err(StoreError::corrupt)?;
@@ -103,6 +108,35 @@ impl FileStore {
                 let d = deadline.value();
                 mem.set_drain_now(&node.value().into(), (d > 0).then_some(Timestamp::from_ms(d)));
             }
+            let now = Timestamp::now();
+            let mut expired = Vec::new();
+            let table = txn.open_table(STREAMS).map_err(StoreError::corrupt)?;
+            for row in table.iter().map_err(StoreError::corrupt)? {
+                let (key, value) = row.map_err(StoreError::corrupt)?;
+                let (key, value) = (key.value(), value.value());
+                let bad = |what: &str| StoreError::corrupt(format!("stream {key}: {what}"));
+                let stream = StreamKey::parse(key).ok_or_else(|| bad("not <dc>/<nid>/<sid>/<uid>"))?;
+                let until = Timestamp::from_ms(u64::from_be_bytes(
+                    value.get(..8).ok_or_else(|| bad("value too short"))?.try_into().expect("8 bytes"),
+                ));
+                let json = std::str::from_utf8(&value[8..]).map_err(|e| bad(&e.to_string()))?;
+                match now.until(until) {
+                    Duration::ZERO => expired.push(key.to_owned()),
+                    left => mem.put_stream_now(&stream, json, left),
+                }
+            }
+            drop(table);
+            drop(txn);
+            if !expired.is_empty() {
+                let txn = db.begin_write().map_err(StoreError::corrupt)?;
+                {
+                    let mut table = txn.open_table(STREAMS).map_err(StoreError::corrupt)?;
+                    for key in &expired {
+                        table.remove(key.as_str()).map_err(StoreError::corrupt)?;
+                    }
+                }
+                txn.commit().map_err(StoreError::corrupt)?;
+            }
         }
         Ok(FileStore { mem, db: Arc::new(db), write: tokio::sync::Mutex::new(()) })
     }
@@ -118,6 +152,7 @@ impl FileStore {
                 let mut nodes = txn.open_table(NODES).map_err(StoreError::corrupt)?;
                 let mut sessions = txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
                 let mut drains = txn.open_table(DRAINS).map_err(StoreError::corrupt)?;
+                let mut streams = txn.open_table(STREAMS).map_err(StoreError::corrupt)?;
                 for op in &ops {
                     match op {
                         Op::Put(k, v) => drop(nodes.insert(k.as_str(), v.as_slice()).map_err(StoreError::corrupt)?),
@@ -128,6 +163,10 @@ impl FileStore {
                         Op::RemoveSession(k) => drop(sessions.remove(k.as_str()).map_err(StoreError::corrupt)?),
                         Op::PutDrain(k, d) => drop(drains.insert(k.as_str(), *d).map_err(StoreError::corrupt)?),
                         Op::RemoveDrain(k) => drop(drains.remove(k.as_str()).map_err(StoreError::corrupt)?),
+                        Op::PutStream(k, v) => {
+                            drop(streams.insert(k.as_str(), v.as_slice()).map_err(StoreError::corrupt)?)
+                        }
+                        Op::RemoveStream(k) => drop(streams.remove(k.as_str()).map_err(StoreError::corrupt)?),
                     }
                 }
             }
@@ -249,11 +288,20 @@ impl Store for FileStore {
     }
 
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.mem.put_stream(key, json, ttl).await
+        let _w = self.write.lock().await;
+        self.mem.put_stream_now(key, json, ttl);
+        let mut value = Timestamp::now().plus(ttl).as_ms().to_be_bytes().to_vec();
+        value.extend_from_slice(json.as_bytes());
+        self.commit(vec![Op::PutStream(key.redis_key(), value)]).await
     }
 
     async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
-        self.mem.delete_stream(key).await
+        let _w = self.write.lock().await;
+        let had = self.mem.delete_stream(key).await?;
+        if had {
+            self.commit(vec![Op::RemoveStream(key.redis_key())]).await?;
+        }
+        Ok(had)
     }
 
     async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
@@ -321,6 +369,28 @@ mod tests {
             vec![Session { sid: "room-1".into(), node: a.clone(), version: 1, used: t.plus_ms(5) }]
         );
         assert_eq!(snap.drains, vec![(a, Some(t.plus_ms(60_000)))]);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_file_store_knows_every_live_stream_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let key = |uid: &str| StreamKey { dc: "dc1".into(), nid: "sfu-1".into(), sid: "room".into(), uid: uid.into() };
+        {
+            let s = FileStore::open(&path).unwrap();
+            s.put_stream(&key("kept"), r#"[{"id":"a"}]"#, Duration::from_secs(3600)).await.unwrap();
+            s.put_stream(&key("removed"), "[]", Duration::from_secs(3600)).await.unwrap();
+            s.put_stream(&key("expired"), "[]", Duration::from_millis(1)).await.unwrap();
+            assert!(s.delete_stream(&key("removed")).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let s = FileStore::open(&path).unwrap();
+        assert_eq!(s.streams_of("room").await.unwrap(), vec![(key("kept"), r#"[{"id":"a"}]"#.to_owned())]);
+        drop(s);
+        // The expired record was dropped from the file, not only hidden.
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(STREAMS).unwrap()).unwrap(), 1);
     }
 
     #[test]

@@ -171,6 +171,11 @@ impl MemoryStore {
         }
     }
 
+    /// Records a stream for `ttl` from now (the file store also restores them with it).
+    pub(crate) fn put_stream_now(&self, key: &StreamKey, json: &str, ttl: Duration) {
+        self.state().streams.insert(key.clone(), (json.to_owned(), std::time::Instant::now() + ttl));
+    }
+
     pub(crate) fn insert_session(&self, s: Session) {
         self.state().sessions.insert(s.sid.clone(), s);
     }
@@ -244,7 +249,7 @@ impl Store for MemoryStore {
     }
 
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.state().streams.insert(key.clone(), (json.to_owned(), std::time::Instant::now() + ttl));
+        self.put_stream_now(key, json, ttl);
         Ok(())
     }
 
