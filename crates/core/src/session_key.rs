@@ -7,14 +7,19 @@
 //! 2. the `sid` claim of the JWT in param `authorization` (ion's signal passes the raw
 //!    token; a `Bearer ` prefix is accepted too). Without a configured key the claims are
 //!    only decoded (signal verified the token already); with a key, an HS256/HS384/HS512
-//!    signature is verified and a token that fails is refused.
+//!    signature is verified, so are `exp` and `nbf` when present (with a minute of leeway
+//!    for clock skew), and a token that fails is refused.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use islb_gob::ValueMap;
 
+use crate::Timestamp;
 use crate::command::{Rejection, param_string};
+
+/// Clock skew tolerated on `exp` and `nbf`, in milliseconds.
+const LEEWAY_MS: u64 = 60_000;
 
 /// Why a lookup's session key could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,8 +73,9 @@ where
     m.verify_slice(signature).is_ok()
 }
 
-/// The session key of a lookup, if it names one.
-pub fn session_key(params: &ValueMap, jwt_key: Option<&JwtKey>) -> Result<Option<String>, KeyError> {
+/// The session key of a lookup, if it names one; `now` is checked against a verified
+/// token's `exp` and `nbf`.
+pub fn session_key(params: &ValueMap, jwt_key: Option<&JwtKey>, now: Timestamp) -> Result<Option<String>, KeyError> {
     if let Some(sid) = param_string(params, "sid")?.filter(|s| !s.is_empty()) {
         return Ok(Some(sid));
     }
@@ -79,10 +85,10 @@ pub fn session_key(params: &ValueMap, jwt_key: Option<&JwtKey>) -> Result<Option
     if token.is_empty() {
         return Ok(None);
     }
-    jwt_sid(token, jwt_key)
+    jwt_sid(token, jwt_key, now)
 }
 
-fn jwt_sid(token: &str, key: Option<&JwtKey>) -> Result<Option<String>, KeyError> {
+fn jwt_sid(token: &str, key: Option<&JwtKey>, now: Timestamp) -> Result<Option<String>, KeyError> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -97,6 +103,13 @@ fn jwt_sid(token: &str, key: Option<&JwtKey>) -> Result<Option<String>, KeyError
         let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("none");
         let signed_len = token.len() - signature.len() - 1;
         key.verify(alg, &token.as_bytes()[..signed_len], &decode(signature)?)?;
+        let at = |claim: &str| claims.get(claim).and_then(|v| v.as_f64()).map(|s| (s.max(0.0) * 1000.0) as u64);
+        if at("exp").is_some_and(|exp| exp.saturating_add(LEEWAY_MS) <= now.as_ms()) {
+            return Err(KeyError::Refused("token expired (exp)"));
+        }
+        if at("nbf").is_some_and(|nbf| nbf > now.as_ms().saturating_add(LEEWAY_MS)) {
+            return Err(KeyError::Refused("token not valid yet (nbf)"));
+        }
     }
     Ok(match claims.get("sid") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -109,6 +122,8 @@ fn jwt_sid(token: &str, key: Option<&JwtKey>) -> Result<Option<String>, KeyError
 mod tests {
     use super::*;
     use islb_gob::Value;
+
+    const NOW: Timestamp = Timestamp::from_ms(1_800_000_000_000);
 
     fn params(pairs: &[(&str, Value)]) -> ValueMap {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
@@ -129,29 +144,29 @@ mod tests {
 
     #[test]
     fn the_sid_param_comes_first_in_any_scalar_type() {
-        assert_eq!(session_key(&params(&[("sid", "room-1".into())]), None), Ok(Some("room-1".into())));
-        assert_eq!(session_key(&params(&[("sid", Value::Int64(42))]), None), Ok(Some("42".into())));
+        assert_eq!(session_key(&params(&[("sid", "room-1".into())]), None, NOW), Ok(Some("room-1".into())));
+        assert_eq!(session_key(&params(&[("sid", Value::Int64(42))]), None, NOW), Ok(Some("42".into())));
         let t = jwt(r#"{"alg":"none"}"#, r#"{"sid":"from-jwt"}"#, None);
         assert_eq!(
-            session_key(&params(&[("sid", "p".into()), ("authorization", t.into())]), None),
+            session_key(&params(&[("sid", "p".into()), ("authorization", t.into())]), None, NOW),
             Ok(Some("p".into()))
         );
-        assert_eq!(session_key(&params(&[]), None), Ok(None));
-        assert!(matches!(session_key(&params(&[("sid", Value::List(vec![]))]), None), Err(KeyError::Param(_))));
+        assert_eq!(session_key(&params(&[]), None, NOW), Ok(None));
+        assert!(matches!(session_key(&params(&[("sid", Value::List(vec![]))]), None, NOW), Err(KeyError::Param(_))));
     }
 
     #[test]
     fn the_sid_claim_of_an_unverified_jwt_with_or_without_bearer() {
         // The token ionpeer's signal-sim sends: alg none, no signature.
         let t = jwt(r#"{"alg":"none","typ":"JWT"}"#, r#"{"sid":"room-7","uid":"u1","services":["rtc"]}"#, None);
-        assert_eq!(session_key(&params(&[("authorization", t.clone().into())]), None), Ok(Some("room-7".into())));
+        assert_eq!(session_key(&params(&[("authorization", t.clone().into())]), None, NOW), Ok(Some("room-7".into())));
         let bearer = format!("Bearer {t}");
-        assert_eq!(session_key(&params(&[("authorization", bearer.into())]), None), Ok(Some("room-7".into())));
+        assert_eq!(session_key(&params(&[("authorization", bearer.into())]), None, NOW), Ok(Some("room-7".into())));
         let no_sid = jwt(r#"{"alg":"none"}"#, r#"{"uid":"u1"}"#, None);
-        assert_eq!(session_key(&params(&[("authorization", no_sid.into())]), None), Ok(None));
+        assert_eq!(session_key(&params(&[("authorization", no_sid.into())]), None, NOW), Ok(None));
         // ion's examples pass the literal "token".
         assert!(matches!(
-            session_key(&params(&[("authorization", "token".into())]), None),
+            session_key(&params(&[("authorization", "token".into())]), None, NOW),
             Err(KeyError::Malformed(_))
         ));
     }
@@ -160,17 +175,42 @@ mod tests {
     fn with_a_key_the_signature_is_verified() {
         let key = JwtKey::hmac(b"s3cret".to_vec());
         let good = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"sid":"room-9"}"#, Some(b"s3cret"));
-        assert_eq!(session_key(&params(&[("authorization", good.into())]), Some(&key)), Ok(Some("room-9".into())));
+        assert_eq!(session_key(&params(&[("authorization", good.into())]), Some(&key), NOW), Ok(Some("room-9".into())));
         let forged = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"sid":"room-9"}"#, Some(b"guess"));
         assert_eq!(
-            session_key(&params(&[("authorization", forged.into())]), Some(&key)),
+            session_key(&params(&[("authorization", forged.into())]), Some(&key), NOW),
             Err(KeyError::Refused("bad signature"))
         );
         let unsigned = jwt(r#"{"alg":"none"}"#, r#"{"sid":"room-9"}"#, None);
         assert!(matches!(
-            session_key(&params(&[("authorization", unsigned.into())]), Some(&key)),
+            session_key(&params(&[("authorization", unsigned.into())]), Some(&key), NOW),
             Err(KeyError::Refused(_))
         ));
         assert_eq!(format!("{key:?}"), "JwtKey(***)");
+    }
+
+    #[test]
+    fn with_a_key_exp_and_nbf_are_checked_with_a_minute_of_leeway() {
+        let key = JwtKey::hmac(b"s3cret".to_vec());
+        let now_s = NOW.as_ms() / 1000;
+        let token = |claims: String| {
+            let t = jwt(r#"{"alg":"HS256"}"#, &claims, Some(b"s3cret"));
+            session_key(&params(&[("authorization", t.into())]), Some(&key), NOW)
+        };
+        let sid = Ok(Some("r".to_owned()));
+        assert_eq!(token(format!(r#"{{"sid":"r","exp":{}}}"#, now_s + 10)), sid);
+        assert_eq!(token(format!(r#"{{"sid":"r","exp":{}}}"#, now_s - 30)), sid, "within the leeway");
+        assert_eq!(
+            token(format!(r#"{{"sid":"r","exp":{}}}"#, now_s - 61)),
+            Err(KeyError::Refused("token expired (exp)"))
+        );
+        assert_eq!(token(format!(r#"{{"sid":"r","nbf":{}}}"#, now_s + 30)), sid, "within the leeway");
+        assert_eq!(
+            token(format!(r#"{{"sid":"r","nbf":{}}}"#, now_s + 3600)),
+            Err(KeyError::Refused("token not valid yet (nbf)"))
+        );
+        // Without a key nothing is verified (ion's signal checked the token already).
+        let old = jwt(r#"{"alg":"none"}"#, &format!(r#"{{"sid":"r","exp":{}}}"#, now_s - 3600), None);
+        assert_eq!(session_key(&params(&[("authorization", old.into())]), None, NOW), sid);
     }
 }

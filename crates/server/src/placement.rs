@@ -150,7 +150,7 @@ impl Discovery {
             .flatten()
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| self.placement.config.dc.clone());
-        let sid = match session_key(&lookup.params, self.placement.config.jwt_key.as_ref()) {
+        let sid = match session_key(&lookup.params, self.placement.config.jwt_key.as_ref(), Timestamp::now()) {
             Ok(k) => k,
             Err(e) => {
                 metrics::counter!("islb_placements_total", "outcome" => "refused").increment(1);
