@@ -274,3 +274,27 @@ async fn each_server_answers_on_its_own_nid_and_nobody_listening_is_unavailable_
     assert_eq!(err.code, Code::Unavailable, "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "no-responders is immediate");
 }
+
+/// Rule 12: metadata values are proto3 strings. A `call` whose metadata holds bytes that
+/// are not UTF-8 (what Go drops silently, leaving its caller to hang) is refused with
+/// INVALID_ARGUMENT, counted, and the server goes on serving.
+#[tokio::test]
+async fn a_call_with_non_utf8_metadata_is_refused_not_dropped() {
+    let nats = NatsServer::start();
+    let (_srv, _e, conn) = serve(&nats, "srv-1", |_| {}).await;
+    let mut md = Metadata::new();
+    md.insert("trace-bin".into(), vec!["XXXX".into()]);
+    let mut call = frame::call("/test.Echo/Say", &md, "").to_vec();
+    let at = call.windows(4).position(|w| w == b"XXXX").expect("the placeholder value");
+    call[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0x00, 0x80]);
+    let mut raw = Raw::new(&conn, SAY).await;
+    raw.send(call.into()).await;
+    let end = raw.next().await;
+    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::InvalidArgument as i32), "{end:?}");
+    assert!(raw.frames(Duration::from_millis(300)).await.is_empty(), "one end only");
+    // Binary metadata sent as gRPC does it (base64 text under a -bin key) goes through.
+    let mut md = Metadata::new();
+    md.insert("trace-bin".into(), vec!["//4AgA==".into()]);
+    let client = Client::new(conn, "srv-1", "");
+    assert_eq!(client.unary("/test.Echo/Say", "ok".into(), &md, Duration::from_secs(5)).await.unwrap(), "ok");
+}
