@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use islb_testkit::{NatsServer, Proc, free_port, go_watcher, workspace_root};
 
-use crate::harness::{ISLB, Islb, Peer};
+use crate::harness::{ISLB, Islb, Peer, ion_node};
 
 /// (Action, NID) of every event a Go watcher printed.
 pub(crate) fn watched_events(p: &Proc) -> Vec<(String, String)> {
@@ -46,6 +46,61 @@ fn islb_registers_itself_for_go_watchers_and_exits_cleanly_on_sigterm() {
     for step in ["shutting down", "request loop stopped", "deregistered", "islb stopped"] {
         assert!(out.contains(step), "log lacks {step:?}:\n{out}");
     }
+}
+
+/// SIGTERM under load: every request islb took is answered; once it has stopped taking
+/// requests, callers are told at once (NATS "no responders"), so none waits in vain.
+#[tokio::test]
+async fn sigterm_under_load_answers_every_request_it_took() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let nats = NatsServer::start();
+    let mut islb = Islb::start(&nats, &[]);
+    let (answered, refused, lost) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..16 {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let (answered, refused, lost, stop) = (answered.clone(), refused.clone(), lost.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Relaxed) {
+                let node = ion_node("signal", &format!("w{w}-{}", i % 20));
+                i += 1;
+                let req = islb_gob::Request { action: "save".into(), node, ..Default::default() };
+                let subject = format!("node.publish.signal.dc1.w{w}");
+                let payload = islb_gob::Message::to_gob(&req);
+                match tokio::time::timeout(Duration::from_secs(10), client.request(subject, payload.into())).await {
+                    Ok(Ok(_)) => drop(answered.fetch_add(1, Relaxed)),
+                    Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        refused.fetch_add(1, Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    _ => drop(lost.fetch_add(1, Relaxed)),
+                }
+            }
+        }));
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    while answered.load(Relaxed) < 500 {
+        assert!(Instant::now() < end, "only {} requests answered", answered.load(Relaxed));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    islb.proc.signal(libc::SIGTERM);
+    let status = islb.proc.wait_exit(Duration::from_secs(20));
+    // Load goes on until every worker has been told "no responders" (or one lost a request).
+    let end = Instant::now() + Duration::from_secs(30);
+    while refused.load(Relaxed) < 16 && lost.load(Relaxed) == 0 {
+        assert!(Instant::now() < end, "callers were not told that islb is gone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(lost.load(Relaxed), 0, "requests taken but never answered ({} answered)", answered.load(Relaxed));
 }
 
 #[test]
