@@ -36,7 +36,7 @@ fn ionpeer_conform_passes_at_a_short_expiry() {
 async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     let nats = NatsServer::start();
     const EXPIRE: Duration = Duration::from_secs(3);
-    let _islb = Islb::start(&nats, &["--expire", "3s"]);
+    let islb = Islb::start(&nats, &["--expire", "3s"]);
     let mut watcher = go_watcher(&nats, "signal");
     let peer = Peer::connect(&nats).await;
 
@@ -66,6 +66,15 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     tokio::time::sleep(Duration::from_millis(300)).await; // nothing more may arrive
     assert_eq!(watched_events(&watcher), want);
     assert!(took < Duration::from_secs(3), "expiry delete came {took:?} after the deadline");
+    // By islb's own clock (the Go watcher's delay does not count), the delete went out
+    // within 100 ms of the deadline.
+    let (_, metrics) = islb.http_get("/metrics");
+    let value = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let expired = value("islb_expiry_lateness_seconds_count").unwrap_or_else(|| panic!("{metrics}"));
+    let on_time = value("islb_expiry_lateness_seconds_bucket{le=\"0.1\"}").unwrap_or_else(|| panic!("{metrics}"));
+    assert!(expired == 1.0 && on_time == expired, "{expired} expiries, {on_time} within 100 ms");
     // The update event carries the new data, as Go decodes it.
     let out = watcher.output();
     let update = out.lines().find(|l| l.contains("\"Action\":\"update\"")).unwrap();

@@ -111,6 +111,13 @@ async fn islb_rpc_lists_describes_and_calls_and_find_node_agrees_with_get_rtc() 
     let (ok, out, _) = islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/FindNode", r#"{"nid":"sfu-2"}"#]);
     assert!(ok);
     assert!(out.contains("\"sfu-2\"") && !out.contains("sfu-1"), "{out}");
+    // Neither sid nor nid: every live node of the service (rtc by default), nothing placed.
+    let (ok, out, err) = islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/FindNode", "{}"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut listed: Vec<&str> = v["nodes"].as_array().unwrap().iter().map(|n| n["nid"].as_str().unwrap()).collect();
+    listed.sort();
+    assert_eq!(listed, ["sfu-0", "sfu-1", "sfu-2"], "{out}");
     let (ok, _, err) = islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/Nope", "{}"]);
     assert!(!ok && err.contains("has no method"), "{err}");
     let (ok, _, err) = islb_cli(&nats, &["rpc", "call", "nobody", "/islb.ISLB/FindNode", "{}", "--timeout", "5s"]);
