@@ -2,7 +2,8 @@
 //! times with Go's encoding/gob (fresh encoder and decoder per message, as ion does), and
 //! of the richest golden vector (every ExtraInfo type).
 //!
-//! Run: `scripts/bench-codec` (prints Go's figures from the same run beside these).
+//! Run: `cargo bench -p islb-gob --bench codec`; `scripts/bench` runs it beside `ionpeer
+//! bench-codec` (Go's figures, same run) and records both in docs/BENCHMARKS.md.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
