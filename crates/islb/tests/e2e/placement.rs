@@ -12,7 +12,7 @@ use islb_testkit::{NatsServer, RedisServer, ionpeer_run};
 
 use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
 
-fn sfus(n: usize) -> Vec<islb_gob::Node> {
+pub(crate) fn sfus(n: usize) -> Vec<islb_gob::Node> {
     (0..n).map(|i| ion_node("rtc", &format!("sfu-{i}"))).collect()
 }
 
@@ -34,7 +34,7 @@ async fn session_events(nats: &NatsServer) -> (Arc<Mutex<Vec<serde_json::Value>>
     (events, task)
 }
 
-async fn lookup(peer: &Peer, sid: &str) -> Vec<String> {
+pub(crate) async fn lookup(peer: &Peer, sid: &str) -> Vec<String> {
     peer.get("rtc", &[("sid", Value::String(sid.into())), ("content-type", "application/grpc".into())])
         .await
         .into_iter()

@@ -1,17 +1,18 @@
 //! Storage: ion's islb.toml with Redis, a durable file store across restarts, replicas on
 //! one Redis acting as one registry, and store outages.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use islb_gob::{Message as _, Request};
+use islb_gob::{GetResponse, Message as _, Request};
 use islb_testkit::{NatsServer, Proc, RedisServer, ionpeer, ionpeer_run};
 
 use crate::harness::{Islb, KeepAlive, Peer, ion_node};
+use crate::placement::{lookup, sfus};
 
 /// Counts delete events per NID on `node.discovery.<service>.>`.
 async fn count_deletes(
@@ -69,14 +70,22 @@ fn ions_own_islb_toml_starts_islb_on_redis() {
     assert!(islb.wait_exit(Duration::from_secs(10)).success());
 }
 
-/// A restarted islb with a durable store still knows every node; a node that died while
-/// islb was down is expired on time with a delete event.
+/// A restarted islb with a durable store still knows every node and every session; a
+/// node that died while islb was down is expired on time with a delete event.
 async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&str]) {
     const EXPIRE: Duration = Duration::from_secs(4);
     let mut args = vec!["--expire", "4s"];
     args.extend_from_slice(store);
     let mut islb = Islb::start(nats, &args);
     let peer = Peer::connect(nats).await;
+    let _sfus = KeepAlive::start(nats, &sfus(3), Duration::from_secs(1)).await;
+    let mut placed = BTreeMap::new();
+    for i in 0..12 {
+        let sid = format!("room-{i}");
+        let node = lookup(&peer, &sid).await;
+        assert_eq!(node.len(), 1, "{sid}: {node:?}");
+        placed.insert(sid, format!("dc1.{}", node[0]));
+    }
     let alive: Vec<_> = (0..5).map(|i| ion_node("room", &format!("room-{i}"))).collect();
     for n in &alive {
         assert!(peer.send("save", n).await.success);
@@ -90,6 +99,16 @@ async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&s
     assert!(islb.stop().success());
     let (deletes, _task) = count_deletes(nats, "room").await;
     let islb2 = Islb::start(nats, &args);
+    // Every session is known at once, on the node it was placed on.
+    let (_, body) = islb2.http_get("/v1/sessions");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let known: BTreeMap<String, String> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["sid"].as_str().unwrap().to_owned(), s["node"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(known, placed, "sessions across the restart");
     // Keep the living ones alive; the dead one stays silent.
     for n in &alive {
         assert!(peer.send("update", n).await.success);
@@ -97,6 +116,9 @@ async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&s
     let listed = nids(&peer.get("room", &[]).await);
     for n in &alive {
         assert!(listed.contains(&n.nid), "{} forgotten across the restart: {listed:?}", n.nid);
+    }
+    for (sid, node) in &placed {
+        assert_eq!(format!("dc1.{}", lookup(&peer, sid).await[0]), *node, "{sid} stays on its node");
     }
     let deadline = Instant::now() + EXPIRE + Duration::from_secs(10);
     while deletes.lock().unwrap().get("room-dead").is_none() {
@@ -284,13 +306,38 @@ async fn sigkill_of_a_replica_under_load_loses_no_node() {
     let mut cluster = replicas(&nats, &redis, 3, &[]);
     let mut load = bench_update(&nats, 8);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Sessions placed on the load's SFUs through all three replicas.
+    let peer = Peer::connect(&nats).await;
+    let mut placed = BTreeMap::new();
+    for i in 0..30 {
+        let sid = format!("room-{i}");
+        placed.insert(sid.clone(), lookup(&peer, &sid).await);
+    }
     cluster[0].proc.kill();
+    // The survivors answer every session where it was (requests routed to the dead
+    // replica in the instant before NATS noticed are retried).
+    for (sid, node) in &placed {
+        let mut answer = None;
+        for _ in 0..3 {
+            let req = Request {
+                action: "get".into(),
+                service: "rtc".into(),
+                params: [("sid".to_owned(), islb_gob::Value::String(sid.clone()))].into_iter().collect(),
+                ..Request::default()
+            };
+            if let Some(reply) = peer.raw("node.publish.rtc", req.to_gob()).await {
+                answer =
+                    Some(GetResponse::from_gob(&reply).unwrap().nodes.into_iter().map(|n| n.nid).collect::<Vec<_>>());
+                break;
+            }
+        }
+        assert_eq!(answer.as_ref(), Some(node), "{sid} after the kill");
+    }
     let load_done = load.wait_exit(Duration::from_secs(30));
     assert!(load_done.success());
     let (requests, errors) = bench_errors(&load);
     // Requests in flight to the killed replica time out; everything else is answered.
     assert!(errors < requests / 50 + 20, "{errors} errors of {requests}");
-    let peer = Peer::connect(&nats).await;
     let listed = peer.get("rtc", &[]).await;
     assert_eq!(listed.len(), 200, "every node survives the kill");
     assert!(cluster[1].http_get("/readyz").0 == 200 && cluster[2].http_get("/readyz").0 == 200);
