@@ -3,5 +3,6 @@
 
 mod golden;
 mod hostile;
+mod newer_peer;
 mod props;
 mod typed;
