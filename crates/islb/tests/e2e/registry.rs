@@ -296,3 +296,38 @@ fn the_cli_says_clearly_when_no_registry_answers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no registry answered"), "{err}");
 }
+
+/// islb keeps a watched view of the cluster as ion's nodes do (`get *`, then events): it
+/// sees itself and the nodes that come and go, and not the placed services, which are
+/// never announced.
+#[tokio::test]
+async fn islb_watches_the_cluster_as_an_ion_node_does() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &["--expire", "30s"]);
+    let peer = Peer::connect(&nats).await;
+    let watched = |want: u64| {
+        let islb = &islb;
+        async move {
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, body) = islb.http_get("/v1/status");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if v["watched_nodes"] == want {
+                    return;
+                }
+                assert!(Instant::now() < end, "watched {} nodes, want {want}", v["watched_nodes"]);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    watched(1).await; // itself
+    for nid in ["sig-1", "sig-2", "sig-3"] {
+        assert!(peer.send("save", &ion_node("signal", nid)).await.success);
+    }
+    assert!(peer.send("save", &ion_node("rtc", "sfu-1")).await.success);
+    watched(4).await;
+    assert!(peer.send("delete", &ion_node("signal", "sig-2")).await.success);
+    watched(3).await;
+    let (_, metrics) = islb.http_get("/metrics");
+    assert!(metrics.contains("islb_watched_nodes 3"), "{metrics}");
+}
