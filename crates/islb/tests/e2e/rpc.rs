@@ -271,3 +271,26 @@ async fn streams_of_a_node_that_goes_down_are_closed() {
     }
     drop(w);
 }
+
+/// The embedded durable store keeps stream records across a restart, as Redis does.
+#[tokio::test]
+async fn stream_records_survive_a_restart_with_a_file_store() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("islb.redb").display());
+    let mut islb = Islb::start(&nats, &["--store", &store]);
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    let poster = Client::new(conn, islb.nid.clone(), "");
+    for uid in ["peer-1", "peer-2"] {
+        let add = stream_event(ion::stream_event::State::Add, "room-1", uid);
+        let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
+    }
+    let remove = stream_event(ion::stream_event::State::Remove, "room-1", "peer-2");
+    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &remove, &Metadata::new(), T).await.unwrap();
+    assert!(islb.stop().success());
+    let _islb = Islb::start(&nats, &["--store", &store]);
+    let (ok, out, err) = islb_cli(&nats, &["streams", "room-1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("dc1/sfu-1/room-1/peer-1") && out.contains("stream-1"), "{out}");
+    assert!(!out.contains("peer-2"), "the removed record stays removed: {out}");
+}
