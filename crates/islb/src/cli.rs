@@ -243,7 +243,8 @@ pub(crate) enum RpcCommand {
         nid: String,
         /// The method, e.g. /islb.ISLB/FindNode
         method: String,
-        /// The request as JSON (protobuf JSON field names)
+        /// The request as JSON (protobuf JSON field names); for client-streaming and bidi
+        /// methods, several JSON messages one after another; `-` reads them from stdin
         #[arg(default_value = "{}")]
         json: String,
     },

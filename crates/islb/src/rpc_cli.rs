@@ -165,8 +165,32 @@ pub(crate) async fn describe(client: &Client, symbol: &str, timeout: Duration) -
     Ok(())
 }
 
-/// `islb rpc call NID /pkg.Service/Method JSON`: the request from JSON, each response as
-/// JSON (one per line for a server stream).
+/// The request messages of `islb rpc call`: JSON values one after another (`-`: read from
+/// standard input); none is one empty message.
+fn requests(m: &prost_reflect::MethodDescriptor, json: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text = if json == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the request messages from standard input")?
+    } else {
+        json.to_owned()
+    };
+    let mut out = Vec::new();
+    for (i, value) in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>().enumerate() {
+        let value = value.with_context(|| format!("request message {} is not JSON", i + 1))?;
+        let request = DynamicMessage::deserialize(m.input(), value)
+            .with_context(|| format!("request message {} is not a valid {}", i + 1, m.input().full_name()))?;
+        out.push(request.encode_to_vec());
+    }
+    if out.is_empty() {
+        out.push(Vec::new());
+    }
+    if out.len() > 1 && !m.is_client_streaming() {
+        anyhow::bail!("{} takes one request message, not {}", m.full_name(), out.len());
+    }
+    Ok(out)
+}
+
+/// `islb rpc call NID /pkg.Service/Method JSON...`: the request(s) from JSON, each response
+/// as JSON (one after another for a server stream).
 pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Duration) -> anyhow::Result<()> {
     let (service, method) =
         islb_nrpc::subject::split_path(path).context("the method must look like /package.Service/Method")?;
@@ -175,10 +199,7 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
         .get_service_by_name(service)
         .and_then(|s| s.methods().find(|m| m.name() == method))
         .with_context(|| format!("{service} has no method {method}"))?;
-    let mut de = serde_json::Deserializer::from_str(if json.trim().is_empty() { "{}" } else { json });
-    let request = DynamicMessage::deserialize(m.input(), &mut de)
-        .with_context(|| format!("the request is not a valid {}", m.input().full_name()))?;
-    let bytes = request.encode_to_vec();
+    let mut messages = requests(&m, json)?;
     let print = |b: bytes::Bytes| -> anyhow::Result<()> {
         let msg = DynamicMessage::decode(m.output(), b).context("bad response message")?;
         println!("{}", serde_json::to_string_pretty(&msg)?);
@@ -186,14 +207,16 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
     };
     match (m.is_client_streaming(), m.is_server_streaming()) {
         (false, false) => {
-            let reply = client.unary(path, bytes.into(), &Metadata::new(), timeout).await?;
+            let reply = client.unary(path, messages.remove(0).into(), &Metadata::new(), timeout).await?;
             print(reply)
         }
         (client_streaming, _) => {
-            // Streams: the one request, then every response until the server ends the call
+            // Streams: the request(s), then every response until the server ends the call
             // (a bidi stream such as WatchISLBEvent stays open until Ctrl-C).
             let mut s = client.open(path, &Metadata::new()).await?;
-            s.send(bytes.into()).await?;
+            for message in messages {
+                s.send(message.into()).await?;
+            }
             // A bidi stream is not half-closed: servers may take that as the caller leaving.
             if client_streaming && !m.is_server_streaming() {
                 s.close_send().await?;

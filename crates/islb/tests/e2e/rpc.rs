@@ -294,3 +294,30 @@ async fn stream_records_survive_a_restart_with_a_file_store() {
     assert!(out.contains("dc1/sfu-1/room-1/peer-1") && out.contains("stream-1"), "{out}");
     assert!(!out.contains("peer-2"), "the removed record stays removed: {out}");
 }
+
+/// `islb rpc call` sends every JSON message it is given to a bidi method, and refuses
+/// several for a unary one.
+#[tokio::test]
+async fn islb_rpc_call_sends_several_messages_to_a_stream_and_one_to_a_unary_method() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &[]);
+    let (ok, _, err) =
+        islb_cli(&nats, &["rpc", "call", &islb.nid, "/islb.ISLB/FindNode", r#"{"sid":"a"} {"sid":"b"}"#]);
+    assert!(!ok && err.contains("takes one request message, not 2"), "{err}");
+    let two = r#"{"nid":"cli","sid":"room-a"} {"nid":"cli","sid":"room-b"}"#;
+    let mut cmd = Command::new(ISLB);
+    cmd.args(["rpc", "call", &islb.nid, "/islb.ISLB/WatchISLBEvent", two, "--nats-url", &nats.url()]);
+    let watch = islb_testkit::Proc::spawn("islb-rpc-watch", cmd);
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    let poster = Client::new(conn, islb.nid.clone(), "");
+    // The watch subscribes when each message arrives: post until both rooms are seen.
+    let end = Instant::now() + Duration::from_secs(15);
+    while !(watch.output().contains("room-a") && watch.output().contains("room-b")) {
+        assert!(Instant::now() < end, "the watch saw: {}", watch.output());
+        for sid in ["room-a", "room-b"] {
+            let add = stream_event(ion::stream_event::State::Add, sid, "peer-1");
+            let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
