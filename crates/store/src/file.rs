@@ -6,9 +6,13 @@
 //! completed call left. Tables: `nodes` (key `DC.NID`, value = deadline as 8 bytes big
 //! endian, milliseconds since the epoch, then the node in gob as Go encodes it),
 //! `sessions` (key sid, value = version and last use as 8 bytes each, then the node key),
-//! `drains` (key `DC.NID`, value = deadline, 0 for none), `streams` (key
-//! `<dc>/<nid>/<sid>/<uid>`, value = wall-clock expiry as 8 bytes, then the JSON record;
-//! records past their expiry are dropped when the file is opened).
+//! `drains` (key `DC.NID`, value = deadline, 0 for none), `streams` (key = the JSON array
+//! `[dc, nid, sid, uid]`, unambiguous whatever the ids hold; value = wall-clock expiry as
+//! 8 bytes, then the JSON record). Expired stream records are dropped from the file when
+//! it is opened and whenever a lookup finds them. Stream records are committed without
+//! an fsync of their own: the next node write (keep-alives make one every 200 ms while any
+//! node lives) makes them durable, so a burst of stream events never queues node writes
+//! behind disk flushes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::{Message as _, Node};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::memory::MemoryStore;
 use crate::{Claim, SessionClaim, Snapshot, Store, StoreError, StreamKey};
@@ -60,6 +64,16 @@ fn decode_session(sid: &str, v: &[u8]) -> Result<Session, StoreError> {
     let used = Timestamp::from_ms(u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")));
     let node = std::str::from_utf8(&v[16..]).map_err(|e| StoreError::corrupt(format!("session {sid}: {e}")))?;
     Ok(Session { sid: sid.into(), node: node.into(), version, used })
+}
+
+/// The row key of a stream record: `[dc, nid, sid, uid]` as JSON.
+fn stream_row(k: &StreamKey) -> String {
+    serde_json::to_string(&[&k.dc, &k.nid, &k.sid, &k.uid]).expect("strings serialise")
+}
+
+fn stream_key_from_row(row: &str) -> Option<StreamKey> {
+    let [dc, nid, sid, uid]: [String; 4] = serde_json::from_str(row).ok()?;
+    Some(StreamKey { dc, nid, sid, uid })
 }
 
 fn encode(node: &Node, deadline: Timestamp) -> Vec<u8> {
@@ -115,7 +129,7 @@ impl FileStore {
                 let (key, value) = row.map_err(StoreError::corrupt)?;
                 let (key, value) = (key.value(), value.value());
                 let bad = |what: &str| StoreError::corrupt(format!("stream {key}: {what}"));
-                let stream = StreamKey::parse(key).ok_or_else(|| bad("not <dc>/<nid>/<sid>/<uid>"))?;
+                let stream = stream_key_from_row(key).ok_or_else(|| bad("not [dc, nid, sid, uid]"))?;
                 let until = Timestamp::from_ms(u64::from_be_bytes(
                     value.get(..8).ok_or_else(|| bad("value too short"))?.try_into().expect("8 bytes"),
                 ));
@@ -142,12 +156,17 @@ impl FileStore {
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.commit_with(ops, Durability::Immediate).await
+    }
+
+    async fn commit_with(&self, ops: Vec<Op>, durability: Durability) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(StoreError::corrupt)?;
+            let mut txn = db.begin_write().map_err(StoreError::corrupt)?;
+            txn.set_durability(durability).map_err(StoreError::corrupt)?;
             {
                 let mut nodes = txn.open_table(NODES).map_err(StoreError::corrupt)?;
                 let mut sessions = txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
@@ -292,19 +311,23 @@ impl Store for FileStore {
         self.mem.put_stream_now(key, json, ttl);
         let mut value = Timestamp::now().plus(ttl).as_ms().to_be_bytes().to_vec();
         value.extend_from_slice(json.as_bytes());
-        self.commit(vec![Op::PutStream(key.redis_key(), value)]).await
+        self.commit_with(vec![Op::PutStream(stream_row(key), value)], Durability::None).await
     }
 
     async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
         let _w = self.write.lock().await;
         let had = self.mem.delete_stream(key).await?;
         if had {
-            self.commit(vec![Op::RemoveStream(key.redis_key())]).await?;
+            self.commit_with(vec![Op::RemoveStream(stream_row(key))], Durability::None).await?;
         }
         Ok(had)
     }
 
     async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
+        let _w = self.write.lock().await;
+        let expired = self.mem.drop_expired_streams();
+        let ops = expired.iter().map(|k| Op::RemoveStream(stream_row(k))).collect();
+        self.commit_with(ops, Durability::None).await?;
         self.mem.streams_of(sid).await
     }
 }
@@ -375,7 +398,9 @@ mod tests {
     async fn a_reopened_file_store_knows_every_live_stream_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        let key = |uid: &str| StreamKey { dc: "dc1".into(), nid: "sfu-1".into(), sid: "room".into(), uid: uid.into() };
+        // A sid with a slash must not be read back as another sid.
+        let key =
+            |uid: &str| StreamKey { dc: "dc1".into(), nid: "sfu-1".into(), sid: "room/a".into(), uid: uid.into() };
         {
             let s = FileStore::open(&path).unwrap();
             s.put_stream(&key("kept"), r#"[{"id":"a"}]"#, Duration::from_secs(3600)).await.unwrap();
@@ -385,12 +410,14 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         let s = FileStore::open(&path).unwrap();
-        assert_eq!(s.streams_of("room").await.unwrap(), vec![(key("kept"), r#"[{"id":"a"}]"#.to_owned())]);
+        assert_eq!(s.streams_of("room/a").await.unwrap(), vec![(key("kept"), r#"[{"id":"a"}]"#.to_owned())]);
+        assert!(s.delete_stream(&key("kept")).await.unwrap());
         drop(s);
-        // The expired record was dropped from the file, not only hidden.
+        // The expired record was dropped from the file, not only hidden, and the deleted
+        // one is gone too.
         let db = Database::open(&path).unwrap();
         let txn = db.begin_read().unwrap();
-        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(STREAMS).unwrap()).unwrap(), 1);
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(STREAMS).unwrap()).unwrap(), 0);
     }
 
     #[test]

@@ -176,6 +176,18 @@ impl MemoryStore {
         self.state().streams.insert(key.clone(), (json.to_owned(), std::time::Instant::now() + ttl));
     }
 
+    /// Drops the stream records past their expiry and returns their keys.
+    pub(crate) fn drop_expired_streams(&self) -> Vec<StreamKey> {
+        let now = std::time::Instant::now();
+        let mut st = self.state();
+        let expired: Vec<StreamKey> =
+            st.streams.iter().filter(|(_, (_, until))| *until <= now).map(|(k, _)| k.clone()).collect();
+        for k in &expired {
+            st.streams.remove(k);
+        }
+        expired
+    }
+
     pub(crate) fn insert_session(&self, s: Session) {
         self.state().sessions.insert(s.sid.clone(), s);
     }
@@ -258,9 +270,8 @@ impl Store for MemoryStore {
     }
 
     async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
-        let mut st = self.state();
-        let now = std::time::Instant::now();
-        st.streams.retain(|_, (_, until)| *until > now);
+        self.drop_expired_streams();
+        let st = self.state();
         Ok(st.streams.iter().filter(|(k, _)| k.sid == sid).map(|(k, (v, _))| (k.clone(), v.clone())).collect())
     }
 }
