@@ -5,18 +5,22 @@
 //! A lookup with a session key answers exactly one node: the session's node while it
 //! lives, else the best candidate, claimed atomically in the store so that concurrent
 //! joins on any replica agree. Without a session key it answers every live node of the
-//! service, best first, and counts the first as an unnamed placement.
+//! service, best first, and counts the first as an unnamed placement; when no node has
+//! room it answers none (ion's signal proxies to the first node it gets). An operator's
+//! listing (`islb-all` as a Go bool, which client metadata forwarded by signal cannot be)
+//! answers every node and places nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use islb_core::command::PARAM_INCLUDE_PLACED;
 use islb_core::placement::Candidate;
 use islb_core::session_key::{JwtKey, KeyError, session_key};
 use islb_core::sessions::{Ask, Decision, decide};
 use islb_core::{Lookup, NodeKey, Session, Sessions, Timestamp, placement};
-use islb_gob::{GetResponse, Message as _, Node};
+use islb_gob::{GetResponse, Message as _, Node, Value};
 use islb_store::SessionClaim;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -167,8 +171,12 @@ impl Discovery {
         self.catch_up().await;
         match sid {
             Some(sid) => reply(self.place(&lookup.service, &sid, &prefer_dc).await.into_iter().collect()),
-            // An operator's listing (`islb nodes`): every node, nothing placed or counted.
-            None if lookup.include_placed() => reply(self.ranked(&lookup.service, &prefer_dc)),
+            // An operator's listing: every node, nothing placed or counted. Only a Go bool
+            // counts here: signal forwards client metadata as strings, so a client cannot
+            // use it to be sent to a full node.
+            None if matches!(lookup.params.get(PARAM_INCLUDE_PLACED), Some(Value::Bool(true))) => {
+                reply(self.ranked(&lookup.service, &prefer_dc))
+            }
             None => reply(self.place_unnamed(&lookup.service, &prefer_dc)),
         }
     }
@@ -206,7 +214,9 @@ impl Discovery {
     fn place_unnamed(&self, service: &str, prefer_dc: &str) -> Vec<Arc<Node>> {
         let session = format!("unnamed-{}", random());
         let mut placed = false;
+        let mut any = false;
         let order = self.rank_candidates(service, prefer_dc, &session, |sessions, first| {
+            any = first.is_some();
             if let Some(first) = first.filter(|c| c.eligible()) {
                 sessions.note_unnamed(&first.key.as_str().into(), Timestamp::now());
                 placed = true;
@@ -218,7 +228,11 @@ impl Discovery {
         }
         metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
         if let Some(suppressed) = self.capacity_log.allow() {
-            warn!(service, suppressed, "no node of the service has room: unnamed lookup answered with no node");
+            if any {
+                warn!(service, suppressed, "no node of the service has room: unnamed lookup answered with no node");
+            } else {
+                warn!(service, suppressed, "no node of the service is registered: lookup answered with no node");
+            }
         }
         Vec::new()
     }

@@ -137,8 +137,8 @@ async fn when_an_sfu_dies_its_sessions_move_at_once_with_one_event_each() {
         let at = humantime::parse_rfc3339(e["time"].as_str().unwrap()).unwrap();
         let moved_within = at.duration_since(died_wall).unwrap_or_default();
         assert!(moved_within < EXPIRE + Duration::from_secs(1), "{moved_within:?}: {e}");
-        // ...and not before: its last keep-alive went out at most 300 ms before the silence.
-        assert!(moved_within + Duration::from_millis(400) >= EXPIRE, "moved early, {moved_within:?}: {e}");
+        // ...and not before it fell silent.
+        assert!(at >= died_wall, "moved before sfu-0 fell silent: {e}");
     }
     for (sid, node) in &before {
         let now = lookup(&peer, sid).await;
@@ -232,6 +232,8 @@ async fn with_every_node_full_lookups_answer_no_node_and_islb_keeps_serving() {
     assert!(peer.get("rtc", &[]).await.is_empty(), "nor for a call without a session key");
     let listed = peer.get("rtc", &[("islb-all", Value::Bool(true))]).await;
     assert_eq!(listed.len(), 2, "operators still see every node: {listed:?}");
+    // Client metadata reaches islb as strings: a client cannot ask its way onto a full node.
+    assert!(peer.get("rtc", &[("islb-all", "true".into())]).await.is_empty());
     assert_eq!(lookup(&peer, "room-0").await.len(), 1, "existing sessions still answer");
     assert!(peer.send("save", &ion_node("signal", "still-here")).await.success);
     let (_, metrics) = islb.http_get("/metrics");
