@@ -103,11 +103,18 @@ fn jwt_sid(token: &str, key: Option<&JwtKey>, now: Timestamp) -> Result<Option<S
         let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("none");
         let signed_len = token.len() - signature.len() - 1;
         key.verify(alg, &token.as_bytes()[..signed_len], &decode(signature)?)?;
-        let at = |claim: &str| claims.get(claim).and_then(|v| v.as_f64()).map(|s| (s.max(0.0) * 1000.0) as u64);
-        if at("exp").is_some_and(|exp| exp.saturating_add(LEEWAY_MS) <= now.as_ms()) {
+        // NumericDate: seconds since the epoch (a float is allowed); anything else is refused.
+        let at = |claim: &'static str| match claims.get(claim) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(|s| Some((s.max(0.0) * 1000.0) as u64))
+                .ok_or(KeyError::Refused("exp or nbf is not a number")),
+        };
+        if at("exp")?.is_some_and(|exp| exp.saturating_add(LEEWAY_MS) <= now.as_ms()) {
             return Err(KeyError::Refused("token expired (exp)"));
         }
-        if at("nbf").is_some_and(|nbf| nbf > now.as_ms().saturating_add(LEEWAY_MS)) {
+        if at("nbf")?.is_some_and(|nbf| nbf > now.as_ms().saturating_add(LEEWAY_MS)) {
             return Err(KeyError::Refused("token not valid yet (nbf)"));
         }
     }
@@ -208,6 +215,10 @@ mod tests {
         assert_eq!(
             token(format!(r#"{{"sid":"r","nbf":{}}}"#, now_s + 3600)),
             Err(KeyError::Refused("token not valid yet (nbf)"))
+        );
+        assert_eq!(
+            token(format!(r#"{{"sid":"r","exp":"{}"}}"#, now_s + 10)),
+            Err(KeyError::Refused("exp or nbf is not a number"))
         );
         // Without a key nothing is verified (ion's signal checked the token already).
         let old = jwt(r#"{"alg":"none"}"#, &format!(r#"{{"sid":"r","exp":{}}}"#, now_s - 3600), None);
