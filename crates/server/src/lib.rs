@@ -160,10 +160,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     for (key, value) in cfg.describe() {
         info!("config {key} = {value}");
     }
-    if let Some(ion) = cfg.ion_redis.as_ref().filter(|r| !r.unused_addrs().is_empty()) {
+    // Only when the store is the one taken from ion's [redis] (a flag, env or `store` key wins).
+    if let Some(ion) = cfg
+        .ion_redis
+        .as_ref()
+        .filter(|r| !r.unused_addrs().is_empty() && r.url().map(StoreSpec::Redis).as_ref() == Some(&cfg.store))
+    {
         warn!(
             unused = ?ion.unused_addrs(),
-            "[redis] addrs lists several addresses (ion's cluster mode, not supported): a store taken from [redis] uses only the first"
+            "[redis] addrs lists several addresses (ion's cluster mode, not supported): islb uses only the first"
         );
     }
     let metrics = telemetry::metrics_handle();
