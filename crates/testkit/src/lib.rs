@@ -395,7 +395,7 @@ impl RedisServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{}@127.0.0.1:{}", percent_encode(pw), self.port),
             None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
@@ -527,6 +527,11 @@ fn read_resp_safe(r: &mut impl BufRead) -> Option<String> {
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
     line.strip_prefix('+').map(|s| s.trim_end().to_owned())
+}
+
+/// Every byte but ASCII letters and digits as `%XX` (a password in a URL).
+fn percent_encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// The path of the Go reference peer, `target/ionpeer`, or the `IONPEER` environment

@@ -305,13 +305,20 @@ async fn sigkill_of_a_replica_under_load_loses_no_node() {
     let redis = RedisServer::start();
     let mut cluster = replicas(&nats, &redis, 3, &[]);
     let mut load = bench_update(&nats, 8);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Sessions placed on the load's SFUs through all three replicas.
     let peer = Peer::connect(&nats).await;
+    let end = Instant::now() + Duration::from_secs(10);
+    while peer.get("rtc", &[("islb-all", islb_gob::Value::Bool(true))]).await.len() < 200 {
+        assert!(Instant::now() < end, "the load's 200 SFUs never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // under load for a while before the kill
+    // Sessions placed on the load's SFUs through all three replicas.
     let mut placed = BTreeMap::new();
     for i in 0..30 {
         let sid = format!("room-{i}");
-        placed.insert(sid.clone(), lookup(&peer, &sid).await);
+        let node = lookup(&peer, &sid).await;
+        assert_eq!(node.len(), 1, "{sid}: {node:?}");
+        placed.insert(sid, node);
     }
     cluster[0].proc.kill();
     // The survivors answer every session where it was (requests routed to the dead
@@ -366,7 +373,7 @@ async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
     assert!(started.elapsed() < Duration::from_secs(3), "a save during the outage took {:?}", started.elapsed());
     let keepalive = KeepAlive::start(&nats, &[newcomer], Duration::from_secs(1)).await;
     assert_eq!(peer.get("rtc", &[]).await.len(), 200);
-    tokio::time::sleep(Duration::from_secs(10) - started.elapsed()).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
     redis.restart();
     for islb in &cluster {
         islb.wait_ready(200, Duration::from_secs(10)).await;
