@@ -49,7 +49,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let client = connect(&args.cluster).await?;
     let subject = format!("node.discovery.{}.>", args.service);
     let mut sub = client.subscribe(subject.clone()).await.with_context(|| format!("cannot subscribe to {subject}"))?;
-    client.flush().await?;
+    islb_nrpc::barrier(&client, args.cluster.timeout).await?;
     eprintln!("watching {subject} (Ctrl-C to stop)");
     loop {
         tokio::select! {

@@ -8,7 +8,9 @@
 //! - [`server`]: a [`Server`] of [`Service`]s on async-nats, with per-call state keyed by
 //!   reply inbox, in-order frame handling, cancellation, idle-call cleanup.
 //! - [`client`]: a [`Client`] for unary calls and streams of any kind.
+//! - [`barrier`]: waits until the NATS server has read a connection's subscriptions.
 
+pub mod barrier;
 pub mod client;
 pub mod frame;
 pub mod reflection;
@@ -16,6 +18,7 @@ pub mod server;
 pub mod status;
 pub mod subject;
 
+pub use barrier::{BarrierError, barrier};
 pub use client::{Client, ClientStream};
 pub use frame::Metadata;
 pub use server::{CallInfo, Incoming, Outgoing, Running, Server, ServerConfig, Service};

@@ -137,6 +137,9 @@ pub trait Service: Send + Sync + 'static {
 /// Request messages a call may have waiting for its handler.
 pub const CALL_QUEUE: usize = 256;
 
+/// How long `start` waits for the NATS server to confirm the subscriptions.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The first byte of a `Request` holding a `call` (field 2, length-delimited).
 const CALL_TAG: u8 = 0x12;
 
@@ -280,7 +283,11 @@ impl Server {
             live_peers: self.live_peers.clone(),
         };
         tasks.spawn(reaper.run(stop.clone()));
-        self.client.flush().await.ok();
+        // Listening once the server has read the subscriptions (a flush does not say so);
+        // with NATS gone this times out and the subscriptions go live on reconnection.
+        if let Err(e) = crate::barrier(&self.client, BARRIER_TIMEOUT).await {
+            tracing::warn!(error = %e, "nrpc subscriptions not confirmed by the NATS server");
+        }
         Ok(Running { client: self.client, stop, tasks, calls, active })
     }
 }

@@ -51,7 +51,7 @@ pub(crate) fn keep_later<K: std::hash::Hash + Eq, T: Ord + Copy>(
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use islb_core::{Registry, RegistryConfig};
@@ -209,7 +209,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())
         .await
         .context("cannot subscribe to node.publish.>")?;
-    client.flush().await.context("NATS flush after subscribing")?;
+    islb_nrpc::barrier(&client, Duration::from_secs(10)).await.context("NATS did not confirm the subscription")?;
     info!(subject = REQUEST_SUBJECT, queue = QUEUE_GROUP, "registry listening");
 
     let stop = CancellationToken::new();

@@ -150,7 +150,9 @@ impl IslbService {
                         if watching.insert(w.sid.clone()) {
                             let sub = self.client.subscribe(stream_event_subject(&w.sid)).await
                                 .map_err(|e| Status::unavailable(format!("NATS: {e}")))?;
-                            self.client.flush().await.ok();
+                            // Events posted from now on reach this watcher.
+                            islb_nrpc::barrier(&self.client, Duration::from_secs(5)).await
+                                .map_err(|e| Status::unavailable(e.to_string()))?;
                             subs.push(sub);
                             debug!(sid = %w.sid, nid = %w.nid, "watching stream events");
                         }

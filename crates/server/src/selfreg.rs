@@ -98,6 +98,10 @@ impl WatchedView {
                 return;
             }
         };
+        // Events from here on reach the view before the snapshot below is taken.
+        if let Err(e) = islb_nrpc::barrier(&client, REQUEST_TIMEOUT).await {
+            debug!(error = %e, "the watch subscription is not confirmed yet");
+        }
         let get = Request { action: "get".into(), service: "*".into(), ..Request::default() };
         match tokio::time::timeout(REQUEST_TIMEOUT, client.request("node.publish.*", get.to_gob().into())).await {
             Ok(Ok(msg)) => match GetResponse::from_gob(&msg.payload) {
