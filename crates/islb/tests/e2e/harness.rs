@@ -238,3 +238,42 @@ impl Drop for KeepAlive {
         }
     }
 }
+
+/// The payload of the probe [`follow`] publishes to itself.
+const PROBE: &[u8] = b"islb-test-probe";
+
+/// Subscribes to `subject` on a connection of its own and hands every message to `each`
+/// on a task; returns once the server is known to deliver to it: a probe published to
+/// `probe` (a subject the subscription matches) on the same connection after the SUB has
+/// come back, and NATS keeps one connection's order. A `flush` alone proves nothing:
+/// async-nats flushes its socket, it does not wait for the server to have read it. The
+/// probe is not handed to `each`.
+pub(crate) async fn follow(
+    nats: &NatsServer,
+    subject: &str,
+    probe: &str,
+    mut each: impl FnMut(async_nats::Message) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let client = async_nats::connect(nats.url()).await.expect("NATS connection");
+    let mut sub = client.subscribe(subject.to_owned()).await.expect("subscribe");
+    client.publish(probe.to_owned(), PROBE.into()).await.expect("probe");
+    client.flush().await.expect("flush");
+    let (ready, live) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _keep = client;
+        let mut ready = Some(ready);
+        while let Some(msg) = sub.next().await {
+            if msg.payload.as_ref() == PROBE {
+                ready.take().map(|r| r.send(()));
+                continue;
+            }
+            each(msg);
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .unwrap_or_else(|_| panic!("the subscription to {subject} was not live within 10 s"))
+        .expect("the subscriber task ended");
+    task
+}

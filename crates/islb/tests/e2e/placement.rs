@@ -10,7 +10,7 @@ use futures::StreamExt;
 use islb_gob::Value;
 use islb_testkit::{NatsServer, RedisServer, ionpeer_run};
 
-use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
+use crate::harness::{ISLB, Islb, KeepAlive, Peer, follow, ion_node};
 
 pub(crate) fn sfus(n: usize) -> Vec<islb_gob::Node> {
     (0..n).map(|i| ion_node("rtc", &format!("sfu-{i}"))).collect()
@@ -18,19 +18,14 @@ pub(crate) fn sfus(n: usize) -> Vec<islb_gob::Node> {
 
 /// Session events (`islb.session.>`), as JSON.
 async fn session_events(nats: &NatsServer) -> (Arc<Mutex<Vec<serde_json::Value>>>, tokio::task::JoinHandle<()>) {
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut sub = client.subscribe("islb.session.>").await.unwrap();
-    client.flush().await.unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let e = events.clone();
-    let task = tokio::spawn(async move {
-        let _keep = client;
-        while let Some(msg) = sub.next().await {
-            let v: serde_json::Value = serde_json::from_slice(&msg.payload).expect("session events are JSON");
-            assert_eq!(msg.subject.as_str(), format!("islb.session.{}", v["sid"].as_str().unwrap()));
-            e.lock().unwrap().push(v);
-        }
-    });
+    let task = follow(nats, "islb.session.>", "islb.session.islb-test-probe", move |msg| {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).expect("session events are JSON");
+        assert_eq!(msg.subject.as_str(), format!("islb.session.{}", v["sid"].as_str().unwrap()));
+        e.lock().unwrap().push(v);
+    })
+    .await;
     (events, task)
 }
 

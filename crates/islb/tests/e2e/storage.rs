@@ -11,7 +11,7 @@ use futures::StreamExt;
 use islb_gob::{GetResponse, Message as _, Request};
 use islb_testkit::{NatsServer, Proc, RedisServer, ionpeer, ionpeer_run};
 
-use crate::harness::{Islb, KeepAlive, Peer, ion_node};
+use crate::harness::{Islb, KeepAlive, Peer, follow, ion_node};
 use crate::placement::{lookup, sfus};
 
 /// Counts delete events per NID on `node.discovery.<service>.>`.
@@ -19,21 +19,17 @@ async fn count_deletes(
     nats: &NatsServer,
     service: &str,
 ) -> (Arc<std::sync::Mutex<HashMap<String, usize>>>, tokio::task::JoinHandle<()>) {
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut sub = client.subscribe(format!("node.discovery.{service}.>")).await.unwrap();
-    client.flush().await.unwrap();
     let counts = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let c = counts.clone();
-    let task = tokio::spawn(async move {
-        let _keep = client;
-        while let Some(msg) = sub.next().await {
-            if let Ok(r) = Request::from_gob(&msg.payload)
-                && r.action == "delete"
-            {
-                *c.lock().unwrap().entry(r.node.nid).or_insert(0) += 1;
-            }
+    let subject = format!("node.discovery.{service}.>");
+    let task = follow(nats, &subject, &format!("node.discovery.{service}.islb-test-probe"), move |msg| {
+        if let Ok(r) = Request::from_gob(&msg.payload)
+            && r.action == "delete"
+        {
+            *c.lock().unwrap().entry(r.node.nid).or_insert(0) += 1;
         }
-    });
+    })
+    .await;
     (counts, task)
 }
 

@@ -130,7 +130,7 @@ impl EndCounter {
         use futures::StreamExt;
         let conn = async_nats::connect(nats.url()).await.unwrap();
         let mut sub = conn.subscribe(subject.to_owned()).await.unwrap();
-        conn.flush().await.unwrap();
+        let sentinel_conn = conn.clone();
         let (ends, sentinels) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (e, st) = (ends.clone(), sentinels.clone());
         tokio::spawn(async move {
@@ -146,7 +146,11 @@ impl EndCounter {
                 }
             }
         });
-        EndCounter { subject: subject.to_owned(), ends, sentinels }
+        let counter = EndCounter { subject: subject.to_owned(), ends, sentinels };
+        // A flush does not wait for the server to have read the SUB; a sentinel sent on
+        // the same connection after it coming back does prove the subscription is live.
+        counter.sent_by(&sentinel_conn).await;
+        counter
     }
 
     /// The ends published on `conn` so far: NATS keeps one connection's messages in
@@ -317,4 +321,25 @@ async fn a_node_going_down_closes_its_streams() {
     assert_eq!(srv.close_peer("sfu-7"), 1);
     assert!(s.recv(Duration::from_millis(300)).await.is_err(), "nothing is sent for a cancelled call");
     eventually("the handler is cancelled", || echo.cancelled.load(Ordering::SeqCst) == 1).await;
+}
+
+/// A subscription is live once `barrier` returns: a message another connection publishes
+/// right after is delivered. Without NATS the barrier fails within its timeout.
+#[tokio::test]
+async fn after_a_barrier_a_subscription_gets_what_others_publish() {
+    use futures::StreamExt;
+    let mut nats = NatsServer::start();
+    let (a, b) = (async_nats::connect(nats.url()).await.unwrap(), async_nats::connect(nats.url()).await.unwrap());
+    for i in 0..20 {
+        let subject = format!("barrier.test.{i}");
+        let mut sub = a.subscribe(subject.clone()).await.unwrap();
+        islb_nrpc::barrier(&a, T).await.unwrap();
+        b.publish(subject, "x".into()).await.unwrap();
+        b.flush().await.unwrap();
+        assert!(tokio::time::timeout(T, sub.next()).await.unwrap().is_some(), "round {i}");
+    }
+    nats.stop();
+    let started = std::time::Instant::now();
+    let err = islb_nrpc::barrier(&a, Duration::from_millis(500)).await.unwrap_err();
+    assert!(started.elapsed() < T, "bounded: {err}");
 }
