@@ -134,6 +134,9 @@ async fn close_streams_of_departed_nodes(
     use futures::StreamExt;
     use islb_gob::Message as _;
     let Ok(mut sub) = client.subscribe("node.discovery.*.>").await else { return };
+    if let Err(e) = islb_nrpc::barrier(&client, Duration::from_secs(10)).await {
+        tracing::debug!(error = %e, "the node-down subscription is not confirmed yet");
+    }
     loop {
         tokio::select! {
             msg = sub.next() => {
