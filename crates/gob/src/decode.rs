@@ -72,10 +72,10 @@ fn cached_prefix(prefix: &[u8]) -> Option<Table> {
     PREFIX_CACHE.with(|c| c.borrow().0.iter().find(|(p, _)| **p == *prefix).map(|(_, t)| t.clone()))
 }
 
-fn cache_prefix(prefix: &[u8], table: HashMap<i64, WireType>) {
+fn cache_prefix(prefix: &[u8], table: Table) {
     PREFIX_CACHE.with(|c| {
         let (entries, next) = &mut *c.borrow_mut();
-        let entry = (prefix.into(), Arc::new(table));
+        let entry = (prefix.into(), table);
         if entries.len() < PREFIX_CACHE_ENTRIES {
             entries.push(entry);
         } else {
@@ -128,18 +128,30 @@ pub(crate) fn decode<T: Decode>(payload: &[u8], limits: &Limits) -> Result<T> {
     let mut d = Dec { r: Reader::new(payload), types: Types::default(), depth: 0, max_depth: limits.max_depth };
     let prefix = &payload[..definitions_prefix(payload)];
     let cached = if prefix.is_empty() { None } else { cached_prefix(prefix) };
-    if let Some(table) = cached {
-        d.types.base = Some(table);
+    if let Some(table) = &cached {
+        d.types.base = Some(table.clone());
         d.r.seek_message_boundary(prefix.len());
     }
     let at = d.r.pos();
     let id = d.type_sequence(false)?;
-    if d.types.base.is_none() && !prefix.is_empty() {
-        cache_prefix(prefix, d.types.extra.clone());
+    if cached.is_none() && !prefix.is_empty() {
+        // The definitions just read are exactly the prefix's: they become the cached table.
+        let table: Table = Arc::new(std::mem::take(&mut d.types.extra));
+        cache_prefix(prefix, table.clone());
+        d.types.base = Some(table);
     }
     d.check_defined(id, &mut Vec::new()).map_err(|k| Error::new(at, k))?;
     T::check(&d, id, true)?;
     T::decode(&mut d, id)
+}
+
+/// What skipping a value of a composite wire type needs to know.
+enum Shape {
+    Array { elem: i64, len: u64 },
+    Slice { elem: i64 },
+    Map { key: i64, elem: i64 },
+    Struct { fields: usize },
+    Encoded,
 }
 
 impl<'a> Dec<'a> {
@@ -291,19 +303,10 @@ impl<'a> Dec<'a> {
             _ => return Err(self.mismatch("struct", id)),
         };
         let mut field: i64 = -1;
-        loop {
-            let at = self.r.pos();
-            let delta = self.r.uint()?;
-            if delta == 0 {
-                break;
-            }
-            field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
-            if field >= nfields as i64 {
-                return Err(Error::new(at, ErrorKind::FieldOutOfRange { field, fields: nfields }));
-            }
+        while let Some(i) = self.r.next_field(&mut field, nfields)? {
             let (local, fid) = match self.types.get(&id) {
                 Some(WireType::Struct { fields, .. }) => {
-                    let (name, fid) = &fields[field as usize];
+                    let (name, fid) = &fields[i];
                     (local_fields.iter().find(|n| *n == name).copied(), *fid)
                 }
                 _ => unreachable!("checked above"),
@@ -328,10 +331,19 @@ impl<'a> Dec<'a> {
             T_BYTES | T_STRING => self.r.bytes().map(drop),
             T_INTERFACE => self.skip_interface(),
             _ => {
-                let wt = self.types.get(&id).cloned().ok_or_else(|| self.err(ErrorKind::UnknownTypeId(id)))?;
+                // Only the shape is copied out (no names, no field lists): a newer peer's
+                // unknown fields are skipped in every keep-alive.
+                let shape = match self.types.get(&id) {
+                    Some(WireType::Array { elem, len, .. }) => Shape::Array { elem: *elem, len: *len },
+                    Some(WireType::Slice { elem, .. }) => Shape::Slice { elem: *elem },
+                    Some(WireType::Map { key, elem, .. }) => Shape::Map { key: *key, elem: *elem },
+                    Some(WireType::Struct { fields, .. }) => Shape::Struct { fields: fields.len() },
+                    Some(WireType::Encoded { .. }) => Shape::Encoded,
+                    None => return Err(self.err(ErrorKind::UnknownTypeId(id))),
+                };
                 self.enter()?;
-                match wt {
-                    WireType::Array { elem, len, .. } => {
+                match shape {
+                    Shape::Array { elem, len } => {
                         let got = self.r.uint()?;
                         if got != len {
                             return Err(self.err(ErrorKind::ArrayLength { expected: len, got }));
@@ -343,33 +355,28 @@ impl<'a> Dec<'a> {
                             self.skip(elem)?;
                         }
                     }
-                    WireType::Slice { elem, .. } => {
+                    Shape::Slice { elem } => {
                         for _ in 0..self.r.count(1)? {
                             self.skip(elem)?;
                         }
                     }
-                    WireType::Map { key, elem, .. } => {
+                    Shape::Map { key, elem } => {
                         for _ in 0..self.r.count(2)? {
                             self.skip(key)?;
                             self.skip(elem)?;
                         }
                     }
-                    WireType::Struct { fields, .. } => {
+                    Shape::Struct { fields } => {
                         let mut field: i64 = -1;
-                        loop {
-                            let at = self.r.pos();
-                            let delta = self.r.uint()?;
-                            if delta == 0 {
-                                break;
-                            }
-                            field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
-                            let Some((_, fid)) = usize::try_from(field).ok().and_then(|f| fields.get(f)) else {
-                                return Err(Error::new(at, ErrorKind::FieldOutOfRange { field, fields: fields.len() }));
+                        while let Some(i) = self.r.next_field(&mut field, fields)? {
+                            let fid = match self.types.get(&id) {
+                                Some(WireType::Struct { fields, .. }) => fields[i].1,
+                                _ => unreachable!("a struct above"),
                             };
-                            self.skip(*fid)?;
+                            self.skip(fid)?;
                         }
                     }
-                    WireType::Encoded { .. } => {
+                    Shape::Encoded => {
                         self.r.bytes()?;
                     }
                 }

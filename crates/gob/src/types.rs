@@ -97,18 +97,10 @@ pub(crate) fn walk_struct(
     mut f: impl FnMut(&mut Reader<'_>, usize) -> Result<()>,
 ) -> Result<()> {
     let mut field: i64 = -1;
-    loop {
-        let at = r.pos();
-        let delta = r.uint()?;
-        if delta == 0 {
-            return Ok(());
-        }
-        field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
-        if field >= fields as i64 {
-            return Err(crate::Error::new(at, ErrorKind::FieldOutOfRange { field, fields }));
-        }
-        f(r, field as usize)?;
+    while let Some(i) = r.next_field(&mut field, fields)? {
+        f(r, i)?;
     }
+    Ok(())
 }
 
 fn string(r: &mut Reader<'_>) -> Result<String> {

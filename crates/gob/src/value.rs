@@ -238,15 +238,6 @@ impl Value {
             _ => None,
         }
     }
-
-    /// How deeply this value nests (1 for a scalar, 2 for a list of scalars...).
-    pub fn depth(&self) -> usize {
-        match self {
-            Value::List(items) | Value::Slice(_, items) => 1 + items.iter().map(Value::depth).max().unwrap_or(0),
-            Value::Map(m) => 1 + m.values().map(Value::depth).max().unwrap_or(0),
-            _ => 1,
-        }
-    }
 }
 
 impl From<&str> for Value {

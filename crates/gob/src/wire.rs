@@ -66,6 +66,22 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    /// The next field of a gob struct value (field-number deltas): its index, or `None` at
+    /// the terminating zero delta. `field` is the previous field, -1 before the first;
+    /// `fields` is how many fields the struct type has.
+    pub(crate) fn next_field(&mut self, field: &mut i64, fields: usize) -> Result<Option<usize>> {
+        let at = self.pos();
+        let delta = self.uint()?;
+        if delta == 0 {
+            return Ok(None);
+        }
+        *field = field.saturating_add(i64::try_from(delta).unwrap_or(i64::MAX));
+        if *field >= fields as i64 {
+            return Err(Error::new(at, ErrorKind::FieldOutOfRange { field: *field, fields }));
+        }
+        Ok(Some(*field as usize))
+    }
+
     /// An unsigned integer: one byte below 128, else the negated byte count and that many
     /// big-endian bytes.
     pub(crate) fn uint(&mut self) -> Result<u64> {
