@@ -22,6 +22,7 @@
 //! own count), `capacity` (most sessions it accepts). Numbers of any Go numeric type.
 
 use islb_gob::Node;
+use std::cmp::Ordering;
 
 /// Above this many eligible nodes, the choice samples two (power of two choices) instead of
 /// scanning all.
@@ -136,11 +137,16 @@ pub fn rendezvous(session: &str, node: &str) -> u64 {
 /// Whether `a` is a better place than `b` for `session` (lower score; on a tie, the
 /// higher rendezvous weight).
 pub fn better(a: &Candidate, b: &Candidate, session: &str) -> bool {
+    compare(a, b, session) == Ordering::Less
+}
+
+/// `a` before `b` when it is the better place for `session` (see [`better`]).
+fn compare(a: &Candidate, b: &Candidate, session: &str) -> Ordering {
     let (sa, sb) = (a.score(), b.score());
     if (sa - sb).abs() > 1e-12 {
-        return sa < sb;
+        return if sa < sb { Ordering::Less } else { Ordering::Greater };
     }
-    rendezvous(session, &a.key) > rendezvous(session, &b.key)
+    rendezvous(session, &b.key).cmp(&rendezvous(session, &a.key))
 }
 
 /// Chooses the node for a new session `session` (for an unnamed session, any string that
@@ -178,15 +184,7 @@ pub fn rank(candidates: &[Candidate], prefer_dc: &str, session: &str) -> Vec<usi
     };
     order.sort_by(|&a, &b| {
         let (ca, cb) = (&candidates[a], &candidates[b]);
-        group(ca).cmp(&group(cb)).then_with(|| {
-            if better(ca, cb, session) {
-                std::cmp::Ordering::Less
-            } else if better(cb, ca, session) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        })
+        group(ca).cmp(&group(cb)).then_with(|| compare(ca, cb, session))
     });
     order
 }

@@ -48,6 +48,15 @@ pub struct Entry {
     pub deadline: Timestamp,
 }
 
+/// Moves `e` (the entry of `key`) to `deadline` in the deadline index too.
+fn move_deadline(deadlines: &mut BTreeSet<(Timestamp, NodeKey)>, key: &NodeKey, e: &mut Entry, deadline: Timestamp) {
+    if e.deadline != deadline {
+        deadlines.remove(&(e.deadline, key.clone()));
+        deadlines.insert((deadline, key.clone()));
+        e.deadline = deadline;
+    }
+}
+
 /// The effect of a write on the authoritative (shared) state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -238,15 +247,10 @@ impl Registry {
 
     /// Sets the deadline of a known node (another replica refreshed it).
     pub fn set_deadline(&mut self, key: &str, deadline: Timestamp) {
-        let Some((k, e)) = self.nodes.get_key_value(key) else { return };
-        if e.deadline == deadline {
-            return;
-        }
+        let Some((k, _)) = self.nodes.get_key_value(key) else { return };
         let k = k.clone();
-        self.deadlines.remove(&(e.deadline, k.clone()));
-        self.deadlines.insert((deadline, k.clone()));
         if let Some(e) = self.nodes.get_mut(&k) {
-            e.deadline = deadline;
+            move_deadline(&mut self.deadlines, &k, e, deadline);
         }
     }
 
@@ -255,11 +259,7 @@ impl Registry {
         let key = node_key(&node);
         match self.nodes.get_mut(&key) {
             Some(e) => {
-                if e.deadline != deadline {
-                    self.deadlines.remove(&(e.deadline, key.clone()));
-                    self.deadlines.insert((deadline, key.clone()));
-                    e.deadline = deadline;
-                }
+                move_deadline(&mut self.deadlines, &key, e, deadline);
                 if *e.node != *node {
                     let old_service = std::mem::replace(&mut e.node, node.clone()).service.clone();
                     if old_service != node.service {

@@ -48,29 +48,14 @@ impl From<SystemTime> for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = UNIX_EPOCH + Duration::from_millis(self.0);
-        write!(f, "{}", humantime_like(t))
+        // RFC 3339 in UTC with milliseconds; humantime stops at the year 9999.
+        let t = UNIX_EPOCH + Duration::from_millis(self.0.min(LAST_RFC3339_MS));
+        write!(f, "{}", humantime::format_rfc3339_millis(t))
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, without a dependency.
-fn humantime_like(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", d.subsec_millis())
-}
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
 
 #[cfg(test)]
 mod tests {
@@ -86,5 +71,6 @@ mod tests {
         assert_eq!(t.to_string(), "2023-11-14T22:13:20.123Z");
         assert_eq!(Timestamp::from_ms(0).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(Timestamp::from_ms(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
+        assert_eq!(Timestamp::from_ms(u64::MAX).to_string(), "9999-12-31T23:59:59.999Z");
     }
 }
