@@ -245,7 +245,7 @@ struct Scripts {
 pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
-    scripts: Arc<Scripts>,
+    scripts: Scripts,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -332,7 +332,7 @@ impl RedisStore {
                 seq: format!("{{{p}}}:seq"),
                 epoch: format!("{{{p}}}:epoch"),
             },
-            scripts: Arc::new(Scripts {
+            scripts: Scripts {
                 put: Script::new(PUT),
                 touch: Script::new(TOUCH),
                 delete: Script::new(DELETE),
@@ -343,7 +343,7 @@ impl RedisStore {
                 touch_sessions: Script::new(TOUCH_SESSIONS),
                 drain: Script::new(DRAIN),
                 forget_stale_streams: Script::new(FORGET_STALE_STREAMS),
-            }),
+            },
         };
         store.reset().await?;
         Ok(store)

@@ -23,7 +23,7 @@ use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::{Message as _, Node};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::memory::MemoryStore;
+use crate::memory::{MemoryStore, State};
 use crate::{Claim, SessionClaim, Snapshot, Store, StoreError, StreamKey};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
@@ -56,14 +56,17 @@ fn encode_session(s: &Session) -> Vec<u8> {
     v
 }
 
+/// A value's leading 8-byte big-endian integer and the rest.
+fn split_u64(v: &[u8]) -> Option<(u64, &[u8])> {
+    v.split_first_chunk::<8>().map(|(head, rest)| (u64::from_be_bytes(*head), rest))
+}
+
 fn decode_session(sid: &str, v: &[u8]) -> Result<Session, StoreError> {
-    if v.len() < 16 {
-        return Err(StoreError::corrupt(format!("session {sid}: value too short")));
-    }
-    let version = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-    let used = Timestamp::from_ms(u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")));
-    let node = std::str::from_utf8(&v[16..]).map_err(|e| StoreError::corrupt(format!("session {sid}: {e}")))?;
-    Ok(Session { sid: sid.into(), node: node.into(), version, used })
+    let short = || StoreError::corrupt(format!("session {sid}: value too short"));
+    let (version, rest) = split_u64(v).ok_or_else(short)?;
+    let (used, node) = split_u64(rest).ok_or_else(short)?;
+    let node = std::str::from_utf8(node).map_err(|e| StoreError::corrupt(format!("session {sid}: {e}")))?;
+    Ok(Session { sid: sid.into(), node: node.into(), version, used: Timestamp::from_ms(used) })
 }
 
 /// The row key of a stream record: `[dc, nid, sid, uid]` as JSON.
@@ -90,7 +93,7 @@ impl FileStore {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
         let db = Database::create(&path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
-        let mem = MemoryStore::new();
+        let mut st = State::default();
         {
             let txn = db.begin_write().map_err(StoreError::corrupt)?;
             txn.open_table(NODES).map_err(StoreError::corrupt)?;
@@ -102,25 +105,24 @@ impl FileStore {
             let table = txn.open_table(NODES).map_err(StoreError::corrupt)?;
             for row in table.iter().map_err(StoreError::corrupt)? {
                 let (key, value) = row.map_err(StoreError::corrupt)?;
-                let value = value.value();
-                if value.len() < 8 {
-                    return Err(StoreError::corrupt(format!("node {}: value too short", key.value())));
-                }
-                let deadline = Timestamp::from_ms(u64::from_be_bytes(value[..8].try_into().expect("8 bytes")));
-                let node = Node::from_gob(&value[8..])
-                    .map_err(|e| StoreError::corrupt(format!("node {}: {e}", key.value())))?;
-                mem.insert_loaded(Arc::new(node), deadline);
+                let (deadline, gob) = split_u64(value.value())
+                    .ok_or_else(|| StoreError::corrupt(format!("node {}: value too short", key.value())))?;
+                let deadline = Timestamp::from_ms(deadline);
+                let node =
+                    Node::from_gob(gob).map_err(|e| StoreError::corrupt(format!("node {}: {e}", key.value())))?;
+                st.nodes.insert(node.id().into(), (Arc::new(node), deadline));
             }
             let table = txn.open_table(SESSIONS).map_err(StoreError::corrupt)?;
             for row in table.iter().map_err(StoreError::corrupt)? {
                 let (sid, value) = row.map_err(StoreError::corrupt)?;
-                mem.insert_session(decode_session(sid.value(), value.value())?);
+                let s = decode_session(sid.value(), value.value())?;
+                st.sessions.insert(s.sid.clone(), s);
             }
             let table = txn.open_table(DRAINS).map_err(StoreError::corrupt)?;
             for row in table.iter().map_err(StoreError::corrupt)? {
                 let (node, deadline) = row.map_err(StoreError::corrupt)?;
                 let d = deadline.value();
-                mem.set_drain_now(&node.value().into(), (d > 0).then_some(Timestamp::from_ms(d)));
+                st.drains.insert(node.value().into(), (d > 0).then_some(Timestamp::from_ms(d)));
             }
             let now = Timestamp::now();
             let mut expired = Vec::new();
@@ -130,13 +132,11 @@ impl FileStore {
                 let (key, value) = (key.value(), value.value());
                 let bad = |what: &str| StoreError::corrupt(format!("stream {key}: {what}"));
                 let stream = stream_key_from_row(key).ok_or_else(|| bad("not [dc, nid, sid, uid]"))?;
-                let until = Timestamp::from_ms(u64::from_be_bytes(
-                    value.get(..8).ok_or_else(|| bad("value too short"))?.try_into().expect("8 bytes"),
-                ));
-                let json = std::str::from_utf8(&value[8..]).map_err(|e| bad(&e.to_string()))?;
-                match now.until(until) {
+                let (until, json) = split_u64(value).ok_or_else(|| bad("value too short"))?;
+                let json = std::str::from_utf8(json).map_err(|e| bad(&e.to_string()))?;
+                match now.until(Timestamp::from_ms(until)) {
                     Duration::ZERO => expired.push(key.to_owned()),
-                    left => mem.put_stream_now(&stream, json, left),
+                    left => drop(st.streams.insert(stream, (json.to_owned(), std::time::Instant::now() + left))),
                 }
             }
             drop(table);
@@ -152,7 +152,7 @@ impl FileStore {
                 txn.commit().map_err(StoreError::corrupt)?;
             }
         }
-        Ok(FileStore { mem, db: Arc::new(db), write: tokio::sync::Mutex::new(()) })
+        Ok(FileStore { mem: MemoryStore::with_state(st), db: Arc::new(db), write: tokio::sync::Mutex::new(()) })
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
@@ -202,10 +202,6 @@ impl Store for FileStore {
         "file"
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
         let _w = self.write.lock().await;
         let (verdict, deadline) = self.mem.put(node.clone(), deadline);
@@ -223,7 +219,7 @@ impl Store for FileStore {
 
     async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError> {
         let _w = self.write.lock().await;
-        let found = self.mem.delete(key);
+        let found = self.mem.delete_node(key).await?;
         if found.is_some() {
             self.commit(vec![Op::Remove(key.to_owned())]).await?;
         }
@@ -232,7 +228,7 @@ impl Store for FileStore {
 
     async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
         let _w = self.write.lock().await;
-        let claims = self.mem.claim(keys, now);
+        let claims = self.mem.claim_expired(keys, now).await?;
         let ops = keys
             .iter()
             .zip(&claims)
@@ -244,12 +240,12 @@ impl Store for FileStore {
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
-        Ok(self.mem.snapshot())
+        self.mem.load().await
     }
 
     async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
         let _w = self.write.lock().await;
-        let claim = self.mem.claim_session_now(sid, candidate, now);
+        let claim = self.mem.claim_session(sid, candidate, now).await?;
         let changed = match &claim {
             SessionClaim::Placed(s) | SessionClaim::Moved { session: s, .. } => Some(s),
             // The last-use time of an existing session is written in batches (touch_sessions).
@@ -270,7 +266,7 @@ impl Store for FileStore {
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError> {
         let _w = self.write.lock().await;
-        let moved = self.mem.move_session_now(sid, version, to, idle_before, now);
+        let moved = self.mem.move_session(sid, version, to, idle_before, now).await?;
         match (&moved, to) {
             (Some(s), Some(_)) => self.commit(vec![Op::PutSession(sid.to_owned(), encode_session(s))]).await?,
             (Some(_), None) => self.commit(vec![Op::RemoveSession(sid.to_owned())]).await?,
@@ -281,34 +277,28 @@ impl Store for FileStore {
 
     async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
-        self.mem.touch_sessions_now(touches);
-        let ops = {
-            let st = self.mem.state();
-            touches
-                .iter()
-                .filter_map(|(sid, _)| st.sessions.get(sid))
-                .map(|s| Op::PutSession(s.sid.to_string(), encode_session(s)))
-                .collect()
-        };
-        self.commit(ops).await
+        let moved = self.mem.touch_sessions_now(touches);
+        self.commit(moved.iter().map(|s| Op::PutSession(s.sid.to_string(), encode_session(s))).collect()).await
     }
 
     async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
-        self.mem.set_drain_now(node, deadline);
+        self.mem.set_drain(node, deadline).await?;
         self.commit(vec![Op::PutDrain(node.to_string(), deadline.map_or(0, |d| d.as_ms()))]).await
     }
 
     async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
         let _w = self.write.lock().await;
-        let had = self.mem.clear_drain_now(node);
-        self.commit(vec![Op::RemoveDrain(node.to_string())]).await?;
+        let had = self.mem.clear_drain(node).await?;
+        if had {
+            self.commit(vec![Op::RemoveDrain(node.to_string())]).await?;
+        }
         Ok(had)
     }
 
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
-        self.mem.put_stream_now(key, json, ttl);
+        self.mem.put_stream(key, json, ttl).await?;
         let mut value = Timestamp::now().plus(ttl).as_ms().to_be_bytes().to_vec();
         value.extend_from_slice(json.as_bytes());
         self.commit_with(vec![Op::PutStream(stream_row(key), value)], Durability::None).await
@@ -328,7 +318,7 @@ impl Store for FileStore {
         let expired = self.mem.drop_expired_streams();
         let ops = expired.iter().map(|k| Op::RemoveStream(stream_row(k))).collect();
         self.commit_with(ops, Durability::None).await?;
-        self.mem.streams_of(sid).await
+        Ok(self.mem.streams_for(sid))
     }
 }
 

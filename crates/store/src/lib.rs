@@ -176,8 +176,11 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Fails when the store cannot be used right now (for readiness).
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// Fails when the store cannot be used right now (for readiness). An embedded store
+    /// always can.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Prepares a store that lost its data for use again (see [`StoreError::Reset`]).
     async fn reset(&self) -> Result<(), StoreError> {

@@ -19,7 +19,7 @@ pub(crate) struct State {
     pub(crate) nodes: HashMap<NodeKey, (Arc<Node>, Timestamp)>,
     pub(crate) sessions: HashMap<Arc<str>, Session>,
     pub(crate) drains: HashMap<NodeKey, Option<Timestamp>>,
-    streams: BTreeMap<StreamKey, (String, std::time::Instant)>,
+    pub(crate) streams: BTreeMap<StreamKey, (String, std::time::Instant)>,
 }
 
 impl State {
@@ -38,6 +38,11 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store holding `state` (the file store's, as loaded).
+    pub(crate) fn with_state(state: State) -> Self {
+        MemoryStore { state: Mutex::new(state) }
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -85,119 +90,39 @@ impl MemoryStore {
         (unknown, moved)
     }
 
-    pub(crate) fn delete(&self, key: &str) -> Option<Arc<Node>> {
-        self.state().nodes.remove(key).map(|(n, _)| n)
-    }
-
-    pub(crate) fn claim(&self, keys: &[NodeKey], now: Timestamp) -> Vec<Claim> {
+    /// Marks sessions used; returns those whose last use moved.
+    pub(crate) fn touch_sessions_now(&self, touches: &[(Arc<str>, Timestamp)]) -> Vec<Session> {
         let mut st = self.state();
-        keys.iter()
-            .map(|key| match st.nodes.get(key) {
-                None => Claim::Gone,
-                Some((_, d)) if *d > now => Claim::NotDue(*d),
-                Some(_) => Claim::Expired(st.nodes.remove(key).expect("present").0),
-            })
-            .collect()
-    }
-
-    pub(crate) fn snapshot(&self) -> Snapshot {
-        let st = self.state();
-        Snapshot {
-            nodes: st.nodes.values().cloned().collect(),
-            sessions: st.sessions.values().cloned().collect(),
-            drains: st.drains.iter().map(|(k, d)| (k.clone(), *d)).collect(),
-            cursor: Cursor::default(),
-        }
-    }
-
-    pub(crate) fn insert_loaded(&self, node: Arc<Node>, deadline: Timestamp) {
-        self.state().nodes.insert(node.id().into(), (node, deadline));
-    }
-
-    pub(crate) fn claim_session_now(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> SessionClaim {
-        let mut st = self.state();
-        let current = st.sessions.get(sid).cloned();
-        let from = match current {
-            Some(s) if st.nodes.contains_key(&s.node) && !st.drained_past(&s.node, now) => {
-                let s = st.sessions.get_mut(sid).expect("present");
-                s.used = s.used.max(now);
-                return SessionClaim::Existing(s.clone());
-            }
-            Some(s) => Some(s),
-            None => None,
-        };
-        if !st.nodes.contains_key(candidate) {
-            return SessionClaim::CandidateGone;
-        }
-        let version = from.as_ref().map_or(0, |s| s.version) + 1;
-        let session = Session { sid: sid.into(), node: candidate.clone(), version, used: now };
-        st.sessions.insert(session.sid.clone(), session.clone());
-        match from {
-            None => SessionClaim::Placed(session),
-            Some(old) => SessionClaim::Moved { session, from: old.node },
-        }
-    }
-
-    pub(crate) fn move_session_now(
-        &self,
-        sid: &str,
-        version: u64,
-        to: Option<&NodeKey>,
-        idle_before: Option<Timestamp>,
-        now: Timestamp,
-    ) -> Option<Session> {
-        let mut st = self.state();
-        let cur = st.sessions.get(sid)?;
-        if cur.version != version || idle_before.is_some_and(|b| cur.used >= b) {
-            return None;
-        }
-        match to {
-            None => st.sessions.remove(sid),
-            Some(node) => {
-                let s =
-                    Session { sid: cur.sid.clone(), node: node.clone(), version: version + 1, used: cur.used.max(now) };
-                st.sessions.insert(s.sid.clone(), s.clone());
-                Some(s)
-            }
-        }
-    }
-
-    pub(crate) fn touch_sessions_now(&self, touches: &[(Arc<str>, Timestamp)]) {
-        let mut st = self.state();
+        let mut moved = Vec::new();
         for (sid, t) in touches {
-            if let Some(s) = st.sessions.get_mut(sid) {
-                s.used = s.used.max(*t);
+            if let Some(s) = st.sessions.get_mut(sid)
+                && *t > s.used
+            {
+                s.used = *t;
+                moved.push(s.clone());
             }
         }
-    }
-
-    /// Records a stream for `ttl` from now (the file store also restores them with it).
-    pub(crate) fn put_stream_now(&self, key: &StreamKey, json: &str, ttl: Duration) {
-        self.state().streams.insert(key.clone(), (json.to_owned(), std::time::Instant::now() + ttl));
+        moved
     }
 
     /// Drops the stream records past their expiry and returns their keys.
     pub(crate) fn drop_expired_streams(&self) -> Vec<StreamKey> {
         let now = std::time::Instant::now();
-        let mut st = self.state();
-        let expired: Vec<StreamKey> =
-            st.streams.iter().filter(|(_, (_, until))| *until <= now).map(|(k, _)| k.clone()).collect();
-        for k in &expired {
-            st.streams.remove(k);
-        }
+        let mut expired = Vec::new();
+        self.state().streams.retain(|k, (_, until)| {
+            let keep = *until > now;
+            if !keep {
+                expired.push(k.clone());
+            }
+            keep
+        });
         expired
     }
 
-    pub(crate) fn insert_session(&self, s: Session) {
-        self.state().sessions.insert(s.sid.clone(), s);
-    }
-
-    pub(crate) fn set_drain_now(&self, node: &NodeKey, deadline: Option<Timestamp>) {
-        self.state().drains.insert(node.clone(), deadline);
-    }
-
-    pub(crate) fn clear_drain_now(&self, node: &NodeKey) -> bool {
-        self.state().drains.remove(node).is_some()
+    /// The stream records of session `sid` (no expiry sweep).
+    pub(crate) fn streams_for(&self, sid: &str) -> Vec<(StreamKey, String)> {
+        let st = self.state();
+        st.streams.iter().filter(|(k, _)| k.sid == sid).map(|(k, (v, _))| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -205,10 +130,6 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 
     async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
@@ -220,19 +141,53 @@ impl Store for MemoryStore {
     }
 
     async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError> {
-        Ok(self.delete(key))
+        Ok(self.state().nodes.remove(key).map(|(n, _)| n))
     }
 
     async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
-        Ok(self.claim(keys, now))
+        let mut st = self.state();
+        Ok(keys
+            .iter()
+            .map(|key| match st.nodes.get(key) {
+                None => Claim::Gone,
+                Some((_, d)) if *d > now => Claim::NotDue(*d),
+                Some(_) => Claim::Expired(st.nodes.remove(key).expect("present").0),
+            })
+            .collect())
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
-        Ok(self.snapshot())
+        let st = self.state();
+        Ok(Snapshot {
+            nodes: st.nodes.values().cloned().collect(),
+            sessions: st.sessions.values().cloned().collect(),
+            drains: st.drains.iter().map(|(k, d)| (k.clone(), *d)).collect(),
+            cursor: Cursor::default(),
+        })
     }
 
     async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
-        Ok(self.claim_session_now(sid, candidate, now))
+        let mut st = self.state();
+        let current = st.sessions.get(sid).cloned();
+        let from = match current {
+            Some(s) if st.nodes.contains_key(&s.node) && !st.drained_past(&s.node, now) => {
+                let s = st.sessions.get_mut(sid).expect("present");
+                s.used = s.used.max(now);
+                return Ok(SessionClaim::Existing(s.clone()));
+            }
+            Some(s) => Some(s),
+            None => None,
+        };
+        if !st.nodes.contains_key(candidate) {
+            return Ok(SessionClaim::CandidateGone);
+        }
+        let version = from.as_ref().map_or(0, |s| s.version) + 1;
+        let session = Session { sid: sid.into(), node: candidate.clone(), version, used: now };
+        st.sessions.insert(session.sid.clone(), session.clone());
+        Ok(match from {
+            None => SessionClaim::Placed(session),
+            Some(old) => SessionClaim::Moved { session, from: old.node },
+        })
     }
 
     async fn move_session(
@@ -243,7 +198,20 @@ impl Store for MemoryStore {
         idle_before: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError> {
-        Ok(self.move_session_now(sid, version, to, idle_before, now))
+        let mut st = self.state();
+        let Some(cur) = st.sessions.get(sid) else { return Ok(None) };
+        if cur.version != version || idle_before.is_some_and(|b| cur.used >= b) {
+            return Ok(None);
+        }
+        Ok(match to {
+            None => st.sessions.remove(sid),
+            Some(node) => {
+                let s =
+                    Session { sid: cur.sid.clone(), node: node.clone(), version: version + 1, used: cur.used.max(now) };
+                st.sessions.insert(s.sid.clone(), s.clone());
+                Some(s)
+            }
+        })
     }
 
     async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
@@ -252,16 +220,16 @@ impl Store for MemoryStore {
     }
 
     async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
-        self.set_drain_now(node, deadline);
+        self.state().drains.insert(node.clone(), deadline);
         Ok(())
     }
 
     async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
-        Ok(self.clear_drain_now(node))
+        Ok(self.state().drains.remove(node).is_some())
     }
 
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.put_stream_now(key, json, ttl);
+        self.state().streams.insert(key.clone(), (json.to_owned(), std::time::Instant::now() + ttl));
         Ok(())
     }
 
@@ -271,8 +239,7 @@ impl Store for MemoryStore {
 
     async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
         self.drop_expired_streams();
-        let st = self.state();
-        Ok(st.streams.iter().filter(|(k, _)| k.sid == sid).map(|(k, (v, _))| (k.clone(), v.clone())).collect())
+        Ok(self.streams_for(sid))
     }
 }
 
