@@ -66,6 +66,13 @@ impl Lookup {
             None => false,
         }
     }
+
+    /// Whether an operator tool asks for every node of a placed service without placing
+    /// anything: `islb-all` as a Go bool. Client metadata, which ion's signal forwards as
+    /// the params, is always a string, so a client cannot ask for it.
+    pub fn operator_listing(&self) -> bool {
+        matches!(self.params.get(PARAM_INCLUDE_PLACED), Some(Value::Bool(true)))
+    }
 }
 
 /// Why a request was refused. The text is what the requester reads in `Reason`.

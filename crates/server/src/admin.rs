@@ -73,7 +73,7 @@ async fn readiness(s: &AdminState) -> Vec<String> {
     if s.shutting_down.load(Ordering::Relaxed) {
         problems.push("shutting down".to_owned());
     }
-    if s.client.connection_state() != async_nats::connection::State::Connected {
+    if !crate::nats::connected(&s.client) {
         problems.push(format!("NATS {:?}", s.client.connection_state()).to_lowercase());
     }
     let store = s.discovery.store();
@@ -108,10 +108,9 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     for (service, n) in per_service {
         metrics::gauge!("islb_service_nodes", "service" => service).set(n as f64);
     }
-    metrics::gauge!("islb_watched_nodes").set(s.watched.snapshot().len() as f64);
+    metrics::gauge!("islb_watched_nodes").set(s.watched.count() as f64);
     metrics::gauge!("islb_store_healthy").set(if s.discovery.store_healthy() { 1.0 } else { 0.0 });
-    metrics::gauge!("islb_nats_connected")
-        .set(if s.client.connection_state() == async_nats::connection::State::Connected { 1.0 } else { 0.0 });
+    metrics::gauge!("islb_nats_connected").set(if crate::nats::connected(&s.client) { 1.0 } else { 0.0 });
     metrics::gauge!("islb_uptime_seconds").set(s.started.elapsed().as_secs_f64());
     ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
@@ -125,7 +124,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "nodes": nodes,
-        "watched_nodes": s.watched.snapshot().len(),
+        "watched_nodes": s.watched.count(),
         "store": s.discovery.store().kind(),
         "store_healthy": s.discovery.store_healthy(),
         "nats": format!("{:?}", s.client.connection_state()).to_lowercase(),

@@ -67,7 +67,7 @@ pub struct Discovery {
     registry: Mutex<Registry>,
     store: Arc<dyn Store>,
     limits: Limits,
-    touches: Mutex<HashMap<NodeKey, Timestamp>>,
+    touches: crate::TouchBatch,
     expiry_wake: Notify,
     get_cache: Mutex<HashMap<CacheKey, (u64, Bytes)>>,
     bad_input_log: Throttle,
@@ -77,7 +77,7 @@ pub struct Discovery {
     syncs_begun: AtomicU64,
     /// The number of the latest sync that succeeded.
     synced: AtomicU64,
-    link: StoreLink,
+    pub(crate) link: StoreLink,
     pub(crate) placement: PlacementState,
 }
 
@@ -87,6 +87,11 @@ pub(crate) use crate::lock;
 fn ok_reply() -> Bytes {
     static OK: OnceLock<Bytes> = OnceLock::new();
     OK.get_or_init(|| Response { success: true, reason: String::new() }.to_gob().into()).clone()
+}
+
+/// The gob `GetResponse` listing `nodes`.
+pub(crate) fn nodes_reply(nodes: &[Arc<Node>]) -> Bytes {
+    GetResponse { nodes: nodes.iter().map(|n| (**n).clone()).collect() }.to_gob().into()
 }
 
 fn rejected(reason: String) -> Bytes {
@@ -109,7 +114,7 @@ impl Discovery {
             registry: Mutex::new(registry),
             store,
             limits: Limits { max_size: max_message_size, ..Limits::default() },
-            touches: Mutex::new(HashMap::new()),
+            touches: crate::TouchBatch::default(),
             expiry_wake: Notify::new(),
             get_cache: Mutex::new(HashMap::new()),
             bad_input_log: Throttle::new(Duration::from_secs(1)),
@@ -124,14 +129,6 @@ impl Discovery {
 
     pub(crate) fn client(&self) -> &Client {
         &self.client
-    }
-
-    pub(crate) async fn link_call<T>(
-        &self,
-        op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.link.call_always(op, call, 1).await
     }
 
     /// Locks the registry view (never held across an `.await`).
@@ -231,7 +228,7 @@ impl Discovery {
         if !self.link.healthy() {
             return None;
         }
-        self.link.call(op, call).await
+        self.link.call(op, call).await.ok()
     }
 
     async fn write(&self, action: WriteAction, node: Node) -> Bytes {
@@ -251,7 +248,7 @@ impl Discovery {
             (v, deadline, fast)
         };
         if fast {
-            lock(&self.touches).insert(key, deadline);
+            self.touches.note(key, deadline);
             return ok_reply();
         }
         let node = Arc::new(node);
@@ -272,13 +269,13 @@ impl Discovery {
         if verdict == Verdict::Created {
             self.expiry_wake.notify_one();
         }
-        self.publish(events).await;
+        self.publish(&events).await;
         ok_reply()
     }
 
     async fn delete(&self, node: Node) -> Bytes {
         let key = node.id();
-        lock(&self.touches).remove(key.as_str());
+        self.touches.forget(&key);
         let (existed, found) = match self.store_call("delete_node", self.store.delete_node(&key)).await {
             // Not in the store because a lost expiry claim removed it: it existed for its
             // watchers, who have heard nothing yet.
@@ -291,10 +288,7 @@ impl Discovery {
             }
         };
         let events = self.registry().apply_departure(&key, existed, found.or_else(|| Some(Arc::new(node))));
-        self.publish(events.clone()).await;
-        for e in events {
-            self.fail_over(&e.node, MoveReason::NodeDown).await;
-        }
+        self.announce_departures(&events).await;
         ok_reply()
     }
 
@@ -314,7 +308,7 @@ impl Discovery {
             }
             (generation, r.get(lookup))
         };
-        let reply: Bytes = GetResponse { nodes: nodes.iter().map(|n| (**n).clone()).collect() }.to_gob().into();
+        let reply = nodes_reply(&nodes);
         let mut cache = lock(&self.get_cache);
         if cache.len() >= GET_CACHE_ENTRIES {
             cache.clear();
@@ -324,7 +318,7 @@ impl Discovery {
     }
 
     /// Publishes events as gob `Request`s with action save, update or delete.
-    pub async fn publish(&self, events: Vec<Event>) {
+    pub async fn publish(&self, events: &[Event]) {
         for event in events {
             let action = event.kind.action();
             let req = Request { action: action.into(), node: (*event.node).clone(), ..Request::default() };
@@ -349,7 +343,7 @@ impl Discovery {
     /// Loads every node the store knows into the view (start-up, and after a gap in the
     /// change feed): nodes the store has are taken as they are, silently.
     pub async fn load_from_store(&self) -> Result<usize, StoreError> {
-        let snapshot = self.link.call_always("load", self.store.load(), 10).await?;
+        let snapshot = self.link.call_long("load", self.store.load()).await?;
         let n = snapshot.nodes.len();
         let mut expired = Vec::new();
         {
@@ -402,11 +396,28 @@ impl Discovery {
 
     /// Publishes the delete events of expired nodes and moves their sessions.
     async fn announce_expired(&self, events: Vec<Event>) {
-        self.publish(events.clone()).await;
-        for e in &events {
+        self.announce_departures(&events).await;
+        metrics::counter!("islb_nodes_expired_total").increment(events.len() as u64);
+    }
+
+    /// A node the store no longer has: when this replica's own expiry claim of it lost its
+    /// answer (the store may have removed it then), its delete event is returned to be
+    /// announced here, as no one else will; otherwise it is just forgotten.
+    fn forget_gone(&self, r: &mut Registry, key: &str) -> Vec<Event> {
+        if self.link.clear_uncertain(key) {
+            r.apply_departure(key, true, None)
+        } else {
+            r.remove(key);
+            Vec::new()
+        }
+    }
+
+    /// Publishes the delete events of departed nodes and moves their sessions.
+    async fn announce_departures(&self, events: &[Event]) {
+        self.publish(events).await;
+        for e in events {
             self.fail_over(&e.node, MoveReason::NodeDown).await;
         }
-        metrics::counter!("islb_nodes_expired_total").increment(events.len() as u64);
     }
 
     /// Reads what other replicas wrote before answering, so a node saved (or a session
@@ -448,14 +459,8 @@ impl Discovery {
                     for change in changes {
                         match change {
                             Change::Put(node, deadline) => r.upsert(node, deadline),
-                            // Removed by this replica's own claim whose answer was lost: no one
-                            // else announces it.
-                            Change::Delete(key) if self.link.clear_uncertain(&key) => {
-                                expired.extend(r.apply_departure(&key, true, None));
-                                sessions.forget_node(&key);
-                            }
                             Change::Delete(key) => {
-                                r.remove(&key);
+                                expired.extend(self.forget_gone(&mut r, &key));
                                 sessions.forget_node(&key);
                             }
                             Change::Session(s) => sessions.set(s),
@@ -511,7 +516,7 @@ impl Discovery {
     /// for one more expiry period (nodes whose keep-alives other replicas held are being
     /// written back too).
     async fn recover(&self) {
-        if self.link.call_always("ping", self.store.ping(), 1).await.is_err() {
+        if self.link.call("ping", self.store.ping()).await.is_err() {
             return;
         }
         let wiped = self.link.take_reset();
@@ -542,13 +547,13 @@ impl Discovery {
     async fn write_back(&self, wiped: bool) -> Result<(), StoreError> {
         if wiped {
             warn!(store = self.store.kind(), "the store lost its data; writing back every node this replica knows");
-            self.link.call_always("reset", self.store.reset(), 1).await?;
+            self.link.call("reset", self.store.reset()).await?;
         }
         self.write_held().await?;
         if wiped {
             let nodes: Vec<_> = self.registry().entries().map(|(_, e)| (e.node.clone(), e.deadline)).collect();
             for (node, deadline) in nodes {
-                self.link.call_always("put_node", self.store.put_node(node, deadline), 1).await?;
+                self.link.call("put_node", self.store.put_node(node, deadline)).await?;
             }
             let (sessions, drains) = {
                 let s = lock(&self.placement.sessions);
@@ -558,7 +563,7 @@ impl Discovery {
                 lock(&self.placement.held).entry(s.sid.clone()).or_insert_with(|| s.node.clone());
             }
             for (node, deadline) in drains {
-                self.link.call_always("set_drain", self.store.set_drain(&node, deadline), 1).await?;
+                self.link.call("set_drain", self.store.set_drain(&node, deadline)).await?;
             }
         }
         if self.replay_held_sessions().await {
@@ -574,11 +579,9 @@ impl Discovery {
         while let Some((key, op)) = held.next() {
             let result = match &op {
                 Pending::Put(node, deadline) => {
-                    self.link.call_always("put_node", self.store.put_node(node.clone(), *deadline), 1).await.map(drop)
+                    self.link.call("put_node", self.store.put_node(node.clone(), *deadline)).await.map(drop)
                 }
-                Pending::Delete => {
-                    self.link.call_always("delete_node", self.store.delete_node(&key), 1).await.map(drop)
-                }
+                Pending::Delete => self.link.call("delete_node", self.store.delete_node(&key)).await.map(drop),
             };
             if let Err(e) = result {
                 // Put back this one and the rest, unless a newer write of the key was held meanwhile.
@@ -648,17 +651,7 @@ impl Discovery {
                 }
                 Claim::NotDue(deadline) => self.registry().set_deadline(key, deadline),
                 Claim::Gone => {
-                    let events = {
-                        let mut r = self.registry();
-                        if self.link.clear_uncertain(key) {
-                            // Possibly removed by this replica's own earlier claim whose answer
-                            // was lost: announced here, as no one else will.
-                            r.apply_departure(key, true, None)
-                        } else {
-                            r.remove(key);
-                            Vec::new()
-                        }
-                    };
+                    let events = self.forget_gone(&mut self.registry(), key);
                     if !events.is_empty() {
                         self.announce_expired(events).await;
                     }
@@ -687,12 +680,12 @@ impl Discovery {
             return; // kept until the store is back
         }
         self.flush_session_touches().await;
-        let batch: Vec<(NodeKey, Timestamp)> = std::mem::take(&mut *lock(&self.touches)).into_iter().collect();
+        let batch = self.touches.take();
         if batch.is_empty() {
             return;
         }
         let Some(unknown) = self.store_call("touch_nodes", self.store.touch_nodes(&batch)).await else {
-            crate::keep_later(&self.touches, batch);
+            self.touches.put_back(batch);
             return;
         };
         // Nodes the store does not know (expired or deleted through another replica) but
@@ -703,7 +696,7 @@ impl Discovery {
                 self.store_call("put_node", self.store.put_node(entry.node.clone(), entry.deadline)).await
             {
                 let events = self.registry().apply_write(entry.node, entry.deadline, verdict);
-                self.publish(events).await;
+                self.publish(&events).await;
             }
         }
     }

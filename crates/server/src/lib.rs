@@ -35,16 +35,34 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Puts back a batch of times that could not be written, for the next attempt; where the
-/// key was touched again meanwhile, the later time wins.
-pub(crate) fn keep_later<K: std::hash::Hash + Eq, T: Ord + Copy>(
-    pending: &std::sync::Mutex<std::collections::HashMap<K, T>>,
-    batch: impl IntoIterator<Item = (K, T)>,
-) {
-    let mut p = lock(pending);
-    for (k, t) in batch {
-        let e = p.entry(k).or_insert(t);
-        *e = (*e).max(t);
+/// Times to write to the store in the next batch (node deadlines, session uses), by key.
+#[derive(Debug, Default)]
+pub(crate) struct TouchBatch(std::sync::Mutex<std::collections::HashMap<Arc<str>, islb_core::Timestamp>>);
+
+impl TouchBatch {
+    /// Notes the latest time of `key`.
+    pub(crate) fn note(&self, key: Arc<str>, t: islb_core::Timestamp) {
+        lock(&self.0).insert(key, t);
+    }
+
+    /// Drops `key` from the batch.
+    pub(crate) fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+
+    /// Takes the batch to write.
+    pub(crate) fn take(&self) -> Vec<(Arc<str>, islb_core::Timestamp)> {
+        std::mem::take(&mut *lock(&self.0)).into_iter().collect()
+    }
+
+    /// Puts back a batch that could not be written, for the next attempt; where the key
+    /// was noted again meanwhile, the later time wins.
+    pub(crate) fn put_back(&self, batch: Vec<(Arc<str>, islb_core::Timestamp)>) {
+        let mut p = lock(&self.0);
+        for (k, t) in batch {
+            let e = p.entry(k).or_insert(t);
+            *e = (*e).max(t);
+        }
     }
 }
 

@@ -59,7 +59,6 @@ impl StoreLink {
 
     pub(crate) fn set_healthy(&self) {
         self.healthy.store(true, Ordering::Relaxed);
-        metrics::gauge!("islb_store_healthy").set(1.0);
     }
 
     fn mark_down(&self, op: &'static str, e: &StoreError) {
@@ -67,7 +66,6 @@ impl StoreLink {
             self.mark_reset();
         }
         metrics::counter!("islb_store_errors_total", "op" => op).increment(1);
-        metrics::gauge!("islb_store_healthy").set(0.0);
         let was_healthy = self.healthy.swap(false, Ordering::Relaxed);
         if was_healthy {
             warn!(store = self.kind, op, error = %e, "store out of reach; serving from this replica's view, holding writes, expiring nothing");
@@ -76,15 +74,30 @@ impl StoreLink {
         }
     }
 
-    /// Runs a store call bounded by the timeout (times `factor`); a failure marks the store
-    /// down.
-    pub(crate) async fn call_always<T>(
+    /// Runs a store call bounded by the store timeout; a failure marks the store down.
+    pub(crate) async fn call<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
-        factor: u32,
     ) -> Result<T, StoreError> {
-        let limit = self.timeout * factor;
+        self.call_within(op, self.timeout, call).await
+    }
+
+    /// [`StoreLink::call`] for loading everything: ten times the store timeout.
+    pub(crate) async fn call_long<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.call_within(op, self.timeout * 10, call).await
+    }
+
+    async fn call_within<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let result = match tokio::time::timeout(limit, call).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(limit)),
@@ -93,15 +106,6 @@ impl StoreLink {
             self.mark_down(op, e);
         }
         result
-    }
-
-    /// [`StoreLink::call_always`] with the plain timeout, as an `Option`.
-    pub(crate) async fn call<T>(
-        &self,
-        op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Option<T> {
-        self.call_always(op, call, 1).await.ok()
     }
 
     /// Expiry claims of `keys` failed: the store may or may not have removed them.

@@ -106,6 +106,11 @@ fn log_event(url: &str, event: Event) {
     }
 }
 
+/// Whether `client` is connected to NATS now.
+pub(crate) fn connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

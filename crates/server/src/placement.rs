@@ -15,17 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use islb_core::command::PARAM_INCLUDE_PLACED;
 use islb_core::placement::Candidate;
 use islb_core::session_key::{JwtKey, KeyError, session_key};
-use islb_core::sessions::{Ask, Decision, decide};
+use islb_core::sessions::{Ask, Decision, decide, drain_passed};
 use islb_core::{Lookup, NodeKey, Session, Sessions, Timestamp, placement};
-use islb_gob::{GetResponse, Message as _, Node, Value};
+use islb_gob::Node;
 use islb_store::SessionClaim;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::discovery::{Discovery, lock};
+use crate::discovery::{Discovery, lock, nodes_reply};
 
 /// Placement settings.
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ pub(crate) struct PlacementState {
     pub(crate) config: PlacementConfig,
     pub(crate) sessions: Mutex<Sessions>,
     /// Session use times not yet written to the store.
-    pub(crate) touches: Mutex<HashMap<Arc<str>, Timestamp>>,
+    pub(crate) touches: crate::TouchBatch,
     /// Placements made while the store was out of reach, to claim when it is back.
     pub(crate) held: Mutex<HashMap<Arc<str>, NodeKey>>,
     /// When idle sessions were last looked for (ms).
@@ -57,7 +56,7 @@ impl PlacementState {
         PlacementState {
             config,
             sessions: Mutex::new(Sessions::new()),
-            touches: Mutex::new(HashMap::new()),
+            touches: crate::TouchBatch::default(),
             held: Mutex::new(HashMap::new()),
             last_idle_sweep: std::sync::atomic::AtomicU64::new(0),
         }
@@ -146,9 +145,6 @@ impl Drop for InFlight<'_> {
 impl Discovery {
     /// A `get` of a placed service.
     pub(crate) async fn lookup_placed(&self, lookup: &Lookup) -> Bytes {
-        let reply = |nodes: Vec<Arc<Node>>| -> Bytes {
-            GetResponse { nodes: nodes.iter().map(|n| (**n).clone()).collect() }.to_gob().into()
-        };
         let prefer_dc = islb_core::command::param_string(&lookup.params, "dc")
             .ok()
             .flatten()
@@ -165,19 +161,15 @@ impl Discovery {
                 };
                 metrics::counter!("islb_bad_requests_total", "reason" => label).increment(1);
                 warn!(service = %lookup.service, error = %e, "lookup refused: no node answered");
-                return reply(Vec::new());
+                return nodes_reply(&[]);
             }
         };
         self.catch_up().await;
         match sid {
-            Some(sid) => reply(self.place(&lookup.service, &sid, &prefer_dc).await.into_iter().collect()),
-            // An operator's listing: every node, nothing placed or counted. Only a Go bool
-            // counts here: signal forwards client metadata as strings, so a client cannot
-            // use it to be sent to a full node.
-            None if matches!(lookup.params.get(PARAM_INCLUDE_PLACED), Some(Value::Bool(true))) => {
-                reply(self.ranked(&lookup.service, &prefer_dc))
-            }
-            None => reply(self.place_unnamed(&lookup.service, &prefer_dc)),
+            Some(sid) => nodes_reply(self.place(&lookup.service, &sid, &prefer_dc).await.as_slice()),
+            // An operator's listing: every node, nothing placed or counted.
+            None if lookup.operator_listing() => nodes_reply(&self.ranked(&lookup.service, &prefer_dc)),
+            None => nodes_reply(&self.place_unnamed(&lookup.service, &prefer_dc)),
         }
     }
 
@@ -272,12 +264,15 @@ impl Discovery {
                     now,
                     random: random(),
                 };
-                decide(&r, &mut sessions, &ask)
+                let decision = decide(&r, &mut sessions, &ask);
+                if let Decision::Existing(..) = decision {
+                    sessions.touch(sid, now);
+                }
+                decision
             };
             match decision {
                 Decision::Existing(session, node) => {
-                    lock(&self.placement.sessions).touch(sid, now);
-                    lock(&self.placement.touches).insert(session.sid, now);
+                    self.placement.touches.note(session.sid, now);
                     metrics::counter!("islb_placements_total", "outcome" => "existing").increment(1);
                     return Some(node);
                 }
@@ -355,7 +350,7 @@ impl Discovery {
 
     fn why_moved(&self, from: &str, now: Timestamp) -> MoveReason {
         // Lock order: registry before sessions, everywhere; here one at a time.
-        let overdue = lock(&self.placement.sessions).draining(from).is_some_and(|d| d.is_some_and(|d| d <= now));
+        let overdue = lock(&self.placement.sessions).draining(from).is_some_and(|d| drain_passed(d, now));
         if overdue && self.registry().lookup(from).is_some() { MoveReason::Drain } else { MoveReason::NodeDown }
     }
 
@@ -538,13 +533,12 @@ impl Discovery {
 
     /// Writes batched session use times.
     pub(crate) async fn flush_session_touches(&self) {
-        let batch: Vec<(Arc<str>, Timestamp)> =
-            std::mem::take(&mut *lock(&self.placement.touches)).into_iter().collect();
+        let batch = self.placement.touches.take();
         if batch.is_empty() {
             return;
         }
         if self.store_call("touch_sessions", self.store().touch_sessions(&batch)).await.is_none() {
-            crate::keep_later(&self.placement.touches, batch);
+            self.placement.touches.put_back(batch);
         }
     }
 
@@ -554,7 +548,7 @@ impl Discovery {
         let held: Vec<(Arc<str>, NodeKey)> = lock(&self.placement.held).drain().collect();
         let mut held = held.into_iter();
         while let Some((sid, node)) = held.next() {
-            match self.link_call("claim_session", self.store().claim_session(&sid, &node, Timestamp::now())).await {
+            match self.link.call("claim_session", self.store().claim_session(&sid, &node, Timestamp::now())).await {
                 Ok(SessionClaim::Existing(s) | SessionClaim::Placed(s) | SessionClaim::Moved { session: s, .. }) => {
                     lock(&self.placement.sessions).set(s);
                 }

@@ -120,10 +120,10 @@ impl IslbService {
                 // Bounded by the store timeout, and counted as any store failure.
                 let result = match ion::stream_event::State::try_from(s.state) {
                     Ok(ion::stream_event::State::Add) => {
-                        d.link_call("put_stream", store.put_stream(&key, &streams_json(&s.streams), STREAM_TTL)).await
+                        d.link.call("put_stream", store.put_stream(&key, &streams_json(&s.streams), STREAM_TTL)).await
                     }
                     Ok(ion::stream_event::State::Remove) => {
-                        d.link_call("delete_stream", store.delete_stream(&key)).await.map(drop)
+                        d.link.call("delete_stream", store.delete_stream(&key)).await.map(drop)
                     }
                     Err(_) => return Err(Status::invalid_argument(format!("unknown stream state {}", s.state))),
                 };
@@ -279,7 +279,8 @@ impl AdminService {
     async fn streams(&self, sid: &str) -> Result<pb::StreamList, Status> {
         let records = self
             .discovery
-            .link_call("streams_of", self.discovery.store().streams_of(sid))
+            .link
+            .call("streams_of", self.discovery.store().streams_of(sid))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(pb::StreamList {
@@ -308,8 +309,7 @@ impl AdminService {
             sessions: self.discovery.session_count(None) as u64,
             store: self.discovery.store().kind().into(),
             store_healthy: self.discovery.store_healthy(),
-            ready: self.discovery.store_healthy()
-                && self.client.connection_state() == async_nats::connection::State::Connected,
+            ready: self.discovery.store_healthy() && crate::nats::connected(&self.client),
             placed_services: r.config().placed.iter().cloned().collect(),
         }
     }

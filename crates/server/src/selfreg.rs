@@ -70,9 +70,9 @@ pub struct WatchedView {
 }
 
 impl WatchedView {
-    /// A copy of the watched nodes.
-    pub fn snapshot(&self) -> Vec<Node> {
-        crate::lock(&self.nodes).values().cloned().collect()
+    /// How many nodes are watched.
+    pub fn count(&self) -> usize {
+        crate::lock(&self.nodes).len()
     }
 
     fn apply(&self, action: &str, node: Node) {
