@@ -272,7 +272,6 @@ impl Server {
                 config: self.config.clone(),
                 calls: calls.clone(),
                 active: active.clone(),
-                exemptions: self.live_peers.is_some(),
             };
             tasks.spawn(lp.run(sub, stop.clone()));
         }
@@ -324,11 +323,19 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
         let open: Vec<String> = lock(&self.calls).drain().filter(|(_, c)| c.ctl.stop()).map(|(k, _)| k).collect();
         for reply in open {
-            let status = Status::unavailable("the server is shutting down");
-            let _ = self.client.publish(reply, frame::response_end(&Err(status))).await;
+            let _ = send_end(&self.client, reply, &Err(Status::unavailable("the server is shutting down"))).await;
         }
         let _ = self.client.flush().await;
     }
+}
+
+/// Publishes the `end` frame of a call (success, or the error status) on its reply inbox.
+async fn send_end(
+    client: &Client,
+    reply: impl async_nats::subject::ToSubject,
+    result: &Result<(), Status>,
+) -> Result<(), async_nats::PublishError> {
+    client.publish(reply, frame::response_end(result)).await
 }
 
 struct Loop {
@@ -338,8 +345,6 @@ struct Loop {
     config: ServerConfig,
     calls: Calls,
     active: Arc<AtomicU64>,
-    /// Whether idle exemptions apply (the server knows which peers are up).
-    exemptions: bool,
 }
 
 fn bad(reason: &'static str) {
@@ -361,7 +366,7 @@ impl Loop {
     }
 
     async fn end(&self, reply: &Subject, result: Result<(), Status>) {
-        let _ = self.client.publish(reply.clone(), frame::response_end(&result)).await;
+        let _ = send_end(&self.client, reply.clone(), &result).await;
     }
 
     async fn on_message(&self, msg: Message) {
@@ -469,7 +474,8 @@ impl Loop {
         };
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         let ctl = CallCtl::new();
-        let idle_exempt = self.exemptions && !call.nid.is_empty() && self.service.idle_exempt(method);
+        // Exempt calls are still ended when the server knows no live peers (no `live_peers`).
+        let idle_exempt = !call.nid.is_empty() && self.service.idle_exempt(method);
         let refused = {
             let mut calls = lock(&self.calls);
             if calls.contains_key(reply.as_str()) {
@@ -529,7 +535,7 @@ impl Loop {
                 None => "CANCELLED",
             };
             if let Some(r) = result
-                && let Err(e) = client.publish(reply.clone(), frame::response_end(&r)).await
+                && let Err(e) = send_end(&client, reply.clone(), &r).await
             {
                 warn!(error = %e, "cannot end an nrpc call");
             }
@@ -567,7 +573,7 @@ impl Reaper {
             for reply in self.stale() {
                 metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1);
                 let status = Status::deadline_exceeded(format!("call idle for {:?}: ended", self.idle));
-                let _ = self.client.publish(reply, frame::response_end(&Err(status))).await;
+                let _ = send_end(&self.client, reply, &Err(status)).await;
             }
         }
     }
@@ -582,12 +588,14 @@ impl Reaper {
             Some(peers) if exempt_idle => peers(),
             _ => HashSet::new(),
         };
-        let mut calls = lock(&self.calls);
-        let keys: Vec<String> = calls
-            .iter()
-            .filter(|(_, c)| idle(c) && !(c.idle_exempt && live.contains(&c.peer_nid)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        keys.into_iter().filter(|k| calls.remove(k).is_some_and(|c| c.ctl.stop())).collect()
+        let mut stale = Vec::new();
+        lock(&self.calls).retain(|k, c| {
+            let keep = !idle(c) || (c.idle_exempt && live.contains(&c.peer_nid));
+            if !keep && c.ctl.stop() {
+                stale.push(k.clone());
+            }
+            keep
+        });
+        stale
     }
 }

@@ -27,56 +27,36 @@ pub enum Code {
     Unauthenticated = 16,
 }
 
+/// Every code, by number, with its canonical name.
+const CODES: [(Code, &str); 17] = [
+    (Code::Ok, "OK"),
+    (Code::Cancelled, "CANCELLED"),
+    (Code::Unknown, "UNKNOWN"),
+    (Code::InvalidArgument, "INVALID_ARGUMENT"),
+    (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+    (Code::NotFound, "NOT_FOUND"),
+    (Code::AlreadyExists, "ALREADY_EXISTS"),
+    (Code::PermissionDenied, "PERMISSION_DENIED"),
+    (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+    (Code::FailedPrecondition, "FAILED_PRECONDITION"),
+    (Code::Aborted, "ABORTED"),
+    (Code::OutOfRange, "OUT_OF_RANGE"),
+    (Code::Unimplemented, "UNIMPLEMENTED"),
+    (Code::Internal, "INTERNAL"),
+    (Code::Unavailable, "UNAVAILABLE"),
+    (Code::DataLoss, "DATA_LOSS"),
+    (Code::Unauthenticated, "UNAUTHENTICATED"),
+];
+
 impl Code {
     /// The code for a number (unknown numbers are `Unknown`).
     pub fn from_i32(n: i32) -> Code {
-        use Code::*;
-        [
-            Ok,
-            Cancelled,
-            Unknown,
-            InvalidArgument,
-            DeadlineExceeded,
-            NotFound,
-            AlreadyExists,
-            PermissionDenied,
-            ResourceExhausted,
-            FailedPrecondition,
-            Aborted,
-            OutOfRange,
-            Unimplemented,
-            Internal,
-            Unavailable,
-            DataLoss,
-            Unauthenticated,
-        ]
-        .get(usize::try_from(n).unwrap_or(usize::MAX))
-        .copied()
-        .unwrap_or(Unknown)
+        usize::try_from(n).ok().and_then(|i| CODES.get(i)).map_or(Code::Unknown, |(c, _)| *c)
     }
 
     /// The canonical name (`NOT_FOUND`...), for logs and metrics.
     pub fn name(self) -> &'static str {
-        use Code::*;
-        match self {
-            Ok => "OK",
-            Cancelled => "CANCELLED",
-            Unknown => "UNKNOWN",
-            InvalidArgument => "INVALID_ARGUMENT",
-            DeadlineExceeded => "DEADLINE_EXCEEDED",
-            NotFound => "NOT_FOUND",
-            AlreadyExists => "ALREADY_EXISTS",
-            PermissionDenied => "PERMISSION_DENIED",
-            ResourceExhausted => "RESOURCE_EXHAUSTED",
-            FailedPrecondition => "FAILED_PRECONDITION",
-            Aborted => "ABORTED",
-            OutOfRange => "OUT_OF_RANGE",
-            Unimplemented => "UNIMPLEMENTED",
-            Internal => "INTERNAL",
-            Unavailable => "UNAVAILABLE",
-            DataLoss => "DATA_LOSS",
-            Unauthenticated => "UNAUTHENTICATED",
-        }
+        CODES[self as usize].1
     }
 }
 
@@ -107,11 +87,6 @@ macro_rules! ctor {
 }
 
 impl Status {
-    /// A status with `code` and `message`.
-    pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into() }
-    }
-
     ctor! {
         cancelled => Cancelled,
         unknown => Unknown,

@@ -18,7 +18,8 @@ const FILES: &[&str] = &[
 fn generated_code_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fds = protox::compile(FILES, [root.join("proto")]).expect("the .proto files compile");
-    let out = tempfile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_path_buf();
     prost_build::Config::new().out_dir(&out).compile_fds(fds.clone()).expect("prost generates code");
     let mut descriptors = Vec::new();
     prost::Message::encode(&fds, &mut descriptors).unwrap();
@@ -44,11 +45,4 @@ fn generated_code_is_current() {
         stale.is_empty(),
         "src/gen is stale ({stale:?}): run ISLB_BLESS=1 cargo test -p islb-proto --test generated"
     );
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("islb-proto-gen-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
