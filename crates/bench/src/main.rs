@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
 async fn echo(url: &str) -> anyhow::Result<()> {
     let client = async_nats::connect(url).await.context("connecting to NATS")?;
     let mut sub = client.queue_subscribe("node.publish.>", "islb".into()).await?;
-    client.flush().await?;
+    islb_nrpc::barrier(&client, Duration::from_secs(10)).await?; // "ready" means listening
     let ok: bytes::Bytes = Response { success: true, reason: String::new() }.to_gob().into();
     eprintln!("echo responder ready on {url}");
     while let Some(msg) = sub.next().await {

@@ -203,17 +203,20 @@ pub(crate) async fn status(args: &AdminArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn nodes(admin: &Admin, service: &str, json: bool) -> anyhow::Result<()> {
     let list: pb::NodeList = admin.call("ListNodes", &pb::ListNodesRequest { service: service.into() }).await?;
+    // Each node's parts, once, for either output.
+    let parts = list.nodes.iter().map(|n| {
+        let node = n.node.clone().unwrap_or_default();
+        let rpc = node.rpc.clone().unwrap_or_default();
+        let extra: serde_json::Value = serde_json::from_str(&n.extra_info_json).unwrap_or_default();
+        (n, node, rpc, extra)
+    });
     if json {
-        let v: Vec<serde_json::Value> = list
-            .nodes
-            .iter()
-            .map(|n| {
-                let node = n.node.clone().unwrap_or_default();
-                let rpc = node.rpc.clone().unwrap_or_default();
+        let v: Vec<serde_json::Value> = parts
+            .map(|(n, node, rpc, extra)| {
                 serde_json::json!({
                     "DC": node.dc, "Service": node.service, "NID": node.nid,
                     "RPC": {"Protocol": rpc.protocol, "Addr": rpc.addr, "Params": rpc.params},
-                    "ExtraInfo": serde_json::from_str::<serde_json::Value>(&n.extra_info_json).unwrap_or_default(),
+                    "ExtraInfo": extra,
                     "expires": time(n.expires_ms), "placed": n.placed, "draining": n.draining, "sessions": n.sessions,
                 })
             })
@@ -221,13 +224,8 @@ pub(crate) async fn nodes(admin: &Admin, service: &str, json: bool) -> anyhow::R
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let rows = list
-        .nodes
-        .iter()
-        .map(|n| {
-            let node = n.node.clone().unwrap_or_default();
-            let rpc = node.rpc.clone().unwrap_or_default();
-            let extra: serde_json::Value = serde_json::from_str(&n.extra_info_json).unwrap_or_default();
+    let rows = parts
+        .map(|(n, node, rpc, extra)| {
             let extra = extra
                 .as_object()
                 .map(|m| {
