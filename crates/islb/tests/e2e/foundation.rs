@@ -1,21 +1,12 @@
 //! The ground: islb starts, answers on NATS, is healthy, shuts down cleanly, and refuses
 //! bad configuration in one line.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use islb_testkit::{NatsServer, Proc, free_port, go_watcher, workspace_root};
 
-use crate::harness::{ISLB, Islb, Peer, ion_node};
-
-/// (Action, NID) of every event a Go watcher printed.
-pub(crate) fn watched_events(p: &Proc) -> Vec<(String, String)> {
-    p.output()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v["Action"].as_str()?.to_owned(), v["Node"]["NID"].as_str().unwrap_or("?").to_owned())))
-        .collect()
-}
+use crate::harness::{ISLB, Islb, Peer, eventually, ion_node, run_islb, watched_events};
 
 #[test]
 fn islb_registers_itself_for_go_watchers_and_exits_cleanly_on_sigterm() {
@@ -82,19 +73,14 @@ async fn sigterm_under_load_answers_every_request_it_took() {
             }
         }));
     }
-    let end = Instant::now() + Duration::from_secs(30);
-    while answered.load(Relaxed) < 500 {
-        assert!(Instant::now() < end, "only {} requests answered", answered.load(Relaxed));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let why = || format!("only {} requests answered", answered.load(Relaxed));
+    eventually(Duration::from_secs(30), Duration::from_millis(10), || answered.load(Relaxed) >= 500, why).await;
     islb.proc.signal(libc::SIGTERM);
     let status = islb.proc.wait_exit(Duration::from_secs(20));
     // Load goes on until every worker has been told "no responders" (or one lost a request).
-    let end = Instant::now() + Duration::from_secs(30);
-    while refused.load(Relaxed) < 16 && lost.load(Relaxed) == 0 {
-        assert!(Instant::now() < end, "callers were not told that islb is gone");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let told = || refused.load(Relaxed) >= 16 || lost.load(Relaxed) > 0;
+    let why = || "callers were not told that islb is gone".to_owned();
+    eventually(Duration::from_secs(30), Duration::from_millis(10), told, why).await;
     stop.store(true, Relaxed);
     for l in load {
         l.await.unwrap();
@@ -109,15 +95,6 @@ fn every_listen_address_accepts_port_0_and_logs_the_bound_one() {
     let islb = Islb::start(&nats, &[]);
     assert_ne!(islb.http.port(), 0);
     assert_eq!(islb.http_get("/healthz").0, 200);
-}
-
-fn run_islb(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(ISLB);
-    cmd.args(args).stdin(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running islb")
 }
 
 #[test]
@@ -216,11 +193,7 @@ async fn islb_reconnects_after_nats_restarts_and_readiness_follows() {
     let mut nats = NatsServer::start();
     let islb = Islb::start(&nats, &[]);
     nats.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while islb.http_get("/readyz").0 == 200 {
-        assert!(Instant::now() < deadline, "readiness never turned false without NATS");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    islb.wait_ready(503, Duration::from_secs(10)).await;
     assert!(islb.http_get("/readyz").1.contains("nats"), "{:?}", islb.http_get("/readyz"));
     nats.restart();
     islb.wait_ready(200, Duration::from_secs(15)).await;

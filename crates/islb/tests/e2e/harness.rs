@@ -22,15 +22,21 @@ impl Islb {
     /// Starts `islb serve` on `nats` with JSON logs, a free admin port, and `extra` args;
     /// waits until it is ready.
     pub(crate) fn start(nats: &NatsServer, extra: &[&str]) -> Islb {
-        Self::start_url(&nats.url(), extra)
-    }
-
-    pub(crate) fn start_url(url: &str, extra: &[&str]) -> Islb {
         let nid = format!("islb-t{}", std::process::id() % 100_000 + rand_suffix());
         let mut cmd = Command::new(ISLB);
-        cmd.args(["serve", "--nats-url", url, "--http-addr", "127.0.0.1:0", "--log-format", "json", "--nid", &nid])
-            .args(extra)
-            .env_remove("ISLB_CONFIG");
+        cmd.args([
+            "serve",
+            "--nats-url",
+            &nats.url(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--nid",
+            &nid,
+        ])
+        .args(extra)
+        .env_remove("ISLB_CONFIG");
         let mut proc = Proc::spawn("islb", cmd);
         proc.wait_for("\"islb ready\"", Duration::from_secs(30));
         let line = proc.wait_for("admin HTTP listening", Duration::from_secs(1));
@@ -45,22 +51,21 @@ impl Islb {
         self.proc.wait_exit(Duration::from_secs(15))
     }
 
-    /// `GET path` on the admin server: (status, body).
     /// Waits until `/readyz` answers `want`.
     pub(crate) async fn wait_ready(&self, want: u16, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
-        while self.http_get("/readyz").0 != want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "readiness never became {want}: {:?}",
-                self.http_get("/readyz")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let why = || format!("readiness never became {want}: {:?}", self.http_get("/readyz"));
+        eventually(within, Duration::from_millis(100), || self.http_get("/readyz").0 == want, why).await;
     }
 
+    /// `GET path` on the admin server: (status, body).
     pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path)
+        http(self.http, "GET", path)
+    }
+
+    /// The value of the first `/metrics` line that starts with `name` (labels included).
+    pub(crate) fn metric(&self, name: &str) -> Option<f64> {
+        let (_, metrics) = self.http_get("/metrics");
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
     /// `POST path` on the admin server: (status, body).
@@ -73,11 +78,6 @@ fn rand_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     N.fetch_add(1, Ordering::Relaxed) * 100_000
-}
-
-/// A minimal HTTP/1.1 GET.
-pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, "GET", path)
 }
 
 /// A minimal HTTP/1.1 request without a body.
@@ -144,12 +144,17 @@ impl Peer {
 
     /// get: the nodes listed.
     pub(crate) async fn get(&self, service: &str, params: &[(&str, Value)]) -> Vec<Node> {
+        self.try_get(service, params).await.expect("a reply")
+    }
+
+    /// get: the nodes listed, or `None` without an answer.
+    pub(crate) async fn try_get(&self, service: &str, params: &[(&str, Value)]) -> Option<Vec<Node>> {
         let mut req = Request { action: "get".into(), service: service.into(), ..Request::default() };
         for (k, v) in params {
             req.params.insert((*k).into(), v.clone());
         }
-        let payload = self.raw(&format!("node.publish.{service}"), req.to_gob()).await.expect("a reply");
-        GetResponse::from_gob(&payload).expect("a GetResponse").nodes
+        let payload = self.raw(&format!("node.publish.{service}"), req.to_gob()).await?;
+        Some(GetResponse::from_gob(&payload).expect("a GetResponse").nodes)
     }
 
     /// A request with any payload: the reply payload, or `None` without an answer in 10 s
@@ -276,4 +281,89 @@ pub(crate) async fn follow(
         .unwrap_or_else(|_| panic!("the subscription to {subject} was not live within 10 s"))
         .expect("the subscriber task ended");
     task
+}
+
+/// Waits until `done()` holds, checking every `every`; fails with `why()` after `within`.
+/// (Async: a blocking wait would stall the test's own subscriber and keep-alive tasks.)
+pub(crate) async fn eventually(
+    within: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+    why: impl Fn() -> String,
+) {
+    let end = std::time::Instant::now() + within;
+    while !done() {
+        assert!(std::time::Instant::now() < end, "{}", why());
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Runs the `islb` binary with `args` and `envs` to completion.
+pub(crate) fn run_islb(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(ISLB);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running islb")
+}
+
+/// An operator command against the cluster on `nats`: (success, stdout, stderr).
+pub(crate) fn islb_cli(nats: &NatsServer, args: &[&str]) -> (bool, String, String) {
+    let url = nats.url();
+    let out = run_islb(&[args, &["--nats-url", &url]].concat(), &[]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `ionpeer conform` (with `-expire` when given) and returns its report, which must
+/// say that all 15 checks passed.
+pub(crate) fn conform(nats: &NatsServer, expire: Option<&str>) -> String {
+    let url = nats.url();
+    let mut args = vec!["conform", "-url", &url];
+    if let Some(e) = expire {
+        args.extend(["-expire", e]);
+    }
+    let out = islb_testkit::ionpeer_run(&args, b"");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("15 passed, 0 failed"), "ionpeer conform:\n{text}");
+    text
+}
+
+/// `n` islb replicas on one Redis. Unless a test is about store outages (and sets its own
+/// `--store-timeout`), a Redis slowed by a loaded machine must not count as an outage.
+pub(crate) fn replicas(nats: &NatsServer, redis: &islb_testkit::RedisServer, n: usize, extra: &[&str]) -> Vec<Islb> {
+    let url = redis.url();
+    let mut args = vec!["--store", url.as_str()];
+    if !extra.contains(&"--store-timeout") {
+        args.extend_from_slice(&["--store-timeout", "5s"]);
+    }
+    args.extend_from_slice(extra);
+    (0..n).map(|_| Islb::start(nats, &args)).collect()
+}
+
+/// `n` SFUs (service `rtc`): sfu-0, sfu-1...
+pub(crate) fn sfus(n: usize) -> Vec<Node> {
+    (0..n).map(|i| ion_node("rtc", &format!("sfu-{i}"))).collect()
+}
+
+/// A placement lookup as ion's signal makes it: `get rtc` with the call's metadata.
+pub(crate) async fn lookup(peer: &Peer, sid: &str) -> Vec<String> {
+    peer.get("rtc", &[("sid", Value::String(sid.into())), ("content-type", "application/grpc".into())])
+        .await
+        .into_iter()
+        .map(|n| n.nid)
+        .collect()
+}
+
+/// (Action, NID) of every event a Go watcher (`ionpeer watch`) printed.
+pub(crate) fn watched_events(p: &Proc) -> Vec<(String, String)> {
+    p.output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["Action"].as_str()?.to_owned(), v["Node"]["NID"].as_str().unwrap_or("?").to_owned())))
+        .collect()
 }

@@ -2,7 +2,6 @@
 //! call's metadata and uses the first node; islb makes that answer one node per session.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,11 +9,7 @@ use futures::StreamExt;
 use islb_gob::Value;
 use islb_testkit::{NatsServer, RedisServer, ionpeer_run};
 
-use crate::harness::{ISLB, Islb, KeepAlive, Peer, follow, ion_node};
-
-pub(crate) fn sfus(n: usize) -> Vec<islb_gob::Node> {
-    (0..n).map(|i| ion_node("rtc", &format!("sfu-{i}"))).collect()
-}
+use crate::harness::{Islb, KeepAlive, Peer, eventually, follow, ion_node, islb_cli, lookup, replicas, run_islb, sfus};
 
 /// Session events (`islb.session.>`), as JSON.
 async fn session_events(nats: &NatsServer) -> (Arc<Mutex<Vec<serde_json::Value>>>, tokio::task::JoinHandle<()>) {
@@ -27,14 +22,6 @@ async fn session_events(nats: &NatsServer) -> (Arc<Mutex<Vec<serde_json::Value>>
     })
     .await;
     (events, task)
-}
-
-pub(crate) async fn lookup(peer: &Peer, sid: &str) -> Vec<String> {
-    peer.get("rtc", &[("sid", Value::String(sid.into())), ("content-type", "application/grpc".into())])
-        .await
-        .into_iter()
-        .map(|n| n.nid)
-        .collect()
 }
 
 #[tokio::test]
@@ -59,8 +46,7 @@ async fn ions_signal_logic_keeps_every_room_on_one_sfu_with_sid_headers_and_jwts
 async fn concurrent_lookups_on_three_replicas_agree_on_one_node_per_session_and_spread_evenly() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
-    let url = redis.url();
-    let _cluster: Vec<_> = (0..3).map(|_| Islb::start(&nats, &["--store", &url, "--store-timeout", "5s"])).collect();
+    let _cluster = replicas(&nats, &redis, 3, &[]);
     let _sfus = KeepAlive::start(&nats, &sfus(8), Duration::from_secs(1)).await;
     let peers: Vec<Peer> = futures::future::join_all((0..16).map(|_| Peer::connect(&nats))).await;
     let answers: Vec<(String, Vec<String>)> = futures::stream::iter((0..1000).map(|i| {
@@ -195,14 +181,11 @@ async fn a_drain_deadline_moves_the_sessions_with_events() {
         }
     }
     // Through the operator's CLI (nrpc to islb.Admin); the HTTP form is tested beside it.
-    let out =
-        Command::new(ISLB).args(["drain", "sfu-0", "--deadline", "1s", "--nats-url", &nats.url()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while events.lock().unwrap().len() < on_0.len() {
-        assert!(Instant::now() < deadline, "sessions did not move after the drain deadline");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (ok, _, err) = islb_cli(&nats, &["drain", "sfu-0", "--deadline", "1s"]);
+    assert!(ok, "{err}");
+    let moved = || events.lock().unwrap().len() >= on_0.len();
+    let why = || "sessions did not move after the drain deadline".to_owned();
+    eventually(Duration::from_secs(10), Duration::from_millis(50), moved, why).await;
     assert!(events.lock().unwrap().iter().all(|e| e["reason"] == "drain" && e["to"] == "sfu-1"));
     for sid in &on_0 {
         assert_eq!(lookup(&peer, sid).await, vec!["sfu-1"]);
@@ -266,10 +249,10 @@ async fn with_a_jwt_key_a_forged_token_gets_no_node() {
 
 #[test]
 fn the_placement_options_are_in_the_effective_config() {
-    let out = Command::new(ISLB)
-        .args(["config", "check", "--session-ttl", "1h", "--default-capacity", "50", "--jwt-key", "topsecret"])
-        .output()
-        .unwrap();
+    let out = run_islb(
+        &["config", "check", "--session-ttl", "1h", "--default-capacity", "50", "--jwt-key", "topsecret"],
+        &[],
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("session-ttl = 1h\n") && text.contains("default-capacity = 50\n"), "{text}");
     assert!(text.contains("jwt-key = ***\n") && !text.contains("topsecret"), "{text}");

@@ -5,23 +5,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use islb_gob::{Message as _, Request, Value};
-use islb_testkit::{NatsServer, Proc, go_watcher, ionpeer_run, workspace_root};
+use islb_testkit::{NatsServer, Proc, go_watcher, workspace_root};
 
-use crate::foundation::watched_events;
-use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
-
-fn conform(nats: &NatsServer, expire: &str) -> String {
-    let out = ionpeer_run(&["conform", "-url", &nats.url(), "-expire", expire], b"");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && text.contains("15 passed, 0 failed"), "ionpeer conform:\n{text}");
-    text
-}
+use crate::harness::{ISLB, Islb, KeepAlive, Peer, conform, eventually, ion_node, islb_cli, watched_events};
 
 #[test]
 fn ionpeer_conform_passes_at_the_default_expiry() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &[]);
-    let text = conform(&nats, "5s");
+    let text = conform(&nats, Some("5s"));
     assert!(text.contains("PASS registry still answers after malformed messages"), "{text}");
 }
 
@@ -29,7 +21,7 @@ fn ionpeer_conform_passes_at_the_default_expiry() {
 fn ionpeer_conform_passes_at_a_short_expiry() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &["--expire", "2s"]);
-    conform(&nats, "2s");
+    conform(&nats, Some("2s"));
 }
 
 #[tokio::test]
@@ -52,11 +44,9 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     assert!(peer.send("update", &b).await.success); // update of unknown: a save event
     let expired_at = Instant::now() + EXPIRE;
     watcher.wait_for("\"NID\":\"sig-b\"", Duration::from_secs(10));
-    let deadline = expired_at + Duration::from_secs(10);
-    while watched_events(&watcher).len() < 5 {
-        assert!(Instant::now() < deadline, "events so far: {:?}", watched_events(&watcher));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let why = || format!("events so far: {:?}", watched_events(&watcher));
+    let within = expired_at.saturating_duration_since(Instant::now()) + Duration::from_secs(10);
+    eventually(within, Duration::from_millis(20), || watched_events(&watcher).len() >= 5, why).await;
     let took = Instant::now().saturating_duration_since(expired_at);
     let want: Vec<(String, String)> =
         [("save", "sig-a"), ("update", "sig-a"), ("delete", "sig-a"), ("save", "sig-b"), ("delete", "sig-b")]
@@ -68,12 +58,8 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
     assert!(took < Duration::from_secs(3), "expiry delete came {took:?} after the deadline");
     // By islb's own clock (the Go watcher's delay does not count), the delete went out
     // within 100 ms of the deadline.
-    let (_, metrics) = islb.http_get("/metrics");
-    let value = |name: &str| {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
-    let expired = value("islb_expiry_lateness_seconds_count").unwrap_or_else(|| panic!("{metrics}"));
-    let on_time = value("islb_expiry_lateness_seconds_bucket{le=\"0.1\"}").unwrap_or_else(|| panic!("{metrics}"));
+    let expired = islb.metric("islb_expiry_lateness_seconds_count").expect("the expiry histogram");
+    let on_time = islb.metric("islb_expiry_lateness_seconds_bucket{le=\"0.1\"}").expect("its 100 ms bucket");
     assert!(expired == 1.0 && on_time == expired, "{expired} expiries, {on_time} within 100 ms");
     // The update event carries the new data, as Go decodes it.
     let out = watcher.output();
@@ -272,18 +258,16 @@ async fn operators_list_and_watch_nodes_with_the_cli() {
     let line = watch.wait_for("delete signal", Duration::from_secs(5));
     assert!(line.contains("dc1.sig-cli"), "{line}");
 
-    let out = Command::new(ISLB).args(["nodes", "--nats-url", &nats.url()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let table = String::from_utf8(out.stdout).unwrap();
+    let (ok, table, err) = islb_cli(&nats, &["nodes"]);
+    assert!(ok, "{err}");
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("SERVICE  DC   NID"), "{table}");
     assert!(table.contains("load=0.25") && table.contains("sfu-cli"), "placed services are listed: {table}");
     assert!(table.contains(&islb.nid), "{table}");
     assert!(table.ends_with("2 node(s)\n"), "{table}");
 
-    let out =
-        Command::new(ISLB).args(["nodes", "--nats-url", &nats.url(), "--service", "rtc", "--json"]).output().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, out, _) = islb_cli(&nats, &["nodes", "--service", "rtc", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json[0]["NID"], "sfu-cli");
     assert_eq!(json[0]["ExtraInfo"]["load"], 0.25);
 }
@@ -291,9 +275,8 @@ async fn operators_list_and_watch_nodes_with_the_cli() {
 #[test]
 fn the_cli_says_clearly_when_no_registry_answers() {
     let nats = NatsServer::start();
-    let out = Command::new(ISLB).args(["nodes", "--nats-url", &nats.url(), "--timeout", "5s"]).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = islb_cli(&nats, &["nodes", "--timeout", "5s"]);
+    assert!(!ok);
     assert!(err.contains("no registry answered"), "{err}");
 }
 
@@ -305,20 +288,13 @@ async fn islb_watches_the_cluster_as_an_ion_node_does() {
     let nats = NatsServer::start();
     let islb = Islb::start(&nats, &["--expire", "30s"]);
     let peer = Peer::connect(&nats).await;
+    let count = || {
+        let v: serde_json::Value = serde_json::from_str(&islb.http_get("/v1/status").1).unwrap();
+        v["watched_nodes"].as_u64()
+    };
     let watched = |want: u64| {
-        let islb = &islb;
-        async move {
-            let end = Instant::now() + Duration::from_secs(10);
-            loop {
-                let (_, body) = islb.http_get("/v1/status");
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                if v["watched_nodes"] == want {
-                    return;
-                }
-                assert!(Instant::now() < end, "watched {} nodes, want {want}", v["watched_nodes"]);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let why = move || format!("watched {:?} nodes, want {want}", count());
+        eventually(Duration::from_secs(10), Duration::from_millis(50), move || count() == Some(want), why)
     };
     watched(1).await; // itself
     for nid in ["sig-1", "sig-2", "sig-3"] {

@@ -10,17 +10,13 @@ use islb_proto::{ion, islb as pb};
 use islb_testkit::{NatsServer, RedisServer};
 use prost::Message;
 
-use crate::harness::{ISLB, Islb, KeepAlive, Peer, ion_node};
+use crate::harness::{ISLB, Islb, KeepAlive, Peer, eventually, ion_node, islb_cli, sfus};
 
 const T: Duration = Duration::from_secs(5);
 
-fn islb_cli(nats: &NatsServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ISLB).args(args).args(["--nats-url", &nats.url()]).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Posts a stream event through `poster` (islb.ISLB/PostISLBEvent).
+async fn post(poster: &Client, event: &pb::IslbEvent) {
+    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", event, &Metadata::new(), T).await.unwrap();
 }
 
 #[tokio::test]
@@ -84,8 +80,7 @@ async fn reflection_v1alpha_and_v1_list_every_service_with_loadable_descriptors(
 async fn islb_rpc_lists_describes_and_calls_and_find_node_agrees_with_get_rtc() {
     let nats = NatsServer::start();
     let islb = Islb::start(&nats, &[]);
-    let sfus: Vec<_> = (0..3).map(|i| ion_node("rtc", &format!("sfu-{i}"))).collect();
-    let _ka = KeepAlive::start(&nats, &sfus, Duration::from_secs(1)).await;
+    let _ka = KeepAlive::start(&nats, &sfus(3), Duration::from_secs(1)).await;
     let (ok, out, err) = islb_cli(&nats, &["rpc", "list"]);
     assert!(ok, "{err}");
     assert_eq!(
@@ -152,19 +147,19 @@ async fn stream_registry_round_trip(nats: &NatsServer, store: &[&str], redis: Op
     let probe = stream_event(ion::stream_event::State::Add, "room-1", "probe");
     let started = Instant::now();
     loop {
-        let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &probe, &Metadata::new(), T).await.unwrap();
+        post(&poster, &probe).await;
         if w.recv_message::<pb::IslbEvent>(Duration::from_millis(200)).await.is_ok_and(|e| e == Some(probe.clone())) {
             break;
         }
         assert!(started.elapsed() < T, "the watcher never saw a probe");
     }
     let unprobe = stream_event(ion::stream_event::State::Remove, "room-1", "probe");
-    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &unprobe, &Metadata::new(), T).await.unwrap();
+    post(&poster, &unprobe).await;
     while w.recv_message::<pb::IslbEvent>(T).await.unwrap().unwrap() != unprobe {}
     let add = stream_event(ion::stream_event::State::Add, "room-1", "peer-1");
-    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
+    post(&poster, &add).await;
     let other = stream_event(ion::stream_event::State::Add, "room-2", "peer-9");
-    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &other, &Metadata::new(), T).await.unwrap();
+    post(&poster, &other).await;
     let got: pb::IslbEvent = w.recv_message(T).await.unwrap().unwrap();
     assert_eq!(got, add, "the watcher of room-1 sees the ADD");
     if let Some(redis) = redis {
@@ -180,7 +175,7 @@ async fn stream_registry_round_trip(nats: &NatsServer, store: &[&str], redis: Op
     assert!(ok, "{err}");
     assert!(out.contains("dc1/sfu-1/room-1/peer-1") && out.contains("stream-1"), "{out}");
     let remove = stream_event(ion::stream_event::State::Remove, "room-1", "peer-1");
-    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &remove, &Metadata::new(), T).await.unwrap();
+    post(&poster, &remove).await;
     let got: pb::IslbEvent = w.recv_message(T).await.unwrap().unwrap();
     assert_eq!(got, remove, "then the REMOVE (and never room-2's events)");
     if let Some(redis) = redis {
@@ -204,8 +199,7 @@ async fn the_stream_registry_records_and_forwards_events_across_replicas_with_re
 async fn operators_drain_undrain_list_and_release_sessions_with_the_cli() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &[]);
-    let _ka =
-        KeepAlive::start(&nats, &[ion_node("rtc", "sfu-0"), ion_node("rtc", "sfu-1")], Duration::from_secs(1)).await;
+    let _ka = KeepAlive::start(&nats, &sfus(2), Duration::from_secs(1)).await;
     let peer = Peer::connect(&nats).await;
     let lookup = |sid: &'static str| {
         let peer = &peer;
@@ -249,26 +243,14 @@ async fn streams_of_a_node_that_goes_down_are_closed() {
     let client = Client::new(conn, islb.nid.clone(), "biz-7");
     let w = client.open("/islb.ISLB/WatchISLBEvent", &Metadata::new()).await.unwrap();
     w.send_message(&pb::WatchRequest { nid: "biz-7".into(), sid: "room-1".into() }).await.unwrap();
-    let active = || {
-        let (_, m) = islb.http_get("/metrics");
-        m.lines()
-            .find(|l| l.starts_with("islb_nrpc_active_calls"))
-            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let deadline = std::time::Instant::now() + T;
-    while active() < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the watch never opened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let active = || islb.metric("islb_nrpc_active_calls").unwrap_or(0.0);
+    let why = || "the watch never opened".to_owned();
+    eventually(T, Duration::from_millis(50), || active() >= 1.0, why).await;
     drop(ka);
     let peer = Peer::connect(&nats).await;
     assert!(peer.send("delete", &ion_node("room", "biz-7")).await.success);
-    let deadline = std::time::Instant::now() + T;
-    while active() > 0.0 {
-        assert!(std::time::Instant::now() < deadline, "the departed node's stream stayed open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = || "the departed node's stream stayed open".to_owned();
+    eventually(T, Duration::from_millis(50), || active() <= 0.0, why).await;
     drop(w);
 }
 
@@ -283,10 +265,10 @@ async fn stream_records_survive_a_restart_with_a_file_store() {
     let poster = Client::new(conn, islb.nid.clone(), "");
     for uid in ["peer-1", "peer-2"] {
         let add = stream_event(ion::stream_event::State::Add, "room-1", uid);
-        let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
+        post(&poster, &add).await;
     }
     let remove = stream_event(ion::stream_event::State::Remove, "room-1", "peer-2");
-    let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &remove, &Metadata::new(), T).await.unwrap();
+    post(&poster, &remove).await;
     assert!(islb.stop().success());
     let _islb = Islb::start(&nats, &["--store", &store]);
     let (ok, out, err) = islb_cli(&nats, &["streams", "room-1"]);
@@ -316,7 +298,7 @@ async fn islb_rpc_call_sends_several_messages_to_a_stream_and_one_to_a_unary_met
         assert!(Instant::now() < end, "the watch saw: {}", watch.output());
         for sid in ["room-a", "room-b"] {
             let add = stream_event(ion::stream_event::State::Add, sid, "peer-1");
-            let _: ion::Empty = poster.call("/islb.ISLB/PostISLBEvent", &add, &Metadata::new(), T).await.unwrap();
+            post(&poster, &add).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

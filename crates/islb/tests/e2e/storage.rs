@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use islb_gob::{GetResponse, Message as _, Request};
-use islb_testkit::{NatsServer, Proc, RedisServer, ionpeer, ionpeer_run};
+use islb_gob::{Message as _, Request};
+use islb_testkit::{NatsServer, Proc, RedisServer, ionpeer};
 
-use crate::harness::{Islb, KeepAlive, Peer, follow, ion_node};
-use crate::placement::{lookup, sfus};
+use crate::harness::{Islb, KeepAlive, Peer, conform, eventually, follow, ion_node, lookup, replicas, sfus};
 
 /// Counts delete events per NID on `node.discovery.<service>.>`.
 async fn count_deletes(
@@ -55,12 +54,7 @@ fn ions_own_islb_toml_starts_islb_on_redis() {
     let line = islb.wait_for("\"store open\"", Duration::from_secs(20));
     assert!(line.contains("\"kind\":\"redis\""), "{line}");
     islb.wait_for("\"islb ready\"", Duration::from_secs(20));
-    let out = ionpeer_run(&["conform", "-url", &nats.url()], b"");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("15 passed, 0 failed"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    conform(&nats, None);
     assert_eq!(redis.command(&["EXISTS", "{islb}:nodes"]), "1", "nodes are in Redis");
     islb.signal(libc::SIGTERM);
     assert!(islb.wait_exit(Duration::from_secs(10)).success());
@@ -116,11 +110,9 @@ async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&s
     for (sid, node) in &placed {
         assert_eq!(format!("dc1.{}", lookup(&peer, sid).await[0]), *node, "{sid} stays on its node");
     }
-    let deadline = Instant::now() + EXPIRE + Duration::from_secs(10);
-    while deletes.lock().unwrap().get("room-dead").is_none() {
-        assert!(Instant::now() < deadline, "the node that died while islb was down was never expired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let expired = || deletes.lock().unwrap().contains_key("room-dead");
+    let why = || "the node that died while islb was down was never expired".to_owned();
+    eventually(EXPIRE + Duration::from_secs(10), Duration::from_millis(20), expired, why).await;
     let took = saved_at.elapsed();
     assert!(took >= EXPIRE && took < EXPIRE + Duration::from_secs(4), "expired {took:?} after its save (expire 4s)");
     assert!(!nids(&peer.get("room", &[]).await).contains("room-dead"));
@@ -143,27 +135,13 @@ async fn a_restarted_islb_with_redis_keeps_nodes_and_expires_the_dead() {
     restart_keeps_nodes_and_expires_the_dead(&nats, &["--store", &redis.url(), "--store-timeout", "5s"]).await;
 }
 
-/// `n` islb replicas on one Redis. Unless a test is about store outages (and sets its own
-/// `--store-timeout`), a Redis slowed by a loaded machine must not count as an outage.
-fn replicas(nats: &NatsServer, redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<Islb> {
-    let url = redis.url();
-    let mut args = vec!["--store", url.as_str()];
-    if !extra.contains(&"--store-timeout") {
-        args.extend_from_slice(&["--store-timeout", "5s"]);
-    }
-    args.extend_from_slice(extra);
-    (0..n).map(|_| Islb::start(nats, &args)).collect()
-}
-
 #[test]
 fn ionpeer_conform_passes_against_three_replicas_on_one_redis() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     // A short expiry keeps the conformance run short (the default is tested in registry.rs).
     let _cluster = replicas(&nats, &redis, 3, &["--expire", "3s"]);
-    let out = ionpeer_run(&["conform", "-url", &nats.url(), "-expire", "3s"], b"");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("15 passed, 0 failed"), "{text}");
+    conform(&nats, Some("3s"));
 }
 
 #[tokio::test]
@@ -225,18 +203,12 @@ async fn three_replicas_answer_each_request_once_and_agree_on_every_node() {
     }
     // Every replica's own view agrees (after its next sync, once a second), and so does Redis.
     for islb in &cluster {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, body) = islb.http_get("/v1/nodes?service=signal");
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let seen: BTreeSet<String> =
-                v["nodes"].as_array().unwrap().iter().map(|n| n["node"]["NID"].as_str().unwrap().to_owned()).collect();
-            if seen == expected {
-                break;
-            }
-            assert!(Instant::now() < deadline, "replica {}'s view: {seen:?}, want {expected:?}", islb.nid);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let seen = || -> BTreeSet<String> {
+            let v: serde_json::Value = serde_json::from_str(&islb.http_get("/v1/nodes?service=signal").1).unwrap();
+            v["nodes"].as_array().unwrap().iter().map(|n| n["node"]["NID"].as_str().unwrap().to_owned()).collect()
+        };
+        let why = || format!("replica {}'s view: {:?}, want {expected:?}", islb.nid, seen());
+        eventually(Duration::from_secs(10), Duration::from_millis(100), || seen() == expected, why).await;
     }
     let stored: BTreeSet<String> = redis
         .command(&["HKEYS", "{islb}:nodes"])
@@ -266,11 +238,8 @@ async fn a_silent_node_is_deleted_once_cluster_wide() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(round("update").await.into_iter().all(|ok| ok));
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while deletes.lock().unwrap().len() < 40 {
-        assert!(Instant::now() < deadline, "only {} of 40 expired", deletes.lock().unwrap().len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = || format!("only {} of 40 expired", deletes.lock().unwrap().len());
+    eventually(Duration::from_secs(15), Duration::from_millis(50), || deletes.lock().unwrap().len() >= 40, why).await;
     tokio::time::sleep(Duration::from_millis(3_500)).await; // late duplicates would show now
     let counts = deletes.lock().unwrap().clone();
     assert!(counts.values().all(|c| *c == 1), "delete events per node: {counts:?}");
@@ -322,15 +291,8 @@ async fn sigkill_of_a_replica_under_load_loses_no_node() {
     for (sid, node) in &placed {
         let mut answer = None;
         for _ in 0..3 {
-            let req = Request {
-                action: "get".into(),
-                service: "rtc".into(),
-                params: [("sid".to_owned(), islb_gob::Value::String(sid.clone()))].into_iter().collect(),
-                ..Request::default()
-            };
-            if let Some(reply) = peer.raw("node.publish.rtc", req.to_gob()).await {
-                answer =
-                    Some(GetResponse::from_gob(&reply).unwrap().nodes.into_iter().map(|n| n.nid).collect::<Vec<_>>());
+            if let Some(nodes) = peer.try_get("rtc", &[("sid", islb_gob::Value::String(sid.clone()))]).await {
+                answer = Some(nodes.into_iter().map(|n| n.nid).collect::<Vec<_>>());
                 break;
             }
         }
@@ -346,7 +308,6 @@ async fn sigkill_of_a_replica_under_load_loses_no_node() {
     assert!(cluster[1].http_get("/readyz").0 == 200 && cluster[2].http_get("/readyz").0 == 200);
 }
 
-/// Waits until `/readyz` of `islb` is `want` (200 or 503).
 #[tokio::test]
 async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
     let nats = NatsServer::start();
