@@ -13,7 +13,8 @@ use prost::Message;
 
 use crate::live::serve;
 
-fn unhex(s: &str) -> Bytes {
+/// Bytes written as hex (as the golden vectors are).
+pub(crate) fn unhex(s: &str) -> Bytes {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<_>>().into()
 }
 
@@ -70,6 +71,11 @@ fn end_status(r: &nrpc::Response) -> Option<Option<(i32, String)>> {
         Some(response::Type::End(e)) => Some(e.status.as_ref().map(|s| (s.code, s.message.clone()))),
         _ => None,
     }
+}
+
+/// The status code of an `end` with a status.
+fn end_code(r: &nrpc::Response) -> Option<i32> {
+    end_status(r).flatten().map(|(c, _)| c)
 }
 
 const SAY: &str = "nrpc.srv-1.test.Echo.Say";
@@ -154,7 +160,7 @@ async fn abandoned_streams_are_ended_after_the_idle_timeout() {
     assert_eq!(data(&raw.next().await), Some(&b"echo:x"[..]));
     // Then nothing, as ion does with reflection streams.
     let end = raw.next().await;
-    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
+    assert_eq!(end_code(&end), Some(Code::DeadlineExceeded as i32));
     assert_eq!(srv.active_calls(), 0);
 }
 
@@ -173,14 +179,14 @@ async fn push_streams_of_a_caller_that_is_up_are_exempt_from_the_idle_timeout() 
     // Callers not known to be up are reaped like any other call; the one that is up stays.
     for raw in [&mut unknown, &mut anonymous] {
         let end = raw.next().await;
-        assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
+        assert_eq!(end_code(&end), Some(Code::DeadlineExceeded as i32));
     }
     assert!(up.frames(Duration::from_millis(600)).await.is_empty());
     assert_eq!(srv.active_calls(), 1);
     // Once its caller is no longer up, the next idle check ends it too.
     echo.live.lock().unwrap().clear();
     let end = up.next().await;
-    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::DeadlineExceeded as i32));
+    assert_eq!(end_code(&end), Some(Code::DeadlineExceeded as i32));
     crate::live::eventually("every handler cancelled", || {
         echo.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 3 && srv.active_calls() == 0
     })
@@ -203,7 +209,7 @@ async fn a_call_that_does_not_read_its_input_is_ended_once_not_buffered_forever(
     }
     raw.conn.flush().await.unwrap();
     let end = raw.next().await;
-    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32), "{end:?}");
+    assert_eq!(end_code(&end), Some(Code::ResourceExhausted as i32), "{end:?}");
     let more = raw.frames(Duration::from_millis(300)).await;
     assert!(more.is_empty(), "exactly one end: {more:?}");
     crate::live::eventually("the handler is cancelled", || {
@@ -219,7 +225,7 @@ async fn bad_frames_are_answered_and_never_break_the_server() {
     // Garbage.
     let mut raw = Raw::new(&conn, SAY).await;
     raw.send(Bytes::from_static(b"\xff\xff\xff not protobuf")).await;
-    assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::InvalidArgument as i32));
+    assert_eq!(end_code(&raw.next().await), Some(Code::InvalidArgument as i32));
     // Data and end for an inbox without a call (before the call, or late frames of a
     // finished one) are dropped: answering could give a client a second end.
     let mut raw = Raw::new(&conn, SAY).await;
@@ -235,7 +241,7 @@ async fn bad_frames_are_answered_and_never_break_the_server() {
     let mut raw = Raw::new(&conn, SAY).await;
     raw.send(frame::call("/test.Echo/Say", &Metadata::new(), "")).await;
     raw.send(frame::request_data(vec![7u8; 4096].into())).await;
-    assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32));
+    assert_eq!(end_code(&raw.next().await), Some(Code::ResourceExhausted as i32));
     // More of them: the call already had its one end.
     raw.send(frame::request_data(vec![7u8; 4096].into())).await;
     assert!(raw.frames(Duration::from_millis(300)).await.is_empty(), "no second end");
@@ -244,7 +250,7 @@ async fn bad_frames_are_answered_and_never_break_the_server() {
     let mut md = Metadata::new();
     md.insert("big".into(), vec!["x".repeat(4096)]);
     raw.send(frame::call("/test.Echo/Say", &md, "")).await;
-    assert_eq!(end_status(&raw.next().await).flatten().map(|(c, _)| c), Some(Code::ResourceExhausted as i32));
+    assert_eq!(end_code(&raw.next().await), Some(Code::ResourceExhausted as i32));
     // A frame without a reply subject.
     conn.publish(SAY, frame::call("/test.Echo/Say", &Metadata::new(), "")).await.unwrap();
     // Still serving.
@@ -290,7 +296,7 @@ async fn a_call_with_non_utf8_metadata_is_refused_not_dropped() {
     let mut raw = Raw::new(&conn, SAY).await;
     raw.send(call.into()).await;
     let end = raw.next().await;
-    assert_eq!(end_status(&end).flatten().map(|(c, _)| c), Some(Code::InvalidArgument as i32), "{end:?}");
+    assert_eq!(end_code(&end), Some(Code::InvalidArgument as i32), "{end:?}");
     assert!(raw.frames(Duration::from_millis(300)).await.is_empty(), "one end only");
     // Binary metadata sent as gRPC does it (base64 text under a -bin key) goes through.
     let mut md = Metadata::new();

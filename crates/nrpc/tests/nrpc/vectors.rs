@@ -9,8 +9,7 @@ use prost::Message;
 fn vector(name: &str) -> Vec<u8> {
     let path = islb_testkit::workspace_root().join(format!("../shared/vectors/nrpc/{name}.hex"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let text = text.trim();
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    crate::interop::unhex(text.trim()).to_vec()
 }
 
 fn md(k: &str, v: &str) -> Option<nrpc::Metadata> {
