@@ -82,17 +82,22 @@ fn send_signal(child: &Child, sig: libc::c_int) {
     }
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Calls `f` every `every` until it returns a value, or `timeout` has passed.
+fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
+        if let Some(v) = f() {
+            return Some(v);
         }
         if Instant::now() >= end {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(every);
     }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    poll(timeout, Duration::from_millis(10), || child.try_wait().ok().flatten())
 }
 
 fn kill_and_reap(child: &mut Child) {
@@ -103,12 +108,9 @@ fn kill_and_reap(child: &mut Child) {
 }
 
 fn wait_for_tcp(addr: SocketAddr, what: &str, log: &Path) {
-    let end = Instant::now() + START_TIMEOUT;
-    while Instant::now() < end {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let connects = || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok();
+    if poll(START_TIMEOUT, Duration::from_millis(20), connects).is_some() {
+        return;
     }
     panic!(
         "{what} did not accept connections on {addr} within {START_TIMEOUT:?}; its log:\n{}",
@@ -151,19 +153,13 @@ impl NatsServer {
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawning nats-server");
-        let end = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            if let Some(p) = read_ports_file(&ports_dir) {
-                break p;
-            }
-            if Instant::now() >= end {
+        let port =
+            poll(START_TIMEOUT, Duration::from_millis(10), || read_ports_file(&ports_dir)).unwrap_or_else(|| {
                 panic!(
                     "nats-server wrote no ports file within {START_TIMEOUT:?}; its log:\n{}",
                     fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+                )
+            });
         self.port = port;
         self.child = Some(child);
         wait_for_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "nats-server", &log);
@@ -446,12 +442,7 @@ impl RedisServer {
     pub fn command(&self, args: &[&str]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis-server");
         s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        let mut req = Vec::new();
-        if let Some(pw) = &self.password {
-            req.extend(resp(&["AUTH", pw]));
-        }
-        req.extend(resp(args));
-        s.write_all(&req).expect("writing to redis-server");
+        s.write_all(&request(self.password.as_deref(), args)).expect("writing to redis-server");
         let mut reader = BufReader::new(s);
         if self.password.is_some() {
             read_resp(&mut reader);
@@ -464,6 +455,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `args` as one RESP command, after an `AUTH` when there is a password.
+fn request(password: Option<&str>, args: &[&str]) -> Vec<u8> {
+    let mut req = password.map(|pw| resp(&["AUTH", pw])).unwrap_or_default();
+    req.extend(resp(args));
+    req
 }
 
 fn resp(args: &[&str]) -> Vec<u8> {
@@ -508,12 +506,7 @@ fn redis_ping(port: u16, password: Option<&str>) -> bool {
         return false;
     };
     s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-    let mut req = Vec::new();
-    if let Some(pw) = password {
-        req.extend(resp(&["AUTH", pw]));
-    }
-    req.extend(resp(&["PING"]));
-    if s.write_all(&req).is_err() {
+    if s.write_all(&request(password, &["PING"])).is_err() {
         return false;
     }
     let mut reader = BufReader::new(s);
@@ -604,11 +597,6 @@ impl Proc {
         die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         Proc { child, log, _dir: dir, name: name.to_owned() }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Everything the process has written so far.
@@ -713,14 +701,7 @@ mod tests {
 
     /// A PING answered within 10 s (a thawed or busy server may need a moment).
     fn answers_soon(port: u16, password: Option<&str>) -> bool {
-        let end = Instant::now() + Duration::from_secs(10);
-        while !redis_ping(port, password) {
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        true
+        poll(Duration::from_secs(10), Duration::from_millis(50), || redis_ping(port, password).then_some(())).is_some()
     }
 
     #[test]
