@@ -131,6 +131,11 @@ impl Discovery {
         &self.client
     }
 
+    /// This islb's DC.
+    pub(crate) fn dc(&self) -> &str {
+        &self.placement.config.dc
+    }
+
     /// Locks the registry view (never held across an `.await`).
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)

@@ -256,18 +256,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             ..islb_nrpc::ServerConfig::new(cfg.nid.clone())
         },
     );
-    rpc_server.add(Arc::new(rpc::IslbService {
-        discovery: discovery.clone(),
-        client: client.clone(),
-        dc: cfg.dc.clone(),
-    }));
-    rpc_server.add(Arc::new(rpc::AdminService {
-        discovery: discovery.clone(),
-        nid: cfg.nid.clone(),
-        dc: cfg.dc.clone(),
-        started,
-        client: client.clone(),
-    }));
+    rpc_server.add(Arc::new(rpc::IslbService { discovery: discovery.clone() }));
+    rpc_server.add(Arc::new(rpc::AdminService { discovery: discovery.clone(), nid: cfg.nid.clone(), started }));
     // Watch streams of a registered node outlive the idle timeout while it is registered.
     let live = discovery.clone();
     rpc_server.live_peers(move || live.registry().entries().map(|(_, e)| e.node.nid.clone()).collect());

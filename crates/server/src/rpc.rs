@@ -94,12 +94,9 @@ pub fn streams_json(streams: &[ion::Stream]) -> String {
 
 /// `islb.ISLB`.
 pub struct IslbService {
-    /// The registry.
+    /// The registry (its NATS client carries the stream-event fan-out; its DC is the first
+    /// part of ion's stream keys).
     pub discovery: Arc<Discovery>,
-    /// For the stream-event fan-out.
-    pub client: async_nats::Client,
-    /// islb's DC (the first part of ion's stream keys).
-    pub dc: String,
 }
 
 impl IslbService {
@@ -115,7 +112,12 @@ impl IslbService {
                 if s.sid.is_empty() || s.nid.is_empty() {
                     return Err(Status::invalid_argument("a stream event needs nid and sid"));
                 }
-                let key = StreamKey { dc: self.dc.clone(), nid: s.nid.clone(), sid: s.sid.clone(), uid: s.uid.clone() };
+                let key = StreamKey {
+                    dc: self.discovery.dc().to_owned(),
+                    nid: s.nid.clone(),
+                    sid: s.sid.clone(),
+                    uid: s.uid.clone(),
+                };
                 let (d, store) = (&self.discovery, self.discovery.store());
                 // Bounded by the store timeout, and counted as any store failure.
                 let result = match ion::stream_event::State::try_from(s.state) {
@@ -129,7 +131,8 @@ impl IslbService {
                 };
                 result.map_err(|e| Status::unavailable(format!("stream registry: {e}")))?;
                 info!(key = %key.redis_key(), state = s.state, "stream event");
-                let _ = self.client.publish(stream_event_subject(&s.sid), event.encode_to_vec().into()).await;
+                let _ =
+                    self.discovery.client().publish(stream_event_subject(&s.sid), event.encode_to_vec().into()).await;
             }
             Some(pb::islb_event::Payload::Session(s)) => {
                 debug!(sid = %s.sid, nid = %s.nid, "session event (ignored, as ion's islb did)")
@@ -148,10 +151,10 @@ impl IslbService {
                 req = incoming.message::<pb::WatchRequest>() => match req? {
                     Some(w) => {
                         if watching.insert(w.sid.clone()) {
-                            let sub = self.client.subscribe(stream_event_subject(&w.sid)).await
+                            let sub = self.discovery.client().subscribe(stream_event_subject(&w.sid)).await
                                 .map_err(|e| Status::unavailable(format!("NATS: {e}")))?;
                             // Events posted from now on reach this watcher.
-                            islb_nrpc::barrier(&self.client, Duration::from_secs(5)).await
+                            islb_nrpc::barrier(self.discovery.client(), Duration::from_secs(5)).await
                                 .map_err(|e| Status::unavailable(e.to_string()))?;
                             subs.push(sub);
                             debug!(sid = %w.sid, nid = %w.nid, "watching stream events");
@@ -196,12 +199,8 @@ pub struct AdminService {
     pub discovery: Arc<Discovery>,
     /// This islb's NID.
     pub nid: String,
-    /// This islb's DC.
-    pub dc: String,
     /// When it started.
     pub started: Instant,
-    /// NATS (for readiness).
-    pub client: async_nats::Client,
 }
 
 fn session_info(s: &islb_core::Session) -> pb::SessionInfo {
@@ -302,14 +301,14 @@ impl AdminService {
         let r = self.discovery.registry();
         pb::ClusterStatus {
             nid: self.nid.clone(),
-            dc: self.dc.clone(),
+            dc: self.discovery.dc().to_owned(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             nodes: r.len() as u64,
             sessions: self.discovery.session_count(None) as u64,
             store: self.discovery.store().kind().into(),
             store_healthy: self.discovery.store_healthy(),
-            ready: self.discovery.store_healthy() && crate::nats::connected(&self.client),
+            ready: self.discovery.store_healthy() && crate::nats::connected(self.discovery.client()),
             placed_services: r.config().placed.iter().cloned().collect(),
         }
     }
