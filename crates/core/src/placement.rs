@@ -137,16 +137,34 @@ pub fn rendezvous(session: &str, node: &str) -> u64 {
 /// Whether `a` is a better place than `b` for `session` (lower score; on a tie, the
 /// higher rendezvous weight).
 pub fn better(a: &Candidate, b: &Candidate, session: &str) -> bool {
-    compare(a, b, session) == Ordering::Less
+    Rank::of(a, session) < Rank::of(b, session)
 }
 
-/// `a` before `b` when it is the better place for `session` (see [`better`]).
-fn compare(a: &Candidate, b: &Candidate, session: &str) -> Ordering {
-    let (sa, sb) = (a.score(), b.score());
-    if (sa - sb).abs() > 1e-12 {
-        return if sa < sb { Ordering::Less } else { Ordering::Greater };
+/// Scores closer than this count as a tie, broken by rendezvous hashing.
+pub const SCORE_STEP: f64 = 1e-9;
+
+/// Where a candidate stands for one session: a key with a total order (lower is better),
+/// whatever the node reported. The score is counted in steps of [`SCORE_STEP`] (NaN and
+/// infinity last), so nearly equal scores tie and the session's rendezvous weight decides;
+/// the node key settles the (astronomically unlikely) equal weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank<'a> {
+    steps: u64,
+    weight: std::cmp::Reverse<u64>,
+    key: &'a str,
+}
+
+impl<'a> Rank<'a> {
+    /// The rank of `c` for `session`.
+    pub fn of(c: &'a Candidate, session: &str) -> Self {
+        Rank { steps: score_steps(c.score()), weight: std::cmp::Reverse(rendezvous(session, &c.key)), key: &c.key }
     }
-    rendezvous(session, &b.key).cmp(&rendezvous(session, &a.key))
+}
+
+/// A score as a whole number of [`SCORE_STEP`]s: NaN and anything too large saturate to the
+/// worst value, negatives to zero (a float-to-integer cast saturates).
+fn score_steps(score: f64) -> u64 {
+    if score.is_nan() { u64::MAX } else { (score / SCORE_STEP).round() as u64 }
 }
 
 /// Chooses the node for a new session `session` (for an unnamed session, any string that
@@ -178,14 +196,12 @@ pub fn choose(candidates: &[Candidate], prefer_dc: &str, session: &str, random: 
 pub fn rank(candidates: &[Candidate], prefer_dc: &str, session: &str) -> Vec<usize> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     let group = |c: &Candidate| match (c.eligible(), c.dc == prefer_dc) {
-        (true, true) => 0,
+        (true, true) => 0u8,
         (true, false) => 1,
         (false, _) => 2,
     };
-    order.sort_by(|&a, &b| {
-        let (ca, cb) = (&candidates[a], &candidates[b]);
-        group(ca).cmp(&group(cb)).then_with(|| compare(ca, cb, session))
-    });
+    // A key per candidate, computed once: a total order, so no report can upset the sort.
+    order.sort_by_cached_key(|&i| (group(&candidates[i]), Rank::of(&candidates[i], session)));
     order
 }
 
@@ -193,6 +209,7 @@ pub fn rank(candidates: &[Candidate], prefer_dc: &str, session: &str) -> Vec<usi
 mod tests {
     use super::*;
     use islb_gob::Value;
+    use proptest::prelude::*;
 
     fn cand(key: &str, dc: &str, sessions: u64) -> Candidate {
         Candidate {
@@ -301,5 +318,88 @@ mod tests {
         n.extra_info.insert("load".into(), Value::String("high".into()));
         n.extra_info.insert("capacity".into(), Value::Int(-1));
         assert_eq!(Report::of(&n), Report { load: None, sessions: Some(12), capacity: None });
+    }
+
+    /// Issue 11: a few hundred nodes whose loads differ by less than 1e-12 made the old
+    /// comparator (an epsilon test) intransitive, and the sort panicked.
+    #[test]
+    fn nearly_equal_loads_rank_without_panic_and_tie_by_rendezvous() {
+        let c: Vec<_> = (0..600)
+            .map(|i| {
+                let mut c = cand(&format!("dc1.sfu-{i}"), "dc1", 0);
+                c.report.load = Some(0.5 + (i % 7) as f64 * 3e-13);
+                c
+            })
+            .collect();
+        let mut firsts = std::collections::HashSet::new();
+        for s in 0..200 {
+            let order = rank(&c, "dc1", &format!("room-{s}"));
+            assert_eq!(order.len(), c.len());
+            firsts.insert(order[0]);
+        }
+        assert!(firsts.len() > 50, "ties spread over sessions: {} distinct first nodes", firsts.len());
+    }
+
+    fn any_report() -> impl Strategy<Value = Report> {
+        let float = prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(-0.0),
+            Just(0.5),
+            Just(0.5 + 1e-13),
+            any::<f64>(),
+            0.0..2.0f64,
+        ];
+        (proptest::option::of(float), proptest::option::of(any::<u64>()), proptest::option::of(0u64..5))
+            .prop_map(|(load, sessions, capacity)| Report { load, sessions, capacity })
+    }
+
+    fn any_candidate() -> impl Strategy<Value = Candidate> {
+        (0u32..40, prop_oneof![Just("dc1"), Just("dc2")], 0u64..4, 0u64..3, any::<bool>(), any_report(), 0u64..3)
+            .prop_map(|(n, dc, sessions, pending, draining, report, default_capacity)| Candidate {
+                key: format!("{dc}.n{n}"),
+                dc: dc.into(),
+                sessions,
+                pending,
+                draining,
+                report,
+                default_capacity,
+            })
+    }
+
+    proptest! {
+        /// Whatever nodes report (NaN, infinities, zero capacity, huge counts), ranking is a
+        /// total order: it never panics, lists every candidate once, does not depend on the
+        /// order the candidates come in, and agrees with `choose`.
+        #[test]
+        fn ranking_is_a_total_order_over_any_reports(
+            cands in proptest::collection::vec(any_candidate(), 0..60),
+            session in "[a-z]{1,8}",
+            seed in any::<u64>(),
+        ) {
+            let order = rank(&cands, "dc1", &session);
+            let mut seen = order.clone();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..cands.len()).collect::<Vec<_>>());
+            // The same candidates in another order rank to the same sequence of nodes.
+            let mut shuffled: Vec<usize> = (0..cands.len()).collect();
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, (splitmix64(&mut state) % (i as u64 + 1)) as usize);
+            }
+            let permuted: Vec<Candidate> = shuffled.iter().map(|&i| cands[i].clone()).collect();
+            // Keys may repeat in generated input; compare the ranks, which include the key.
+            fn ranks<'a>(c: &'a [Candidate], o: &[usize], session: &str) -> Vec<Rank<'a>> {
+                o.iter().map(|&i| Rank::of(&c[i], session)).collect()
+            }
+            prop_assert_eq!(ranks(&cands, &order, &session), ranks(&permuted, &rank(&permuted, "dc1", &session), &session));
+            // Within the exact limit, `choose` picks the first eligible node of the ranking.
+            if cands.len() <= EXACT_LIMIT {
+                let chosen = choose(&cands, "dc1", &session, seed);
+                let best = order.first().copied().filter(|&i| cands[i].eligible());
+                prop_assert_eq!(chosen.map(|i| Rank::of(&cands[i], &session)), best.map(|i| Rank::of(&cands[i], &session)));
+            }
+        }
     }
 }

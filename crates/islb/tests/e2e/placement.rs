@@ -279,3 +279,27 @@ async fn idle_sessions_are_released_after_the_session_ttl_with_an_event() {
     assert!(e["to"].is_null());
     assert!(!events.iter().any(|e| e["sid"] == "busy-room"), "{events:?}");
 }
+
+/// Issue 11: a few hundred SFUs whose reported loads differ by less than 1e-12 made an
+/// unnamed `get rtc` panic inside the ranking sort, and from then on islb answered nothing.
+/// A flood of such gets is answered, and the registry goes on answering.
+#[tokio::test]
+async fn a_flood_of_gets_over_nearly_equal_loads_never_stops_the_registry() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &["--expire", "60s"]);
+    let peer = Peer::connect(&nats).await;
+    for i in 0..400 {
+        let mut node = ion_node("rtc", &format!("sfu-{i}"));
+        node.extra_info.insert("load".into(), Value::Float64(0.5 + f64::from(i % 7) * 3e-13));
+        assert!(peer.send("save", &node).await.success);
+    }
+    let answered: Vec<usize> = futures::stream::iter(0..300)
+        .map(|_| async { peer.try_get("rtc", &[]).await.map_or(0, |nodes| nodes.len()) })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(answered.iter().all(|&n| n == 400), "every get lists every SFU: {:?}", &answered[..10]);
+    assert!(peer.send("save", &ion_node("signal", "sig-1")).await.success, "the registry still answers");
+    assert_eq!(peer.get("signal", &[]).await.len(), 1);
+    assert_eq!(islb.metric("islb_handler_panics_total"), None, "nothing panicked");
+}
