@@ -22,7 +22,6 @@
 //! own count), `capacity` (most sessions it accepts). Numbers of any Go numeric type.
 
 use islb_gob::Node;
-use std::cmp::Ordering;
 
 /// Above this many eligible nodes, the choice samples two (power of two choices) instead of
 /// scanning all.

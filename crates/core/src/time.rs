@@ -19,11 +19,6 @@ impl Timestamp {
         self.0
     }
 
-    /// The current wall-clock time (for the shell; the core never calls it).
-    pub fn now() -> Self {
-        Self::from(SystemTime::now())
-    }
-
     /// This timestamp plus `ms` milliseconds (saturating).
     pub const fn plus_ms(self, ms: u64) -> Self {
         Timestamp(self.0.saturating_add(ms))

@@ -55,7 +55,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { bail!("the NATS subscription ended") };
-                let now = islb_core::Timestamp::now();
+                let now = islb_core::Timestamp::from(std::time::SystemTime::now());
                 match Request::from_gob(&msg.payload) {
                     Ok(ev) if args.json => println!("{}", serde_json::json!({"time": now.to_string(), "subject": msg.subject.as_str(), "action": ev.action, "node": ev.node})),
                     Ok(ev) => println!("{now} {:<6} {:<8} {}.{}  {} {}  {}", ev.action, ev.node.service, ev.node.dc, ev.node.nid, ev.node.rpc.protocol, ev.node.rpc.addr, extra(&ev.node)),

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 after a clean shutdown; 64 for a bad configuration (before anything
 //! starts); 69 when NATS cannot be reached within `nats-connect-timeout` or the store
-//! cannot be opened; 1 otherwise.
+//! cannot be opened; 70 when a supervised task failed and islb shut down because of it;
+//! 1 otherwise.
 
 mod admin_cli;
 mod cli;
@@ -17,7 +18,6 @@ use cli::{Cli, Command, ConfigCommand, ServeArgs};
 use islb_server::Config;
 
 const EX_CONFIG: u8 = 64;
-const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -123,11 +123,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         let running = match islb_server::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
+                let code = e.exit_code();
+                let e = anyhow::Error::from(e); // for its one-line source chain
                 tracing::error!("{e:#}");
                 eprintln!("islb: {e:#}");
-                let unreachable = e.downcast_ref::<islb_server::nats::NatsError>().is_some()
-                    || e.downcast_ref::<islb_server::StoreOpenError>().is_some();
-                return ExitCode::from(if unreachable { EX_UNAVAILABLE } else { 1 });
+                return ExitCode::from(code);
             }
         };
         let stop = running.stop_token();
@@ -142,8 +142,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         match running.wait().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("islb: {e:#}");
-                ExitCode::FAILURE
+                eprintln!("islb: {e}");
+                ExitCode::from(e.exit_code())
             }
         }
     })

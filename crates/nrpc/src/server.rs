@@ -28,7 +28,6 @@
 //!   ([`Running::close_peer`]) or is no longer up at an idle check.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, Message, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use islb_proto::nrpc::{self, request};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -518,12 +517,17 @@ impl Loop {
         active.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("islb_nrpc_active_calls").increment(1.0);
         tokio::spawn(async move {
-            let (svc, m) = (service.name(), info.method.clone());
+            let (svc, m, peer) = (service.name(), info.method.clone(), info.peer_nid.clone());
             let result = tokio::select! {
                 biased;
                 _ = ctl.cancel.cancelled() => None,
-                r = AssertUnwindSafe(service.call(info, Incoming { rx }, outgoing)).catch_unwind() => {
-                    Some(r.unwrap_or_else(|_| Err(Status::internal("the handler failed"))))
+                r = islb_runtime::contained(service.call(info, Incoming { rx }, outgoing)) => {
+                    Some(r.unwrap_or_else(|panic| {
+                        // Contained: this call ends with INTERNAL, every other goes on.
+                        metrics::counter!("islb_handler_panics_total", "handler" => svc).increment(1);
+                        tracing::error!(service = svc, method = %m, peer = %peer, %panic, "an nrpc handler panicked; the call ends with INTERNAL");
+                        Err(Status::internal("the handler failed"))
+                    }))
                 }
             };
             // Whoever ended the call first (this task, or a cancel, timeout, bad frame or

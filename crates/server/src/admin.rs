@@ -4,7 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when NATS is connected, the store answers and islb is not shutting down; 503 with the reasons otherwise |
+//! | `GET /readyz` | 200 when NATS is connected, the store answers, every supervised task runs and islb is not shutting down; 503 with the reasons otherwise |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/status` | JSON: nid, dc, version, uptime, node count, store and NATS state |
 //! | `GET /v1/nodes[?service=S]` | JSON: every registered node (placed services included) with its deadline |
@@ -41,6 +41,8 @@ pub struct AdminState {
     pub client: async_nats::Client,
     /// Set once shutdown begins.
     pub shutting_down: Arc<AtomicBool>,
+    /// Failures of supervised tasks.
+    pub health: islb_runtime::Health,
     /// Metrics renderer.
     pub metrics: PrometheusHandle,
     /// islb's own view of the cluster.
@@ -73,6 +75,7 @@ async fn readiness(s: &AdminState) -> Vec<String> {
     if s.shutting_down.load(Ordering::Relaxed) {
         problems.push("shutting down".to_owned());
     }
+    problems.extend(s.health.problems());
     if !crate::nats::connected(&s.client) {
         problems.push(format!("NATS {:?}", s.client.connection_state()).to_lowercase());
     }
@@ -207,7 +210,7 @@ async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Respo
         Err(e) => return bad_request(e),
     };
     let deadline = match q.deadline.as_deref().map(crate::config::parse_duration).transpose() {
-        Ok(d) => d.map(|d| islb_core::Timestamp::now().plus(d)),
+        Ok(d) => d.map(|d| s.discovery.now().plus(d)),
         Err(e) => return bad_request(e),
     };
     match s.discovery.drain(&node, deadline).await {

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, Message, Subscriber};
+use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -34,12 +34,15 @@ use islb_core::{
     Command, Event, EventKind, Lookup, NodeKey, Registry, Session, Sessions, Timestamp, Verdict, WriteAction, node_key,
 };
 use islb_gob::{GetResponse, Limits, Message as _, Node, Request, Response};
+use islb_runtime::contained;
 use islb_store::{Change, Changes, Claim, Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::clock::{Clock, WallClock};
 use crate::link::{Pending, StoreLink};
+use crate::outbox::Outbox;
 use crate::placement::{MoveReason, PlacementConfig, PlacementState};
 use crate::throttle::Throttle;
 
@@ -58,12 +61,15 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// Cached `get` replies kept at most (parameter combinations).
 const GET_CACHE_ENTRIES: usize = 256;
 
+/// A test's fault injection, called with the service of each valid request.
+type FaultHook = dyn Fn(&str) + Send + Sync;
+
 /// Cache key of a `get` reply: service, nid filter, placed services included.
 type CacheKey = (String, Option<String>, bool);
 
 /// The registry service of one replica.
 pub struct Discovery {
-    client: Client,
+    outbox: Arc<dyn Outbox>,
     registry: Mutex<Registry>,
     store: Arc<dyn Store>,
     limits: Limits,
@@ -79,6 +85,9 @@ pub struct Discovery {
     synced: AtomicU64,
     pub(crate) link: StoreLink,
     pub(crate) placement: PlacementState,
+    clock: Arc<dyn Clock>,
+    /// A test's fault injection: called with the service of every valid request.
+    fault: OnceLock<Box<FaultHook>>,
 }
 
 pub(crate) use crate::lock;
@@ -99,9 +108,9 @@ fn rejected(reason: String) -> Bytes {
 }
 
 impl Discovery {
-    /// A service over `registry` and `store`, talking on `client`.
+    /// A service over `registry` and `store`, publishing through `outbox`.
     pub fn new(
-        client: Client,
+        outbox: Arc<dyn Outbox>,
         registry: Registry,
         store: Arc<dyn Store>,
         max_message_size: usize,
@@ -110,7 +119,7 @@ impl Discovery {
     ) -> Self {
         let store_kind = store.kind();
         Discovery {
-            client,
+            outbox,
             registry: Mutex::new(registry),
             store,
             limits: Limits { max_size: max_message_size, ..Limits::default() },
@@ -124,11 +133,48 @@ impl Discovery {
             synced: AtomicU64::new(0),
             link: StoreLink::new(store_kind, store_timeout),
             placement: PlacementState::new(placement),
+            clock: Arc::new(WallClock),
+            fault: OnceLock::new(),
         }
     }
 
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+    /// The same service reading the time from `clock` (tests pass a paused one).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Test hook: `fault` runs with the service of every valid request before it is carried
+    /// out (a test makes it panic to check that a panic costs one request only). Set once.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.fault.set(Box::new(fault));
+    }
+
+    /// Runs one round of a timer task (expiry, batching, maintenance), contained: a panic
+    /// costs the round, is counted and logged, and the loop goes on with the next one.
+    async fn round(&self, task: &'static str, round: impl Future<Output = ()>) {
+        if let Err(panic) = contained(round).await {
+            metrics::counter!("islb_handler_panics_total", "handler" => task).increment(1);
+            error!(task, %panic, "a timer round panicked; the next round runs as usual");
+        }
+    }
+
+    /// The time, as this service's clock reads it.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Publishes one message (a reply, a node or session event); false when it failed
+    /// (logged).
+    pub(crate) async fn send(&self, subject: String, payload: Bytes) -> bool {
+        match self.outbox.publish(subject, payload).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "could not publish");
+                false
+            }
+        }
     }
 
     /// This islb's DC.
@@ -185,11 +231,17 @@ impl Discovery {
 
     async fn handle(self: Arc<Self>, msg: Message) {
         let started = Instant::now();
-        let (action, reply) = self.process(&msg.payload).await;
-        if let (Some(to), Some(reply)) = (msg.reply, reply)
-            && let Err(e) = self.client.publish(to, reply).await
-        {
-            warn!(error = %e, "could not send a reply");
+        let (action, reply) = match contained(self.process(&msg.payload)).await {
+            Ok(done) => done,
+            // Contained: this request gets an error reply, the loop and every other request go on.
+            Err(panic) => {
+                metrics::counter!("islb_handler_panics_total", "handler" => "registry").increment(1);
+                error!(subject = %msg.subject, %panic, "a registry request handler panicked; answered with an error");
+                ("panic", Some(rejected("internal error: islb could not handle this request".into())))
+            }
+        };
+        if let (Some(to), Some(reply)) = (msg.reply, reply) {
+            self.send(to.to_string(), reply).await;
         }
         metrics::counter!("islb_requests_total", "action" => action).increment(1);
         metrics::histogram!("islb_request_duration_seconds", "action" => action)
@@ -207,7 +259,14 @@ impl Discovery {
                 return ("invalid", Some(self.bad_input(label, format!("malformed request: {e}"))));
             }
         };
-        match Command::parse(req) {
+        let command = Command::parse(req);
+        if let (Some(fault), Ok(c)) = (self.fault.get(), &command) {
+            fault(match c {
+                Command::Write { node, .. } | Command::Delete { node } => &node.service,
+                Command::Get(lookup) => &lookup.service,
+            });
+        }
+        match command {
             Err(rejection) => ("invalid", Some(self.bad_input(rejection.label(), rejection.to_string()))),
             Ok(Command::Write { action, node }) => (action.as_str(), Some(self.write(action, node).await)),
             Ok(Command::Delete { node }) => ("delete", Some(self.delete(node).await)),
@@ -238,7 +297,7 @@ impl Discovery {
 
     async fn write(&self, action: WriteAction, node: Node) -> Bytes {
         let key = node_key(&node);
-        let now = Timestamp::now();
+        let now = self.now();
         // The fast path: a keep-alive (`update`) of a node this view knows with the same
         // data. A `save` always asks the store, so that a node deleted and saved again
         // through other replicas is never taken for a keep-alive of a stale view.
@@ -332,8 +391,7 @@ impl Discovery {
                 EventKind::Update => debug!(node = %event.node.id(), "node data changed"),
                 EventKind::Delete => info!(node = %event.node.id(), service = %event.node.service, "node down"),
             }
-            if let Err(e) = self.client.publish(event.subject(), req.to_gob().into()).await {
-                warn!(error = %e, subject = %event.subject(), "could not publish an event");
+            if !self.send(event.subject(), req.to_gob().into()).await {
                 continue;
             }
             metrics::counter!("islb_events_published_total", "action" => action).increment(1);
@@ -508,10 +566,13 @@ impl Discovery {
                 _ = stop.cancelled() => return,
             }
             if self.link.healthy() {
-                self.catch_up().await;
-                self.placement_housekeeping().await;
+                self.round("store maintenance", async {
+                    self.catch_up().await;
+                    self.placement_housekeeping().await;
+                })
+                .await;
             } else {
-                self.recover().await;
+                self.round("store recovery", self.recover()).await;
             }
         }
     }
@@ -533,7 +594,7 @@ impl Discovery {
         }
         // Grace first: no expiry until every replica had one expiry period to write back the
         // keep-alives it held.
-        let grace = Timestamp::now().plus_ms(self.registry().config().expire_ms);
+        let grace = self.now().plus_ms(self.registry().config().expire_ms);
         self.link.set_grace(grace);
         self.link.set_healthy();
         // Writes decided while the write-back ran (the store still counted as down).
@@ -600,7 +661,7 @@ impl Discovery {
     /// Expires nodes at their deadlines until `stop`.
     pub async fn expiry_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let now = Timestamp::now();
+            let now = self.now();
             let wait = if !self.link.healthy() {
                 PROBE_INTERVAL
             } else if let Some(until) = self.link.grace_until().filter(|g| *g > now) {
@@ -609,7 +670,7 @@ impl Discovery {
                 self.registry().next_deadline().map_or(Duration::from_secs(1), |d| now.until(d))
             };
             tokio::select! {
-                _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => self.expire_due().await,
+                _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => self.round("expiry", self.expire_due()).await,
                 _ = self.expiry_wake.notified() => {}
                 _ = stop.cancelled() => return,
             }
@@ -617,7 +678,7 @@ impl Discovery {
     }
 
     async fn expire_due(&self) {
-        let now = Timestamp::now();
+        let now = self.now();
         // A replica that cannot see the shared state must not declare nodes dead; after an
         // outage, nodes get one expiry period to have their held keep-alives written back.
         if !self.link.healthy() || self.link.in_grace(now) {
@@ -649,7 +710,7 @@ impl Discovery {
                     let events = self.registry().apply_departure(key, true, Some(node));
                     self.announce_expired(events).await;
                     if let Some(deadline) = deadline {
-                        let late = deadline.until(Timestamp::now());
+                        let late = deadline.until(self.now());
                         metrics::histogram!("islb_expiry_lateness_seconds").record(late.as_secs_f64());
                         debug!(node = %key, late_ms = late.as_millis() as u64, "node expired");
                     }
@@ -671,7 +732,7 @@ impl Discovery {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.flush().await,
+                _ = tick.tick() => self.round("keep-alive batching", self.flush()).await,
                 _ = stop.cancelled() => {
                     self.flush().await;
                     return;

@@ -19,10 +19,12 @@
 //! `shutdown-grace`.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 mod link;
 pub mod nats;
+pub mod outbox;
 pub mod placement;
 pub mod rpc;
 pub mod selfreg;
@@ -71,12 +73,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use islb_core::{Registry, RegistryConfig};
+use islb_runtime::{Health, Supervisor, TaskFailure};
 use islb_store::{FileStore, MemoryStore, Store};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::{Config, ConfigError, LogFormat, Overrides, StoreSpec};
 use discovery::{Discovery, QUEUE_GROUP, REQUEST_SUBJECT};
@@ -86,7 +87,8 @@ pub struct Running {
     http_addr: SocketAddr,
     nid: String,
     stop: CancellationToken,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    health: Health,
+    done: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
 impl Running {
@@ -110,10 +112,81 @@ impl Running {
         self.stop.clone()
     }
 
-    /// Waits until islb has stopped.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.done.await.context("the supervisor task failed")?
+    /// The failures of supervised tasks (what `/readyz` reports).
+    pub fn health(&self) -> &Health {
+        &self.health
     }
+
+    /// Waits until islb has stopped: `Ok` after an orderly shutdown that was asked for,
+    /// an error when a supervised task failed and islb shut down because of it.
+    pub async fn wait(self) -> Result<(), RunError> {
+        self.done.await.map_err(|e| RunError::Supervisor(e.to_string()))?
+    }
+}
+
+/// Why islb could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin HTTP address cannot be bound.
+    #[error("cannot listen on {addr} (http-addr)")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// NATS cannot be reached (or its URL is wrong).
+    #[error(transparent)]
+    Nats(#[from] nats::NatsError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreOpenError),
+    /// A subscription was refused or not confirmed by the NATS server.
+    #[error("cannot subscribe to {subject}")]
+    Subscribe {
+        /// What was being subscribed.
+        subject: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The built-in protobuf descriptor set does not decode (a build defect).
+    #[error("the built-in descriptor set does not decode")]
+    Descriptors(#[source] prost_reflect::DescriptorError),
+}
+
+impl StartError {
+    /// The process exit code for this error: 69 (`EX_UNAVAILABLE`) when a service islb
+    /// depends on cannot be reached, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Nats(_) | StartError::Store(_) => 69,
+            _ => 1,
+        }
+    }
+}
+
+/// Why a running islb stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A supervised task ended unexpectedly; islb shut down in order because of it.
+    #[error(transparent)]
+    TaskFailed(#[from] TaskFailure),
+    /// The shutdown sequence itself failed.
+    #[error("the shutdown sequence failed: {0}")]
+    Supervisor(String),
+}
+
+impl RunError {
+    /// The process exit code: 70 (`EX_SOFTWARE`), an internal failure.
+    pub fn exit_code(&self) -> u8 {
+        70
+    }
+}
+
+fn subscribe_error(subject: &'static str) -> impl FnOnce(async_nats::SubscribeError) -> StartError {
+    move |e| StartError::Subscribe { subject, source: Box::new(e) }
 }
 
 /// The store could not be opened at start.
@@ -175,7 +248,14 @@ async fn close_streams_of_departed_nodes(
 }
 
 /// Starts islb with `cfg`.
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+///
+/// Every long-running task is supervised: a task that ends unexpectedly (it returned or
+/// panicked) makes `/readyz` answer 503 naming it, and islb then shuts down in order and
+/// [`Running::wait`] returns [`RunError::TaskFailed`] (exit code 70), so the service manager
+/// restarts a clean process rather than one that quietly stopped doing part of its job.
+/// A panic while handling one request or one timer round is contained instead: it costs
+/// that request or round only (see `discovery`).
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let started = Instant::now();
     info!(version = env!("CARGO_PKG_VERSION"), nid = %cfg.nid, dc = %cfg.dc, "islb starting");
     for (key, value) in cfg.describe() {
@@ -195,10 +275,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let metrics = telemetry::metrics_handle();
     metrics::gauge!("islb_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (http-addr)", cfg.http_addr))?;
-    let http_addr = listener.local_addr()?;
+    islb_runtime::contain::install_hook();
+    let listen_error = |source| StartError::Listen { addr: cfg.http_addr, source };
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(listen_error)?;
+    let http_addr = listener.local_addr().map_err(listen_error)?;
 
     let client = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
     let store = open_store(&cfg).await?;
@@ -214,7 +294,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         jwt_key: cfg.jwt_key.as_ref().map(|k| islb_core::session_key::JwtKey::hmac(k.as_bytes())),
     };
     let discovery = Arc::new(Discovery::new(
-        client.clone(),
+        Arc::new(client.clone()),
         registry,
         store.clone(),
         cfg.max_message_size,
@@ -229,8 +309,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let sub = client
         .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())
         .await
-        .context("cannot subscribe to node.publish.>")?;
-    islb_nrpc::barrier(&client, Duration::from_secs(10)).await.context("NATS did not confirm the subscription")?;
+        .map_err(subscribe_error(REQUEST_SUBJECT))?;
+    islb_nrpc::barrier(&client, Duration::from_secs(10))
+        .await
+        .map_err(|e| StartError::Subscribe { subject: REQUEST_SUBJECT, source: Box::new(e) })?;
     info!(subject = REQUEST_SUBJECT, queue = QUEUE_GROUP, "registry listening");
 
     let stop = CancellationToken::new();
@@ -240,13 +322,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let watched = selfreg::WatchedView::default();
     let me = selfreg::self_node(&cfg.dc, &cfg.nid, &cfg.nats_url);
 
-    let mut tasks = JoinSet::new();
-    let requests = tokio::spawn(discovery.clone().serve(sub, requests_stop.clone()));
-    tasks.spawn(discovery.clone().expiry_loop(tasks_stop.clone()));
-    tasks.spawn(discovery.clone().flush_loop(tasks_stop.clone()));
-    tasks.spawn(discovery.clone().maintain_loop(tasks_stop.clone()));
-    tasks.spawn(selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()));
-    tasks.spawn(watched.clone().run(client.clone(), tasks_stop.clone()));
+    let health = Health::default();
+    // Two groups, stopped in turn at shutdown: the request loop first, the timers after
+    // islb has deregistered.
+    let mut front = Supervisor::new(health.clone());
+    let mut tasks = Supervisor::new(health.clone());
+    front.spawn("registry requests", discovery.clone().serve(sub, requests_stop.clone()));
+    tasks.spawn("expiry", discovery.clone().expiry_loop(tasks_stop.clone()));
+    tasks.spawn("keep-alive batching", discovery.clone().flush_loop(tasks_stop.clone()));
+    tasks.spawn("store maintenance", discovery.clone().maintain_loop(tasks_stop.clone()));
+    tasks.spawn(
+        "self-registration",
+        selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()),
+    );
+    tasks.spawn("watched view", watched.clone().run(client.clone(), tasks_stop.clone()));
 
     // gRPC over NATS: islb.ISLB, islb.Admin and reflection on nrpc.<nid>.…
     let mut rpc_server = islb_nrpc::Server::new(
@@ -256,27 +345,37 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             ..islb_nrpc::ServerConfig::new(cfg.nid.clone())
         },
     );
-    rpc_server.add(Arc::new(rpc::IslbService { discovery: discovery.clone() }));
-    rpc_server.add(Arc::new(rpc::AdminService { discovery: discovery.clone(), nid: cfg.nid.clone(), started }));
+    rpc_server.add(Arc::new(rpc::IslbService { discovery: discovery.clone(), client: client.clone() }));
+    rpc_server.add(Arc::new(rpc::AdminService {
+        discovery: discovery.clone(),
+        client: client.clone(),
+        nid: cfg.nid.clone(),
+        started,
+    }));
     // Watch streams of a registered node outlive the idle timeout while it is registered.
     let live = discovery.clone();
     rpc_server.live_peers(move || live.registry().entries().map(|(_, e)| e.node.nid.clone()).collect());
-    let pool = prost_reflect::DescriptorPool::decode(islb_proto::FILE_DESCRIPTOR_SET).context("descriptor set")?;
+    let pool =
+        prost_reflect::DescriptorPool::decode(islb_proto::FILE_DESCRIPTOR_SET).map_err(StartError::Descriptors)?;
     let names = rpc_server.service_names();
     for version in [islb_nrpc::reflection::V1ALPHA, islb_nrpc::reflection::V1] {
         rpc_server.add(Arc::new(islb_nrpc::reflection::Reflection::new(version, pool.clone(), &names)));
     }
     let rpc_running = Arc::new(tokio::sync::Mutex::new(Some(
-        rpc_server.start().await.context("cannot subscribe the nrpc services")?,
+        rpc_server.start().await.map_err(subscribe_error("nrpc.<nid>.<service>.>"))?,
     )));
     info!(nid = %cfg.nid, services = ?names, "nrpc services listening on nrpc.{}.<service>.<method>", cfg.nid);
-    tasks.spawn(close_streams_of_departed_nodes(client.clone(), rpc_running.clone(), tasks_stop.clone()));
+    tasks.spawn(
+        "nrpc stream closer",
+        close_streams_of_departed_nodes(client.clone(), rpc_running.clone(), tasks_stop.clone()),
+    );
 
     let http_stop = CancellationToken::new();
     let app = admin::router(admin::AdminState {
         discovery: discovery.clone(),
         client: client.clone(),
         shutting_down: shutting_down.clone(),
+        health: health.clone(),
         metrics,
         watched,
         nid: cfg.nid.clone(),
@@ -296,19 +395,28 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let stop = stop.clone();
         let grace = cfg.shutdown_grace;
         async move {
-            stop.cancelled().await;
-            info!("shutting down");
+            let failure = tokio::select! {
+                _ = stop.cancelled() => None,
+                Some(f) = front.next_failure() => Some(f),
+                Some(f) = tasks.next_failure() => Some(f),
+            };
+            match &failure {
+                None => info!("shutting down"),
+                Some(f) => {
+                    error!(task = f.task, reason = %f.reason, "shutting down: a supervised task failed (exit code 70)")
+                }
+            }
             shutting_down.store(true, Ordering::Relaxed);
             let sequence = async {
                 requests_stop.cancel();
-                let _ = requests.await;
+                front.join_all().await;
                 if let Some(rpc) = rpc_running.lock().await.take() {
                     rpc.shutdown().await;
                 }
                 discovery.deregister(me).await;
                 info!("deregistered");
                 tasks_stop.cancel();
-                while tasks.join_next().await.is_some() {}
+                tasks.join_all().await;
                 if let Err(e) = client.flush().await {
                     warn!(error = %e, "NATS flush at shutdown failed");
                 }
@@ -323,8 +431,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 _ => {}
             }
             info!("islb stopped");
-            Ok(())
+            failure.map_or(Ok(()), |f| Err(RunError::TaskFailed(f)))
         }
     };
-    Ok(Running { http_addr, nid: cfg.nid.clone(), stop, done: tokio::spawn(supervisor) })
+    Ok(Running { http_addr, nid: cfg.nid.clone(), stop, health, done: tokio::spawn(supervisor) })
 }

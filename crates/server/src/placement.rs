@@ -150,7 +150,7 @@ impl Discovery {
             .flatten()
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| self.placement.config.dc.clone());
-        let sid = match session_key(&lookup.params, self.placement.config.jwt_key.as_ref(), Timestamp::now()) {
+        let sid = match session_key(&lookup.params, self.placement.config.jwt_key.as_ref(), self.now()) {
             Ok(k) => k,
             Err(e) => {
                 metrics::counter!("islb_placements_total", "outcome" => "refused").increment(1);
@@ -210,7 +210,7 @@ impl Discovery {
         let order = self.rank_candidates(service, prefer_dc, &session, |sessions, first| {
             any = first.is_some();
             if let Some(first) = first.filter(|c| c.eligible()) {
-                sessions.note_unnamed(&first.key.as_str().into(), Timestamp::now());
+                sessions.note_unnamed(&first.key.as_str().into(), self.now());
                 placed = true;
             }
         });
@@ -238,7 +238,7 @@ impl Discovery {
         session: &str,
         first: impl FnOnce(&mut Sessions, Option<&Candidate>),
     ) -> Vec<Arc<Node>> {
-        let now = Timestamp::now();
+        let now = self.now();
         let r = self.registry();
         let mut sessions = lock(&self.placement.sessions);
         let (plain, nodes): (Vec<_>, Vec<_>) =
@@ -252,7 +252,7 @@ impl Discovery {
     /// has room.
     pub(crate) async fn place(&self, service: &str, sid: &str, prefer_dc: &str) -> Option<Arc<Node>> {
         for _attempt in 0..3 {
-            let now = Timestamp::now();
+            let now = self.now();
             let decision = {
                 let r = self.registry();
                 let mut sessions = lock(&self.placement.sessions);
@@ -357,9 +357,7 @@ impl Discovery {
     pub(crate) async fn publish_session_event(&self, event: SessionEvent) {
         info!(sid = %event.sid, from = ?event.from, to = ?event.to, reason = ?event.reason, "session moved");
         let payload = serde_json::to_vec(&event).expect("serialisable");
-        if let Err(e) = self.client().publish(session_subject(&event.sid), payload.into()).await {
-            warn!(error = %e, sid = %event.sid, "could not publish a session event");
-        }
+        self.send(session_subject(&event.sid), payload.into()).await;
         metrics::counter!("islb_session_moves_total", "reason" => format!("{:?}", event.reason)).increment(1);
     }
 
@@ -383,7 +381,7 @@ impl Discovery {
 
     /// Moves one session to the best other node (or releases it when none has room).
     async fn move_one(&self, s: &Session, services: &[String], reason: MoveReason) {
-        let now = Timestamp::now();
+        let now = self.now();
         let (target, in_flight) = {
             let r = self.registry();
             let mut sessions = lock(&self.placement.sessions);
@@ -433,7 +431,7 @@ impl Discovery {
     /// Releases session `sid` (operator request); returns it if it was placed.
     pub async fn release_session(&self, sid: &str) -> Option<Session> {
         let current = lock(&self.placement.sessions).get(sid)?;
-        self.release(&current, None, MoveReason::Released, Timestamp::now()).await
+        self.release(&current, None, MoveReason::Released, self.now()).await
     }
 
     /// Releases session `s` if it is still at its version (and, with `idle_before`, not
@@ -506,7 +504,7 @@ impl Discovery {
 
     /// Moves sessions off nodes drained past their deadline, and releases idle sessions.
     pub(crate) async fn placement_housekeeping(&self) {
-        let now = Timestamp::now();
+        let now = self.now();
         let overdue = lock(&self.placement.sessions).drain_overdue(now);
         let placed: Vec<String> = self.registry().config().placed.iter().cloned().collect();
         for s in overdue {
@@ -548,7 +546,7 @@ impl Discovery {
         let held: Vec<(Arc<str>, NodeKey)> = lock(&self.placement.held).drain().collect();
         let mut held = held.into_iter();
         while let Some((sid, node)) = held.next() {
-            match self.link.call("claim_session", self.store().claim_session(&sid, &node, Timestamp::now())).await {
+            match self.link.call("claim_session", self.store().claim_session(&sid, &node, self.now())).await {
                 Ok(SessionClaim::Existing(s) | SessionClaim::Placed(s) | SessionClaim::Moved { session: s, .. }) => {
                     lock(&self.placement.sessions).set(s);
                 }

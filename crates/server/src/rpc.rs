@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use islb_core::Timestamp;
 use islb_nrpc::{CallInfo, Incoming, Outgoing, Service, Status};
 use islb_proto::{ion, islb as pb};
 use islb_store::StreamKey;
@@ -94,9 +93,10 @@ pub fn streams_json(streams: &[ion::Stream]) -> String {
 
 /// `islb.ISLB`.
 pub struct IslbService {
-    /// The registry (its NATS client carries the stream-event fan-out; its DC is the first
-    /// part of ion's stream keys).
+    /// The registry (its DC is the first part of ion's stream keys).
     pub discovery: Arc<Discovery>,
+    /// NATS, which carries the stream-event fan-out between replicas.
+    pub client: async_nats::Client,
 }
 
 impl IslbService {
@@ -131,8 +131,7 @@ impl IslbService {
                 };
                 result.map_err(|e| Status::unavailable(format!("stream registry: {e}")))?;
                 info!(key = %key.redis_key(), state = s.state, "stream event");
-                let _ =
-                    self.discovery.client().publish(stream_event_subject(&s.sid), event.encode_to_vec().into()).await;
+                let _ = self.client.publish(stream_event_subject(&s.sid), event.encode_to_vec().into()).await;
             }
             Some(pb::islb_event::Payload::Session(s)) => {
                 debug!(sid = %s.sid, nid = %s.nid, "session event (ignored, as ion's islb did)")
@@ -151,10 +150,10 @@ impl IslbService {
                 req = incoming.message::<pb::WatchRequest>() => match req? {
                     Some(w) => {
                         if watching.insert(w.sid.clone()) {
-                            let sub = self.discovery.client().subscribe(stream_event_subject(&w.sid)).await
+                            let sub = self.client.subscribe(stream_event_subject(&w.sid)).await
                                 .map_err(|e| Status::unavailable(format!("NATS: {e}")))?;
                             // Events posted from now on reach this watcher.
-                            islb_nrpc::barrier(self.discovery.client(), Duration::from_secs(5)).await
+                            islb_nrpc::barrier(&self.client, Duration::from_secs(5)).await
                                 .map_err(|e| Status::unavailable(e.to_string()))?;
                             subs.push(sub);
                             debug!(sid = %w.sid, nid = %w.nid, "watching stream events");
@@ -197,6 +196,8 @@ impl Service for IslbService {
 pub struct AdminService {
     /// The registry.
     pub discovery: Arc<Discovery>,
+    /// NATS (for its connection state).
+    pub client: async_nats::Client,
     /// This islb's NID.
     pub nid: String,
     /// When it started.
@@ -262,7 +263,7 @@ impl AdminService {
                 None
             }
             Some(secs) => {
-                let d = (secs > 0).then(|| Timestamp::now().plus_ms(secs as u64 * 1000));
+                let d = (secs > 0).then(|| self.discovery.now().plus_ms(secs as u64 * 1000));
                 self.discovery.drain(&key, d).await.map_err(Status::unavailable)?;
                 d
             }
@@ -308,7 +309,7 @@ impl AdminService {
             sessions: self.discovery.session_count(None) as u64,
             store: self.discovery.store().kind().into(),
             store_healthy: self.discovery.store_healthy(),
-            ready: self.discovery.store_healthy() && crate::nats::connected(self.discovery.client()),
+            ready: self.discovery.store_healthy() && crate::nats::connected(&self.client),
             placed_services: r.config().placed.iter().cloned().collect(),
         }
     }

@@ -124,7 +124,7 @@ impl FileStore {
                 let d = deadline.value();
                 st.drains.insert(node.value().into(), (d > 0).then_some(Timestamp::from_ms(d)));
             }
-            let now = Timestamp::now();
+            let now = Timestamp::from(std::time::SystemTime::now());
             let mut expired = Vec::new();
             let table = txn.open_table(STREAMS).map_err(StoreError::corrupt)?;
             for row in table.iter().map_err(StoreError::corrupt)? {
@@ -299,7 +299,7 @@ impl Store for FileStore {
     async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
         self.mem.put_stream(key, json, ttl).await?;
-        let mut value = Timestamp::now().plus(ttl).as_ms().to_be_bytes().to_vec();
+        let mut value = Timestamp::from(std::time::SystemTime::now()).plus(ttl).as_ms().to_be_bytes().to_vec();
         value.extend_from_slice(json.as_bytes());
         self.commit_with(vec![Op::PutStream(stream_row(key), value)], Durability::None).await
     }

@@ -121,7 +121,7 @@ fn replica(client: &async_nats::Client, store: Arc<dyn Store>, expire_ms: u64) -
         session_ttl: Duration::from_secs(3600),
         jwt_key: None,
     };
-    Arc::new(Discovery::new(client.clone(), registry, store, 1 << 20, Duration::from_secs(1), placement))
+    Arc::new(Discovery::new(Arc::new(client.clone()), registry, store, 1 << 20, Duration::from_secs(1), placement))
 }
 
 fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConfig {
