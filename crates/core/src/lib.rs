@@ -10,17 +10,22 @@
 //!   turn into [`Event`]s; `get` answers.
 //! - [`placement`]: the choice of a node for a new session (capacity, DC, load, ties).
 //! - [`session_key`]: which session a lookup names (`sid` param or the JWT's claim).
+//! - [`replica`]: one replica's whole state (registry, sessions, keep-alive batch, what
+//!   it knows of the store) and every decision the shell asks of it: the keep-alive fast
+//!   path, what a store answer means, reconciling with the store, claims, recovery.
 //! - [`sessions`]: the session table (sid -> node with a fencing version), drain marks,
 //!   and [`sessions::decide`], the decision for one lookup.
 
 pub mod command;
 pub mod placement;
 pub mod registry;
+pub mod replica;
 pub mod session_key;
 pub mod sessions;
 pub mod time;
 
 pub use command::{Command, Lookup, Rejection, WriteAction};
 pub use registry::{Entry, Event, EventKind, NodeKey, Registry, RegistryConfig, Verdict, node_key};
+pub use replica::{Change, Claim, Pending, Replica, SessionClaim, Settled, WriteStep};
 pub use sessions::{Decision, Session, Sessions};
 pub use time::Timestamp;

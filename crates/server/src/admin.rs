@@ -100,13 +100,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     let mut per_service: BTreeMap<String, usize> = BTreeMap::new();
-    let total = {
-        let r = s.discovery.registry();
+    let total = s.discovery.read(|r, _| {
         for (_, e) in r.entries() {
             *per_service.entry(e.node.service.clone()).or_default() += 1;
         }
         r.len()
-    };
+    });
     metrics::gauge!("islb_nodes").set(total as f64);
     for (service, n) in per_service {
         metrics::gauge!("islb_service_nodes", "service" => service).set(n as f64);
@@ -120,7 +119,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let problems = readiness(&s).await;
-    let nodes = s.discovery.registry().len();
+    let nodes = s.discovery.read(|r, _| r.len());
     Json(json!({
         "nid": s.nid,
         "dc": s.dc,
@@ -142,19 +141,19 @@ struct NodesQuery {
 }
 
 async fn nodes(State(s): State<AdminState>, Query(q): Query<NodesQuery>) -> Json<serde_json::Value> {
-    let r = s.discovery.registry();
-    let mut out: Vec<_> = r
-        .entries()
-        .filter(|(_, e)| q.service.as_ref().is_none_or(|svc| *svc == e.node.service))
-        .map(|(k, e)| {
-            json!({
-                "id": &**k,
-                "node": &*e.node,
-                "expires": e.deadline.to_string(),
-                "placed": r.is_placed(&e.node.service),
+    let mut out: Vec<_> = s.discovery.read(|r, _| {
+        r.entries()
+            .filter(|(_, e)| q.service.as_ref().is_none_or(|svc| *svc == e.node.service))
+            .map(|(k, e)| {
+                json!({
+                    "id": &**k,
+                    "node": &*e.node,
+                    "expires": e.deadline.to_string(),
+                    "placed": r.is_placed(&e.node.service),
+                })
             })
-        })
-        .collect();
+            .collect()
+    });
     out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Json(json!({ "nodes": out }))
 }
@@ -169,27 +168,12 @@ fn bad_request(msg: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-/// Resolves an operator's node name: `DC.NID`, or a NID that one registered node has.
-pub fn resolve_node(discovery: &Discovery, name: &str) -> Result<islb_core::NodeKey, String> {
-    let r = discovery.registry();
-    if r.lookup(name).is_some() {
-        return Ok(name.into());
-    }
-    let matches: Vec<_> = r.entries().filter(|(_, e)| e.node.nid == name).map(|(k, _)| k.clone()).collect();
-    match matches.len() {
-        1 => Ok(matches[0].clone()),
-        0 if name.contains('.') => Ok(name.into()),
-        0 => Err(format!("no registered node has NID {name:?} (give DC.NID to name one that is not registered)")),
-        _ => Err(format!("NID {name:?} is registered in several DCs; give DC.NID")),
-    }
-}
-
 fn session_json(s: &islb_core::Session) -> serde_json::Value {
     json!({ "sid": &*s.sid, "node": &*s.node, "version": s.version, "used": s.used.to_string() })
 }
 
 async fn sessions(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
-    let node = match q.node.as_deref().map(|n| resolve_node(&s.discovery, n)).transpose() {
+    let node = match q.node.as_deref().map(|n| s.discovery.resolve_node(n)).transpose() {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
@@ -205,7 +189,7 @@ async fn sessions(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Re
 
 async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
     let Some(name) = q.node else { return bad_request("node= is required") };
-    let node = match resolve_node(&s.discovery, &name) {
+    let node = match s.discovery.resolve_node(&name) {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
@@ -213,7 +197,7 @@ async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Respo
         Ok(d) => d.map(|d| s.discovery.now().plus(d)),
         Err(e) => return bad_request(e),
     };
-    match s.discovery.drain(&node, deadline).await {
+    match s.discovery.placement().drain(&node, deadline).await {
         Ok(()) => Json(json!({ "node": &*node, "draining": true, "deadline": deadline.map(|d| d.to_string()),
             "sessions": s.discovery.session_count(Some(&node)) }))
         .into_response(),
@@ -223,11 +207,11 @@ async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Respo
 
 async fn undrain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
     let Some(name) = q.node else { return bad_request("node= is required") };
-    let node = match resolve_node(&s.discovery, &name) {
+    let node = match s.discovery.resolve_node(&name) {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
-    match s.discovery.undrain(&node).await {
+    match s.discovery.placement().undrain(&node).await {
         Ok(was) => Json(json!({ "node": &*node, "draining": false, "was_draining": was })).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
     }
@@ -239,7 +223,7 @@ struct SidQuery {
 }
 
 async fn release(State(s): State<AdminState>, Query(q): Query<SidQuery>) -> Response {
-    match s.discovery.release_session(&q.sid).await {
+    match s.discovery.placement().release_session(&q.sid).await {
         Some(released) => Json(json!({ "released": session_json(&released) })).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no session {:?}", q.sid) }))).into_response(),
     }

@@ -22,51 +22,16 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod discovery;
-mod link;
 pub mod nats;
 pub mod outbox;
 pub mod placement;
+mod reply;
 pub mod rpc;
 pub mod selfreg;
+pub mod state;
+pub mod sync;
 pub mod telemetry;
 mod throttle;
-
-/// Locks a std mutex. Every critical section in this crate is a few map operations that
-/// cannot be left half done by a panic, so a poisoned lock is still consistent.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Times to write to the store in the next batch (node deadlines, session uses), by key.
-#[derive(Debug, Default)]
-pub(crate) struct TouchBatch(std::sync::Mutex<std::collections::HashMap<Arc<str>, islb_core::Timestamp>>);
-
-impl TouchBatch {
-    /// Notes the latest time of `key`.
-    pub(crate) fn note(&self, key: Arc<str>, t: islb_core::Timestamp) {
-        lock(&self.0).insert(key, t);
-    }
-
-    /// Drops `key` from the batch.
-    pub(crate) fn forget(&self, key: &str) {
-        lock(&self.0).remove(key);
-    }
-
-    /// Takes the batch to write.
-    pub(crate) fn take(&self) -> Vec<(Arc<str>, islb_core::Timestamp)> {
-        std::mem::take(&mut *lock(&self.0)).into_iter().collect()
-    }
-
-    /// Puts back a batch that could not be written, for the next attempt; where the key
-    /// was noted again meanwhile, the later time wins.
-    pub(crate) fn put_back(&self, batch: Vec<(Arc<str>, islb_core::Timestamp)>) {
-        let mut p = lock(&self.0);
-        for (k, t) in batch {
-            let e = p.entry(k).or_insert(t);
-            *e = (*e).max(t);
-        }
-    }
-}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -300,6 +265,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg.max_message_size,
         cfg.store_timeout,
         placement,
+        Arc::new(clock::WallClock),
     ));
     match discovery.load_from_store().await {
         Ok(0) => {}
@@ -354,7 +320,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     }));
     // Watch streams of a registered node outlive the idle timeout while it is registered.
     let live = discovery.clone();
-    rpc_server.live_peers(move || live.registry().entries().map(|(_, e)| e.node.nid.clone()).collect());
+    rpc_server.live_peers(move || live.read(|r, _| r.entries().map(|(_, e)| e.node.nid.clone()).collect()));
     let pool =
         prost_reflect::DescriptorPool::decode(islb_proto::FILE_DESCRIPTOR_SET).map_err(StartError::Descriptors)?;
     let names = rpc_server.service_names();

@@ -18,7 +18,6 @@ use islb_store::StreamKey;
 use prost::Message;
 use tracing::{debug, info};
 
-use crate::admin::resolve_node;
 use crate::discovery::Discovery;
 
 /// How long ion's stream records live (ion's `redisLongKeyTTL`).
@@ -102,7 +101,7 @@ pub struct IslbService {
 impl IslbService {
     async fn find_node(&self, req: pb::FindNodeRequest) -> Result<pb::FindNodeReply, Status> {
         let service = if req.service.is_empty() { "rtc".to_owned() } else { req.service.clone() };
-        let nodes = self.discovery.find_nodes(&service, &req.sid, &req.nid).await;
+        let nodes = self.discovery.placement().find_nodes(&service, &req.sid, &req.nid).await;
         Ok(pb::FindNodeReply { nodes: nodes.iter().map(|n| ion_node(n)).collect() })
     }
 
@@ -113,7 +112,7 @@ impl IslbService {
                     return Err(Status::invalid_argument("a stream event needs nid and sid"));
                 }
                 let key = StreamKey {
-                    dc: self.discovery.dc().to_owned(),
+                    dc: self.discovery.placement().dc().to_owned(),
                     nid: s.nid.clone(),
                     sid: s.sid.clone(),
                     uid: s.uid.clone(),
@@ -122,10 +121,10 @@ impl IslbService {
                 // Bounded by the store timeout, and counted as any store failure.
                 let result = match ion::stream_event::State::try_from(s.state) {
                     Ok(ion::stream_event::State::Add) => {
-                        d.link.call("put_stream", store.put_stream(&key, &streams_json(&s.streams), STREAM_TTL)).await
+                        d.store_call("put_stream", store.put_stream(&key, &streams_json(&s.streams), STREAM_TTL)).await
                     }
                     Ok(ion::stream_event::State::Remove) => {
-                        d.link.call("delete_stream", store.delete_stream(&key)).await.map(drop)
+                        d.store_call("delete_stream", store.delete_stream(&key)).await.map(drop)
                     }
                     Err(_) => return Err(Status::invalid_argument(format!("unknown stream state {}", s.state))),
                 };
@@ -216,21 +215,19 @@ fn session_info(s: &islb_core::Session) -> pb::SessionInfo {
 impl AdminService {
     fn list_nodes(&self, req: pb::ListNodesRequest) -> pb::NodeList {
         let all = req.service.is_empty() || req.service == "*";
-        let r = self.discovery.registry();
-        // Registry, then sessions: the lock order everywhere.
-        let sessions = crate::lock(&self.discovery.placement.sessions);
-        let mut nodes: Vec<pb::NodeInfo> = r
-            .entries()
-            .filter(|(_, e)| all || e.node.service == req.service)
-            .map(|(k, e)| pb::NodeInfo {
-                node: Some(ion_node(&e.node)),
-                extra_info_json: serde_json::to_string(&e.node.extra_info).unwrap_or_default(),
-                expires_ms: e.deadline.as_ms() as i64,
-                placed: r.is_placed(&e.node.service),
-                draining: sessions.draining(k).is_some(),
-                sessions: sessions.count(k),
-            })
-            .collect();
+        let mut nodes: Vec<pb::NodeInfo> = self.discovery.read(|r, sessions| {
+            r.entries()
+                .filter(|(_, e)| all || e.node.service == req.service)
+                .map(|(k, e)| pb::NodeInfo {
+                    node: Some(ion_node(&e.node)),
+                    extra_info_json: serde_json::to_string(&e.node.extra_info).unwrap_or_default(),
+                    expires_ms: e.deadline.as_ms() as i64,
+                    placed: r.is_placed(&e.node.service),
+                    draining: sessions.draining(k).is_some(),
+                    sessions: sessions.count(k),
+                })
+                .collect()
+        });
         nodes.sort_by(|a, b| {
             let key = |n: &pb::NodeInfo| n.node.as_ref().map(|n| (n.service.clone(), n.dc.clone(), n.nid.clone()));
             key(a).cmp(&key(b))
@@ -242,7 +239,7 @@ impl AdminService {
         let node = if req.node.is_empty() {
             None
         } else {
-            Some(resolve_node(&self.discovery, &req.node).map_err(Status::not_found)?)
+            Some(self.discovery.resolve_node(&req.node).map_err(Status::not_found)?)
         };
         Ok(pb::SessionList {
             sessions: self.discovery.sessions(node.as_deref()).iter().map(session_info).collect(),
@@ -256,15 +253,15 @@ impl AdminService {
     }
 
     async fn drain(&self, node: &str, deadline_seconds: Option<i64>) -> Result<pb::DrainReply, Status> {
-        let key = resolve_node(&self.discovery, node).map_err(Status::not_found)?;
+        let key = self.discovery.resolve_node(node).map_err(Status::not_found)?;
         let deadline = match deadline_seconds {
             None => {
-                self.discovery.undrain(&key).await.map_err(Status::unavailable)?;
+                self.discovery.placement().undrain(&key).await.map_err(Status::unavailable)?;
                 None
             }
             Some(secs) => {
                 let d = (secs > 0).then(|| self.discovery.now().plus_ms(secs as u64 * 1000));
-                self.discovery.drain(&key, d).await.map_err(Status::unavailable)?;
+                self.discovery.placement().drain(&key, d).await.map_err(Status::unavailable)?;
                 d
             }
         };
@@ -279,8 +276,7 @@ impl AdminService {
     async fn streams(&self, sid: &str) -> Result<pb::StreamList, Status> {
         let records = self
             .discovery
-            .link
-            .call("streams_of", self.discovery.store().streams_of(sid))
+            .store_call("streams_of", self.discovery.store().streams_of(sid))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(pb::StreamList {
@@ -299,18 +295,19 @@ impl AdminService {
     }
 
     fn status(&self) -> pb::ClusterStatus {
-        let r = self.discovery.registry();
+        let (nodes, placed_services) =
+            self.discovery.read(|r, _| (r.len() as u64, r.config().placed.iter().cloned().collect()));
         pb::ClusterStatus {
             nid: self.nid.clone(),
-            dc: self.discovery.dc().to_owned(),
+            dc: self.discovery.placement().dc().to_owned(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            nodes: r.len() as u64,
+            nodes,
             sessions: self.discovery.session_count(None) as u64,
             store: self.discovery.store().kind().into(),
             store_healthy: self.discovery.store_healthy(),
             ready: self.discovery.store_healthy() && crate::nats::connected(&self.client),
-            placed_services: r.config().placed.iter().cloned().collect(),
+            placed_services,
         }
     }
 }
@@ -331,7 +328,7 @@ impl Service for AdminService {
             "ListSessions" => out.send_message(&self.list_sessions(incoming.single().await?)?).await,
             "ReleaseSession" => {
                 let req: pb::ReleaseSessionRequest = incoming.single().await?;
-                let released = self.discovery.release_session(&req.sid).await;
+                let released = self.discovery.placement().release_session(&req.sid).await;
                 let reply = pb::ReleaseSessionReply {
                     released: released.is_some(),
                     session: released.as_ref().map(session_info),

@@ -72,11 +72,11 @@ pub struct WatchedView {
 impl WatchedView {
     /// How many nodes are watched.
     pub fn count(&self) -> usize {
-        crate::lock(&self.nodes).len()
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn apply(&self, action: &str, node: Node) {
-        let mut nodes = crate::lock(&self.nodes);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         match action {
             "save" | "update" => {
                 nodes.insert(node.nid.clone(), node);

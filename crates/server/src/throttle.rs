@@ -22,7 +22,7 @@ impl Throttle {
     }
 
     fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut s = crate::lock(&self.state);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match s.0 {
             Some(last) if now.duration_since(last) < self.interval => {
                 s.1 += 1;

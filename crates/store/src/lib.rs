@@ -32,6 +32,8 @@ mod memory;
 pub mod testsuite;
 
 pub use file::FileStore;
+/// The answers and feed entries the core decides on, defined there.
+pub use islb_core::{Change, Claim, SessionClaim};
 pub use memory::MemoryStore;
 
 /// A store operation failed; the caller keeps serving from its own view.
@@ -59,17 +61,6 @@ impl StoreError {
     }
 }
 
-/// The result of an expiry claim.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// The node's deadline had passed: it is removed and the caller announces it.
-    Expired(Arc<Node>),
-    /// The node is alive: its deadline (moved by a keep-alive through another replica).
-    NotDue(Timestamp),
-    /// The node is not there (deleted or expired by someone else, who announced it).
-    Gone,
-}
-
 /// A position in the store's change feed (opaque to callers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor(pub String);
@@ -85,42 +76,6 @@ pub struct Snapshot {
     pub drains: Vec<(NodeKey, Option<Timestamp>)>,
     /// Where [`Store::changes`] continues from.
     pub cursor: Cursor,
-}
-
-/// One change another writer made.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// A node was created or its data changed.
-    Put(Arc<Node>, Timestamp),
-    /// A node was deleted or expired.
-    Delete(NodeKey),
-    /// A session was placed or moved.
-    Session(Session),
-    /// A session was released.
-    SessionGone(Arc<str>),
-    /// A node was marked draining.
-    Drain(NodeKey, Option<Timestamp>),
-    /// A drain mark was lifted.
-    Undrain(NodeKey),
-}
-
-/// What [`Store::claim_session`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SessionClaim {
-    /// The session is already placed on a live node (another lookup or replica won): use it.
-    Existing(Session),
-    /// The session was not placed: it is now, on the candidate.
-    Placed(Session),
-    /// The session was on a node that is gone (or drained past its deadline): it is now on
-    /// the candidate.
-    Moved {
-        /// The new placement.
-        session: Session,
-        /// The node it was on.
-        from: NodeKey,
-    },
-    /// The candidate is not a live node any more: choose again.
-    CandidateGone,
 }
 
 /// Where a stream is published, in ion's Redis key shape `<dc>/<nid>/<sid>/<uid>`.

@@ -26,7 +26,7 @@ async fn a_drained_nodes_sessions_stay_until_the_deadline_then_move() {
     let (on, other) = if first[0].nid == "sfu-a" { ("sfu-a", "sfu-b") } else { ("sfu-b", "sfu-a") };
 
     let deadline = shell.now().plus(Duration::from_secs(30));
-    shell.d.drain(&format!("dc1.{on}").into(), Some(deadline)).await.expect("drained");
+    shell.d.placement().drain(&format!("dc1.{on}").into(), Some(deadline)).await.expect("drained");
     tokio::time::sleep(Duration::from_secs(20)).await;
     let during: Vec<_> = shell.get("rtc", &[("sid", "room-1")]).await.into_iter().map(|n| n.nid).collect();
     assert_eq!(during, [on], "an existing session stays on its draining node until the deadline");

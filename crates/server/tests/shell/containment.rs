@@ -36,6 +36,7 @@ fn replica(client: &async_nats::Client) -> Arc<Discovery> {
         1 << 20,
         Duration::from_secs(1),
         placement,
+        Arc::new(islb_server::clock::WallClock),
     ))
 }
 

@@ -121,7 +121,15 @@ fn replica(client: &async_nats::Client, store: Arc<dyn Store>, expire_ms: u64) -
         session_ttl: Duration::from_secs(3600),
         jwt_key: None,
     };
-    Arc::new(Discovery::new(Arc::new(client.clone()), registry, store, 1 << 20, Duration::from_secs(1), placement))
+    Arc::new(Discovery::new(
+        Arc::new(client.clone()),
+        registry,
+        store,
+        1 << 20,
+        Duration::from_secs(1),
+        placement,
+        Arc::new(islb_server::clock::WallClock),
+    ))
 }
 
 fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConfig {
@@ -179,7 +187,7 @@ async fn lose_a_claim<S: Store>(inner: S) {
     lookups.await.unwrap();
     assert!(store.lost.load(Ordering::SeqCst), "the fault was injected");
     assert_eq!(deletes, 1, "one delete event, though the claim's answer was lost");
-    assert!(discovery.registry().lookup("dc1.sig-1").is_none());
+    assert!(discovery.read(|r, _| r.lookup("dc1.sig-1").is_none()));
 }
 
 #[tokio::test]

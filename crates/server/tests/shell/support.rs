@@ -46,8 +46,15 @@ impl Shell {
             PlacementConfig { dc: "dc1".into(), default_capacity: 0, session_ttl: setup.session_ttl, jwt_key: None };
         let (outbox, out) = MemoryOutbox::new();
         let clock = TokioClock::starting_at(Timestamp::from_ms(1_700_000_000_000));
-        let d = Discovery::new(Arc::new(outbox), registry, store, 1 << 20, Duration::from_secs(1), placement)
-            .with_clock(Arc::new(clock));
+        let d = Discovery::new(
+            Arc::new(outbox),
+            registry,
+            store,
+            1 << 20,
+            Duration::from_secs(1),
+            placement,
+            Arc::new(clock),
+        );
         let d = Arc::new(d);
         let stop = CancellationToken::new();
         tokio::spawn(d.clone().expiry_loop(stop.clone()));
