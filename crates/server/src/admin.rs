@@ -82,7 +82,7 @@ async fn readiness(s: &AdminState) -> Vec<String> {
     let store = s.discovery.store();
     match tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => problems.push(format!("store {}: {e}", store.kind())),
+        Ok(Err(e)) => problems.push(format!("store {}: {}", store.kind(), islb_runtime::Chain(&e))),
         Err(_) => problems.push(format!("store {}: no answer within 1s", store.kind())),
     }
     problems

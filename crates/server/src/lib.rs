@@ -156,7 +156,7 @@ fn subscribe_error(subject: &'static str) -> impl FnOnce(async_nats::SubscribeEr
 
 /// The store could not be opened at start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open store {spec}: {source}")]
+#[error("cannot open store {spec}")]
 pub struct StoreOpenError {
     spec: String,
     source: islb_store::StoreError,
@@ -270,7 +270,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     match discovery.load_from_store().await {
         Ok(0) => {}
         Ok(n) => info!(nodes = n, store = store.kind(), "nodes restored from the store"),
-        Err(e) => warn!(error = %e, "could not load nodes from the store; starting empty"),
+        Err(e) => warn!(error = %islb_runtime::Chain(&e), "could not load nodes from the store; starting empty"),
     }
     let sub = client
         .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())

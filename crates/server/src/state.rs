@@ -27,6 +27,8 @@ use islb_gob::{Message as _, Request};
 use islb_store::{Cursor, Store, StoreError};
 use tracing::{debug, info, warn};
 
+use islb_runtime::Chain;
+
 use crate::clock::Clock;
 use crate::outbox::Outbox;
 use crate::throttle::Throttle;
@@ -172,6 +174,7 @@ impl Shared {
             let was_healthy = self.with(|s| s.replica.store_failed(matches!(e, StoreError::Reset)));
             metrics::counter!("islb_store_errors_total", "op" => op).increment(1);
             let kind = self.store.kind();
+            let e = Chain(e);
             if was_healthy {
                 warn!(store = kind, op, error = %e, "store out of reach; serving from this replica's view, holding writes, expiring nothing");
             } else if let Some(suppressed) = self.store_log.allow() {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use islb_core::{Event, Pending};
+use islb_runtime::Chain;
 use islb_store::{Changes, SessionClaim};
 use tracing::{info, warn};
 
@@ -74,7 +75,7 @@ impl StoreSync {
                         events
                     }
                     Err(e) => {
-                        warn!(error = %e, "reload after a change feed gap failed");
+                        warn!(error = %Chain(&e), "reload after a change feed gap failed");
                         Vec::new()
                     }
                 }
@@ -158,7 +159,7 @@ impl StoreSync {
         let events = match self.load().await {
             Ok((_, events)) => events,
             Err(e) => {
-                warn!(error = %e, "reload after the store came back failed");
+                warn!(error = %Chain(&e), "reload after the store came back failed");
                 Vec::new()
             }
         };
@@ -191,7 +192,7 @@ impl StoreSync {
         if self.claim_held_sessions().await {
             Ok(())
         } else {
-            Err(islb_store::StoreError::Unavailable("session write-back".into()))
+            Err(islb_store::StoreError::refused("session write-back"))
         }
     }
 

@@ -252,7 +252,7 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     if e.code() == Some("ISLB_RESET") || e.to_string().contains("ISLB_RESET") {
         return StoreError::Reset;
     }
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable("redis", e)
 }
 
 fn decode_node(key: &str, bytes: &[u8]) -> Result<Arc<Node>, StoreError> {
@@ -299,8 +299,7 @@ impl RedisStore {
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
         let client = match &cfg.ca_file {
             Some(ca) => {
-                let root_cert =
-                    std::fs::read(ca).map_err(|e| StoreError::Unavailable(format!("{}: {e}", ca.display())))?;
+                let root_cert = std::fs::read(ca).map_err(|e| StoreError::unavailable(ca.display().to_string(), e))?;
                 redis::Client::build_with_tls(
                     cfg.url.as_str(),
                     redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
@@ -308,7 +307,7 @@ impl RedisStore {
             }
             None => redis::Client::open(cfg.url.as_str()),
         }
-        .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        .map_err(|e| StoreError::unavailable("invalid Redis URL", e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(Some(cfg.timeout))
@@ -383,7 +382,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let pong: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
-        if pong == "PONG" { Ok(()) } else { Err(StoreError::Unavailable(format!("PING answered {pong:?}"))) }
+        if pong == "PONG" { Ok(()) } else { Err(StoreError::refused(format!("PING answered {pong:?}"))) }
     }
 
     async fn reset(&self) -> Result<(), StoreError> {
@@ -926,7 +925,9 @@ mod tests {
         assert!(RedisStore::connect(&cfg).await.is_ok());
         cfg.url = redis.url().replace(":s3cret@", ":wrong@");
         let err = RedisStore::connect(&cfg).await.err().expect("wrong password refused");
-        assert!(err.to_string().to_lowercase().contains("auth") || err.to_string().contains("WRONGPASS"), "{err}");
+        // The reason is in the error's source chain.
+        let err = islb_runtime::Chain(&err).to_string();
+        assert!(err.to_lowercase().contains("auth") || err.contains("WRONGPASS"), "{err}");
     }
 
     #[tokio::test]

@@ -90,9 +90,9 @@ impl FileStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::unavailable(dir.display().to_string(), e))?;
         }
-        let db = Database::create(&path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|e| StoreError::unavailable(path.display().to_string(), e))?;
         let mut st = State::default();
         {
             let txn = db.begin_write().map_err(StoreError::corrupt)?;
@@ -192,7 +192,7 @@ impl FileStore {
             txn.commit().map_err(StoreError::corrupt)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("file store writer: {e}")))?
+        .map_err(|e| StoreError::unavailable("file store writer", e))?
     }
 }
 

@@ -13,4 +13,5 @@ mod clock_recovery;
 mod clock_sessions;
 mod containment;
 mod instrumented_store;
+mod layers;
 mod support;

@@ -155,7 +155,7 @@ impl<S> Switchable<S> {
     }
 
     fn gate(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) { Err(StoreError::Unavailable("switched off".into())) } else { Ok(()) }
+        if self.down.load(Ordering::SeqCst) { Err(StoreError::refused("switched off")) } else { Ok(()) }
     }
 }
 
