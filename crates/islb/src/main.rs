@@ -13,15 +13,16 @@ mod rpc_cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use cli::{Cli, Command, ConfigCommand, ServeArgs};
-use islb_server::Config;
+use islb_server::{Config, Settings};
 
 const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             e.exit()
         }
@@ -34,10 +35,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let given = serve_matches(&matches);
     match cli.command {
-        None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(*args),
-        Some(Command::Config(ConfigCommand::Check(args))) => match load(&args) {
+        None => serve(cli.serve, given),
+        Some(Command::Serve(args)) => serve(*args, given),
+        Some(Command::Config(ConfigCommand::Check(args))) => match load(&args, given) {
             Ok(cfg) => {
                 for (k, v) in cfg.describe() {
                     println!("{k} = {v}");
@@ -92,11 +94,22 @@ async fn rpc(cmd: cli::RpcCommand) -> anyhow::Result<()> {
     }
 }
 
-fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
-    Config::load(args.config.as_deref(), &args.overrides()).map_err(|e| {
+/// The matches of `serve`'s options: of `serve`, of `config check`, or of the command
+/// itself when no subcommand is given.
+fn serve_matches(m: &ArgMatches) -> &ArgMatches {
+    m.subcommand_matches("serve")
+        .or_else(|| m.subcommand_matches("config").and_then(|c| c.subcommand_matches("check")))
+        .unwrap_or(m)
+}
+
+/// The configuration: the file, with the options the environment and flags gave over it.
+fn load(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, ExitCode> {
+    let config_error = |e: islb_server::ConfigError| {
         eprintln!("islb: config error: {e}");
         ExitCode::from(EX_CONFIG)
-    })
+    };
+    let given = Settings::given(matches).map_err(config_error)?;
+    Config::load(args.config.as_deref(), &given).map_err(config_error)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -113,8 +126,8 @@ fn run_client(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let cfg = match load(&args) {
+fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
+    let cfg = match load(&args, matches) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };

@@ -44,7 +44,7 @@ use islb_store::{FileStore, MemoryStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use config::{Config, ConfigError, LogFormat, Overrides, StoreSpec};
+pub use config::{Config, ConfigError, LogFormat, Settings, StoreSpec};
 use discovery::{Discovery, QUEUE_GROUP, REQUEST_SUBJECT};
 
 /// A running islb.

@@ -1,0 +1,557 @@
+//! Configuration: every option is defined once, as a field of [`Settings`]. That one
+//! definition gives its flag and environment variable (clap), its key in the TOML file
+//! (serde, the flag's name), its default (clap's `default_value`, which `--help` shows),
+//! its help text, the README's reference table (`islb config reference`) and its line in
+//! `islb config check`.
+//!
+//! Layers, lowest first: the defaults, the file (islb's keys, and ion's `islb.toml`
+//! sections, see [`ion`]), then the environment and flags (merged by clap: a flag wins).
+//! Each layer is a [`Settings`] whose unset options are `None`; [`Config::load`] lays them
+//! over each other, checks the result and gives a typed [`Config`], or a [`ConfigError`]
+//! whose one line says what is wrong and where.
+
+pub mod ion;
+mod values;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde::{Deserialize, Serialize};
+
+pub use ion::IonRedis;
+pub use values::{LogFormat, ServiceList, StoreSpec, mask_url, parse_duration, random_nid};
+
+/// Default NATS URL (also the client subcommands' default).
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Every option of `islb serve`, each `None` where a layer does not set it.
+///
+/// A field's flag is its name in kebab-case, and so is its key in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// NATS server URL(s), comma-separated
+    #[arg(long, env = "ISLB_NATS_URL", value_name = "URL", default_value = DEFAULT_NATS_URL)]
+    pub nats_url: Option<String>,
+    /// Data centre of this islb
+    #[arg(long, env = "ISLB_DC", value_name = "DC", default_value = "dc1")]
+    pub dc: Option<String>,
+    /// Node id of this islb (default: islb- and 6 random letters or digits)
+    #[arg(long, env = "ISLB_NID", value_name = "NID")]
+    pub nid: Option<String>,
+    /// Where state lives: memory, file:PATH, redis://... or rediss://...
+    #[arg(long, env = "ISLB_STORE", value_name = "STORE", default_value = "memory")]
+    pub store: Option<StoreSpec>,
+    /// Key prefix in a shared store
+    #[arg(long, env = "ISLB_STORE_PREFIX", value_name = "PREFIX", default_value = "islb")]
+    pub store_prefix: Option<String>,
+    /// Bound on every store call; past it islb serves from memory
+    #[arg(long, env = "ISLB_STORE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    #[serde(default, with = "values::opt_duration")]
+    pub store_timeout: Option<Duration>,
+    /// CA certificate (PEM) that signed a rediss:// server's certificate; system roots otherwise
+    #[arg(long, env = "ISLB_STORE_CA_FILE", value_name = "FILE")]
+    pub store_ca_file: Option<PathBuf>,
+    /// How long a node lives after its last keep-alive
+    #[arg(long, env = "ISLB_EXPIRE", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    #[serde(default, with = "values::opt_duration")]
+    pub expire: Option<Duration>,
+    /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free port
+    #[arg(long, env = "ISLB_HTTP_ADDR", value_name = "ADDR", default_value = "127.0.0.1:8088")]
+    pub http_addr: Option<SocketAddr>,
+    /// Log filter: trace, debug, info, warn, error, or directives like info,islb_server=debug
+    #[arg(long, env = "ISLB_LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
+    pub log_level: Option<String>,
+    /// Log format: text or json
+    #[arg(long, env = "ISLB_LOG_FORMAT", value_name = "FORMAT", default_value = "text")]
+    pub log_format: Option<LogFormat>,
+    /// How long to keep retrying NATS at start before giving up
+    #[arg(long, env = "ISLB_NATS_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    #[serde(default, with = "values::opt_duration")]
+    pub nats_connect_timeout: Option<Duration>,
+    /// Time allowed at shutdown to answer in-flight requests and deregister
+    #[arg(long, env = "ISLB_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[serde(default, with = "values::opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// Largest request accepted, in bytes
+    #[arg(long, env = "ISLB_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "1048576")]
+    pub max_message_size: Option<usize>,
+    /// Period of islb's own keep-alive
+    #[arg(long, env = "ISLB_KEEPALIVE_INTERVAL", value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    #[serde(default, with = "values::opt_duration")]
+    pub keepalive_interval: Option<Duration>,
+    /// Services placed per session, comma-separated; empty for Go's behaviour (file: also [placement] services)
+    #[arg(long, env = "ISLB_PLACEMENT_SERVICES", value_name = "LIST", default_value = "rtc")]
+    pub placement_services: Option<ServiceList>,
+    /// Sessions not looked up for this long are released
+    #[arg(long, env = "ISLB_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration, default_value = "1day")]
+    #[serde(default, with = "values::opt_duration")]
+    pub session_ttl: Option<Duration>,
+    /// Most sessions placed on a node that reports no capacity; 0 for no limit
+    #[arg(long, env = "ISLB_DEFAULT_CAPACITY", value_name = "SESSIONS", default_value = "0")]
+    pub default_capacity: Option<u64>,
+    /// HMAC secret to verify the JWT in a lookup's authorization (HS256/384/512); unset: claims are only decoded
+    #[arg(long, env = "ISLB_JWT_KEY", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_key: Option<String>,
+
+    // The file's sections, folded into the options above by `ion::fold`.
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    placement: Option<ion::PlacementSection>,
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    global: Option<ion::Global>,
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    nats: Option<ion::Nats>,
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    redis: Option<ion::RedisSection>,
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    log: Option<ion::Log>,
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    node: Option<ion::NodeSection>,
+}
+
+/// Options whose value `config check` and the logs never show.
+const SECRETS: &[&str] = &["jwt-key"];
+
+impl Settings {
+    /// The options' clap definitions (for the reference and for reading sources).
+    pub fn command() -> clap::Command {
+        Settings::augment_args(clap::Command::new("islb"))
+    }
+
+    /// Every default, as the options define them (no environment read).
+    pub fn defaults() -> Settings {
+        let cmd = Settings::command().mut_args(|a| a.env(None));
+        let matches = cmd.try_get_matches_from(["islb"]).expect("the defaults parse");
+        Settings::from_arg_matches(&matches).expect("the defaults are valid")
+    }
+
+    /// The options the environment and the flags set in `matches` (defaults left out).
+    pub fn given(matches: &ArgMatches) -> Result<Settings, ConfigError> {
+        let all = Settings::from_arg_matches(matches)
+            .map_err(|e| ConfigError::Invalid { key: "command line".into(), why: e.to_string() })?;
+        let mut value = serde_json::to_value(&all).expect("settings serialise");
+        let object = value.as_object_mut().expect("an object");
+        for arg in Settings::command().get_arguments() {
+            let given = matches!(
+                matches.value_source(arg.get_id().as_str()),
+                Some(ValueSource::EnvVariable | ValueSource::CommandLine)
+            );
+            if !given && let Some(long) = arg.get_long() {
+                object.remove(long);
+            }
+        }
+        Ok(serde_json::from_value(value).expect("settings deserialise"))
+    }
+}
+
+/// The validated configuration of `islb serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    pub nats_url: String,
+    /// Data centre of this islb.
+    pub dc: String,
+    /// Node id of this islb.
+    #[serde(default = "random_nid")]
+    pub nid: String,
+    /// Where state is kept.
+    pub store: StoreSpec,
+    /// Key prefix in a shared store (several clusters on one Redis).
+    pub store_prefix: String,
+    /// Bound on every store call.
+    #[serde(with = "values::duration")]
+    pub store_timeout: Duration,
+    /// CA certificate (PEM) for `rediss://` with a private CA.
+    #[serde(default)]
+    pub store_ca_file: Option<PathBuf>,
+    /// How long a silent node lives.
+    #[serde(with = "values::duration")]
+    pub expire: Duration,
+    /// Admin HTTP listen address (port 0: any free port).
+    pub http_addr: SocketAddr,
+    /// Log filter (`info`, `debug`, `info,islb_server=debug`...).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How long to keep trying to reach NATS at start.
+    #[serde(with = "values::duration")]
+    pub nats_connect_timeout: Duration,
+    /// Time allowed to finish in-flight work at shutdown.
+    #[serde(with = "values::duration")]
+    pub shutdown_grace: Duration,
+    /// Largest request payload accepted.
+    pub max_message_size: usize,
+    /// Period of islb's own keep-alive.
+    #[serde(with = "values::duration")]
+    pub keepalive_interval: Duration,
+    /// Services placed per session (hidden from `get *` and from save events).
+    pub placement_services: BTreeSet<String>,
+    /// Sessions not looked up for this long are released.
+    #[serde(with = "values::duration")]
+    pub session_ttl: Duration,
+    /// Capacity (sessions) of nodes that report none; 0: unlimited.
+    pub default_capacity: u64,
+    /// HMAC secret to verify JWTs in `authorization` (none: claims are only decoded).
+    #[serde(default)]
+    pub jwt_key: Option<String>,
+    /// ion's `[redis]` section as read (its URL is the store when `store` is not set).
+    #[serde(skip)]
+    pub ion_redis: Option<IonRedis>,
+}
+
+/// Lays `layers` over each other, lowest first: a later layer's option wins where it is set.
+fn merge(layers: &[&Settings]) -> serde_json::Value {
+    let mut merged = serde_json::Map::new();
+    for layer in layers {
+        let serde_json::Value::Object(options) = serde_json::to_value(layer).expect("settings serialise") else {
+            unreachable!("settings serialise to an object")
+        };
+        merged.extend(options.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    serde_json::Value::Object(merged)
+}
+
+impl Config {
+    /// The configuration with every default (a random NID).
+    pub fn defaults() -> Self {
+        Config::load(None, &Settings::default()).expect("the defaults are valid")
+    }
+
+    /// Reads the file (if any), lays `given` (the environment and flags) over it and the
+    /// defaults, and validates.
+    pub fn load(file: Option<&Path>, given: &Settings) -> Result<Self, ConfigError> {
+        let mut file_layer = match file {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        let ion_redis = ion::fold(&mut file_layer)?;
+        let merged = merge(&[&Settings::defaults(), &file_layer, given]);
+        let mut cfg: Config = serde_json::from_value(merged)
+            .map_err(|e| ConfigError::Invalid { key: "configuration".into(), why: e.to_string() })?;
+        cfg.jwt_key = cfg.jwt_key.filter(|k| !k.is_empty());
+        cfg.ion_redis = ion_redis;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid { key: key.into(), why });
+        for (key, value) in [("dc", &self.dc), ("nid", &self.nid)] {
+            if value.is_empty() {
+                return bad(key, "must not be empty".into());
+            }
+            if value.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
+                return bad(key, format!("{value:?} must not contain whitespace, '.', '*' or '>'"));
+            }
+        }
+        if self.nats_url.trim().is_empty() {
+            return bad("nats-url", "must not be empty".into());
+        }
+        if self.expire < Duration::from_millis(100) {
+            return bad("expire", format!("{} is too short (minimum 100ms)", humantime::format_duration(self.expire)));
+        }
+        if self.keepalive_interval < Duration::from_millis(10) {
+            return bad("keepalive-interval", "must be at least 10ms".into());
+        }
+        if self.max_message_size < 1024 {
+            return bad("max-message-size", format!("{} is too small (minimum 1024 bytes)", self.max_message_size));
+        }
+        if self.session_ttl < Duration::from_secs(1) {
+            return bad("session-ttl", "must be at least 1s".into());
+        }
+        if self.store_timeout.is_zero() {
+            return bad("store-timeout", "must be more than 0".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return bad("log-level", format!("{:?}: {e}", self.log_level));
+        }
+        for s in &self.placement_services {
+            if s.is_empty() || s.contains(char::is_whitespace) {
+                return bad("placement-services", format!("invalid service name {s:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as `key = value` lines in the options' order, secrets
+    /// and passwords in URLs masked (for the start-up log and `islb config check`).
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let value = serde_json::to_value(self).expect("a config serialises");
+        Settings::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_long())
+            .map(|key| {
+                let shown = match value.get(key) {
+                    None | Some(serde_json::Value::Null) => String::new(),
+                    Some(_) if SECRETS.contains(&key) => "***".into(),
+                    Some(serde_json::Value::String(s)) => mask_url(s),
+                    Some(serde_json::Value::Array(items)) => {
+                        items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(",")
+                    }
+                    Some(other) => other.to_string(),
+                };
+                (key.to_owned(), shown)
+            })
+            .collect()
+    }
+}
+
+/// A configuration problem, in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("{key}: {why}")]
+    Invalid {
+        /// The option.
+        key: String,
+        /// Why.
+        why: String,
+    },
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
+        ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().replace('\n', " ") }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    const ION_ISLB_TOML: &str = r#"
+[global]
+# data center id
+dc = "dc1"
+
+[log]
+level = "info"
+
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[redis]
+addrs = [":6379"]
+password = ""
+db = 0
+"#;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(None, &Settings::default()).unwrap();
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.dc, "dc1");
+        assert!(c.nid.starts_with("islb-") && c.nid.len() == 11, "{}", c.nid);
+        assert!(c.nid[5..].chars().all(|ch| ch.is_ascii_alphanumeric()));
+        assert_eq!(c.store, StoreSpec::Memory);
+        assert_eq!(c.expire, Duration::from_secs(5));
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8088");
+        assert_eq!(c.placement_services, BTreeSet::from(["rtc".to_owned()]));
+    }
+
+    #[test]
+    fn ions_own_islb_toml_is_accepted_as_it_is() {
+        let f = file(ION_ISLB_TOML);
+        let c = Config::load(Some(f.path()), &Settings::default()).unwrap();
+        assert_eq!(c.dc, "dc1");
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.store, StoreSpec::Redis("redis://127.0.0.1:6379/0".into()));
+        // An explicit store wins over ion's [redis].
+        let over = Settings { store: Some(StoreSpec::Memory), ..Settings::default() };
+        assert_eq!(Config::load(Some(f.path()), &over).unwrap().store, StoreSpec::Memory);
+    }
+
+    #[test]
+    fn an_ion_redis_password_with_url_characters_is_encoded_and_extra_addrs_are_reported() {
+        let ion =
+            IonRedis { addrs: vec!["10.0.0.1:6379".into(), ":6380".into()], password: "p@ss:w/rd#1".into(), db: 2 };
+        assert_eq!(ion.url().unwrap(), "redis://:p%40ss%3Aw%2Frd%231@10.0.0.1:6379/2");
+        assert_eq!(ion.unused_addrs(), [":6380".to_owned()]);
+        let single = IonRedis { addrs: vec![":6379".into()], password: String::new(), db: 0 };
+        assert_eq!(single.url().unwrap(), "redis://127.0.0.1:6379/0");
+        assert!(single.unused_addrs().is_empty());
+    }
+
+    #[test]
+    fn precedence_is_flags_then_env_then_file_then_defaults() {
+        // clap merges flags over env into Overrides; here Overrides beats the file, the file
+        // beats defaults.
+        let f = file("dc = \"file-dc\"\nexpire = \"7s\"\n");
+        let over = Settings { dc: Some("flag-dc".into()), ..Settings::default() };
+        let c = Config::load(Some(f.path()), &over).unwrap();
+        assert_eq!(c.dc, "flag-dc");
+        assert_eq!(c.expire, Duration::from_secs(7));
+        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key() {
+        let f = file("dc = \"x\"\n\nexpiry = \"5s\"\n");
+        let err = Config::load(Some(f.path()), &Settings::default()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:3:1: unknown field `expiry`", f.path().display())), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_and_where() {
+        let f = file("[placement]\nservices = [\"rtc\"]\n\nexpire = \"5 parsecs\"\n");
+        let err = Config::load(Some(f.path()), &Settings::default()).unwrap_err().to_string();
+        // Top-level keys after a table belong to the table: that is a TOML error with a line.
+        assert!(err.contains(":4:"), "{err}");
+        let f = file("expire = \"5 parsecs\"\n");
+        let err = Config::load(Some(f.path()), &Settings::default()).unwrap_err().to_string();
+        assert!(err.contains(":1:10: invalid duration \"5 parsecs\""), "{err}");
+    }
+
+    #[test]
+    fn conflicting_spellings_are_an_error() {
+        let f = file("dc = \"a\"\n[global]\ndc = \"b\"\n");
+        let err = Config::load(Some(f.path()), &Settings::default()).unwrap_err().to_string();
+        assert!(err.contains("dc: set twice"), "{err}");
+        let f = file("dc = \"a\"\n[global]\ndc = \"a\"\n");
+        assert!(Config::load(Some(f.path()), &Settings::default()).is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        for (over, key) in [
+            (Settings { nid: Some("has space".into()), ..Settings::default() }, "nid"),
+            (Settings { dc: Some(String::new()), ..Settings::default() }, "dc"),
+            (Settings { expire: Some(Duration::from_millis(10)), ..Settings::default() }, "expire"),
+            (Settings { log_level: Some("info,[".into()), ..Settings::default() }, "log-level"),
+            (Settings { max_message_size: Some(10), ..Settings::default() }, "max-message-size"),
+        ] {
+            let err = Config::load(None, &over).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{key}: {err}");
+        }
+        // Values with a type of their own are refused where they are read, with the place.
+        assert!("postgres://x".parse::<StoreSpec>().unwrap_err().contains("unknown store"));
+        assert!("xml".parse::<LogFormat>().unwrap_err().contains("unknown log format"));
+        let f = file("log-format = \"xml\"\n");
+        let err = Config::load(Some(f.path()), &Settings::default()).unwrap_err().to_string();
+        assert!(err.contains(":1:14: unknown log format"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(mask_url("nats://u:secret@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(mask_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(mask_url("nats://token@h"), "nats://***@h");
+        assert_eq!(mask_url("nats://a:1@h1,nats://h2"), "nats://a:***@h1,nats://h2");
+        assert_eq!(mask_url("nats://h:4222"), "nats://h:4222");
+        let over = Settings {
+            store: Some("redis://:hunter2@h:6379".parse().unwrap()),
+            jwt_key: Some("topsecret".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(None, &over).unwrap();
+        let described = format!("{:?}", c.describe());
+        assert!(!described.contains("hunter2") && !described.contains("topsecret"), "{described}");
+    }
+
+    #[test]
+    fn placement_services_can_be_switched_off() {
+        let over = Settings { placement_services: Some("".parse().unwrap()), ..Settings::default() };
+        assert!(Config::load(None, &over).unwrap().placement_services.is_empty());
+        let f = file("[placement]\nservices = [\"rtc\", \"room\"]\n");
+        assert_eq!(Config::load(Some(f.path()), &Settings::default()).unwrap().placement_services.len(), 2);
+        let f = file("placement-services = \"rtc,room,sfu\"\n");
+        assert_eq!(Config::load(Some(f.path()), &Settings::default()).unwrap().placement_services.len(), 3);
+    }
+
+    #[test]
+    fn every_option_has_a_flag_an_environment_variable_and_a_file_key_of_one_name() {
+        let cmd = Settings::command();
+        let defaults = serde_json::to_value(Settings::defaults()).unwrap();
+        let mut n = 0;
+        for arg in cmd.get_arguments() {
+            let long = arg.get_long().expect("every option has a flag");
+            let env = arg.get_env().expect("every option has an environment variable").to_string_lossy().into_owned();
+            assert_eq!(env, format!("ISLB_{}", long.to_uppercase().replace('-', "_")));
+            assert!(defaults.get(long).is_some(), "{long} is a file key");
+            assert!(arg.get_help().is_some(), "{long} has help");
+            n += 1;
+        }
+        assert!(n >= 19, "{n} options");
+        // A file may set every option by its flag's name.
+        let text: String = Config::defaults()
+            .describe()
+            .into_iter()
+            .filter(|(k, v)| !v.is_empty() && k != "jwt-key" && k != "placement-services")
+            .map(|(k, v)| {
+                format!(
+                    "{k} = {}\n",
+                    if k == "max-message-size" || k == "default-capacity" { v } else { format!("{v:?}") }
+                )
+            })
+            .collect();
+        let f = file(&text);
+        Config::load(Some(f.path()), &Settings::default()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+
+    #[test]
+    fn the_environment_and_flags_are_a_layer_and_defaults_are_not_given() {
+        let cmd = Settings::command();
+        let m = cmd.try_get_matches_from(["islb", "--expire", "9s", "--placement-services", ""]).unwrap();
+        let given = Settings::given(&m).unwrap();
+        assert_eq!(
+            given,
+            Settings {
+                expire: Some(Duration::from_secs(9)),
+                placement_services: Some(ServiceList(vec![])),
+                ..Settings::default()
+            }
+        );
+        let f = file("expire = \"7s\"\ndc = \"file-dc\"\n");
+        let c = Config::load(Some(f.path()), &given).unwrap();
+        assert_eq!((c.expire, c.dc.as_str()), (Duration::from_secs(9), "file-dc"));
+        assert!(c.placement_services.is_empty());
+    }
+}
