@@ -131,16 +131,20 @@ async fn echo(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node like ion's SFU registration, with a little ExtraInfo as non-ion nodes send.
+/// A node of the shape `ionpeer bench-update` registers: ion's SFU registration with one
+/// RPC param and three ExtraInfo values (a string, a float, an int64).
 fn node(i: usize) -> Node {
     let mut n = Node {
         dc: format!("dc{}", i % 3),
         service: "rtc".into(),
-        nid: format!("sfu-{i:06}"),
-        rpc: Rpc { protocol: "nats-grpc".into(), addr: "nats://10.0.0.7:4222".into(), ..Rpc::default() },
+        nid: format!("bench-{i}"),
+        rpc: Rpc { protocol: "nats-grpc".into(), addr: "nats://127.0.0.1:4222".into(), ..Rpc::default() },
         ..Node::default()
     };
+    n.rpc.params.insert("k".into(), "v".into());
+    n.extra_info.insert("region".into(), Value::String("eu".into()));
     n.extra_info.insert("load".into(), Value::Float64(0.25));
+    n.extra_info.insert("peers".into(), Value::Int64(3));
     n
 }
 

@@ -46,6 +46,16 @@ pub struct Entry {
     pub node: Arc<Node>,
     /// When it expires unless kept alive.
     pub deadline: Timestamp,
+    /// Where its key stands in its service's positional indexes.
+    slots: Slots,
+}
+
+/// Positions of a node's key in the positional indexes of its service (all nodes, and
+/// those of its DC), kept in the entry so that the indexes need no map of their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Slots {
+    all: usize,
+    dc: usize,
 }
 
 /// Moves `e` (the entry of `key`) to `deadline` in the deadline index too.
@@ -126,28 +136,27 @@ struct Service {
     by_dc: HashMap<String, Indexed>,
 }
 
-/// A set of keys that can also be read by position (swap-remove on removal).
+/// Keys that can be read by position (for sampling); each key's position is kept in its
+/// [`Entry`], and a removal moves the last key into the gap.
 #[derive(Debug, Default)]
 struct Indexed {
     list: Vec<NodeKey>,
-    pos: HashMap<NodeKey, usize>,
 }
 
 impl Indexed {
-    fn insert(&mut self, key: NodeKey) {
-        if !self.pos.contains_key(&key) {
-            self.pos.insert(key.clone(), self.list.len());
-            self.list.push(key);
-        }
+    /// Adds `key`; returns its position.
+    fn push(&mut self, key: NodeKey) -> usize {
+        self.list.push(key);
+        self.list.len() - 1
     }
 
-    fn remove(&mut self, key: &str) {
-        let Some(i) = self.pos.remove(key) else { return };
-        let last = self.list.pop().expect("non-empty");
-        if i < self.list.len() {
-            self.pos.insert(last.clone(), i);
-            self.list[i] = last;
+    /// Removes the key at `pos`; returns the key moved into `pos`, if one was.
+    fn swap_remove(&mut self, pos: usize) -> Option<NodeKey> {
+        if pos >= self.list.len() {
+            return None;
         }
+        self.list.swap_remove(pos);
+        self.list.get(pos).cloned()
     }
 }
 
@@ -261,20 +270,24 @@ impl Registry {
             Some(e) => {
                 move_deadline(&mut self.deadlines, &key, e, deadline);
                 if *e.node != *node {
-                    let old_service = std::mem::replace(&mut e.node, node.clone()).service.clone();
-                    if old_service != node.service {
-                        self.unindex(&old_service, &key);
-                        self.index(&node.service, key.clone());
-                        self.bump(&old_service);
+                    let old = std::mem::replace(&mut e.node, node.clone());
+                    let slots = e.slots;
+                    if old.service != node.service {
+                        self.unindex(&old.service, &key, slots);
+                        let slots = self.index(&node.service, key.clone());
+                        if let Some(e) = self.nodes.get_mut(&key) {
+                            e.slots = slots;
+                        }
+                        self.bump(&old.service);
                     }
                     self.bump(&node.service);
                 }
             }
             None => {
                 self.deadlines.insert((deadline, key.clone()));
-                self.index(&node.service, key.clone());
+                let slots = self.index(&node.service, key.clone());
                 self.bump(&node.service);
-                self.nodes.insert(key, Entry { node, deadline });
+                self.nodes.insert(key, Entry { node, deadline, slots });
             }
         }
     }
@@ -283,25 +296,31 @@ impl Registry {
     pub fn remove(&mut self, key: &str) -> Option<Entry> {
         let (key, entry) = self.nodes.remove_entry(key)?;
         self.deadlines.remove(&(entry.deadline, key.clone()));
-        self.unindex(&entry.node.service, &key);
+        self.unindex(&entry.node.service, &key, entry.slots);
         self.bump(&entry.node.service);
         Some(entry)
     }
 
-    fn index(&mut self, service: &str, key: NodeKey) {
+    fn index(&mut self, service: &str, key: NodeKey) -> Slots {
         let s = self.services.entry(service.to_owned()).or_default();
-        s.all.insert(key.clone());
-        s.by_dc.entry(dc_of(&key).to_owned()).or_default().insert(key.clone());
+        let all = s.all.push(key.clone());
+        let dc = s.by_dc.entry(dc_of(&key).to_owned()).or_default().push(key.clone());
         s.keys.insert(key);
+        Slots { all, dc }
     }
 
-    fn unindex(&mut self, service: &str, key: &str) {
-        if let Some(s) = self.services.get_mut(service) {
-            s.keys.remove(key);
-            s.all.remove(key);
-            if let Some(d) = s.by_dc.get_mut(dc_of(key)) {
-                d.remove(key);
-            }
+    /// Takes `key` (at `slots`) out of `service`'s indexes; the keys moved into its places
+    /// get their new positions.
+    fn unindex(&mut self, service: &str, key: &str, slots: Slots) {
+        let Some(s) = self.services.get_mut(service) else { return };
+        s.keys.remove(key);
+        let moved_all = s.all.swap_remove(slots.all);
+        let moved_dc = s.by_dc.get_mut(dc_of(key)).and_then(|d| d.swap_remove(slots.dc));
+        if let Some(e) = moved_all.and_then(|m| self.nodes.get_mut(&m)) {
+            e.slots.all = slots.all;
+        }
+        if let Some(e) = moved_dc.and_then(|m| self.nodes.get_mut(&m)) {
+            e.slots.dc = slots.dc;
         }
     }
 
@@ -542,5 +561,32 @@ mod tests {
         assert_eq!(all, ["dc1.n1", "dc1.n2", "dc1.n4", "dc1.n5", "dc1.n7", "dc1.n8"]);
         assert_eq!(r.service_dc_nodes("rtc", "dc1").len(), 6);
         assert!(r.service_dc_nodes("rtc", "dc9").is_empty());
+    }
+
+    /// Every key stands where its entry says, in its service's and its DC's index, after
+    /// any sequence of saves, service changes and removals.
+    #[test]
+    fn positions_kept_in_entries_stay_true_under_churn() {
+        let mut r = reg();
+        let mut state = 7u64;
+        for _ in 0..5_000 {
+            let pick = crate::placement::splitmix64(&mut state);
+            let (dc, nid) = (format!("dc{}", pick % 3), format!("n{}", (pick >> 8) % 40));
+            let key = format!("{dc}.{nid}");
+            match (pick >> 32) % 3 {
+                0 => r.remove(&key).map_or((), drop),
+                op => {
+                    let mut n = (*node(if op == 1 { "rtc" } else { "room" }, &nid)).clone();
+                    n.dc = dc;
+                    r.upsert(Arc::new(n), T0);
+                }
+            }
+            for (k, e) in r.entries() {
+                assert_eq!(&r.service_nodes(&e.node.service)[e.slots.all], k);
+                assert_eq!(&r.service_dc_nodes(&e.node.service, &e.node.dc)[e.slots.dc], k);
+            }
+            let listed: usize = ["rtc", "room"].iter().map(|s| r.service_nodes(s).len()).sum();
+            assert_eq!(listed, r.len());
+        }
     }
 }

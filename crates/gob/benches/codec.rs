@@ -5,7 +5,6 @@
 //! Run: `cargo bench -p islb-gob --bench codec`; `scripts/bench` runs it beside `ionpeer
 //! bench-codec` (Go's figures, same run) and records both in docs/BENCHMARKS.md.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -13,13 +12,13 @@ use islb_gob::{Message, Node, Request, Rpc, Value};
 
 /// The Request of `ionpeer bench-codec` (shared/ionpeer/main.go, benchCodec).
 fn go_bench_request() -> Request {
-    let mut extra = BTreeMap::new();
+    let mut extra = islb_gob::ValueMap::new();
     extra.insert("str".to_owned(), Value::String("x".into()));
     extra.insert("f64".to_owned(), Value::Float64(0.75));
     extra.insert("int".to_owned(), Value::Int(42));
     extra.insert("i64".to_owned(), Value::Int64(-7));
     extra.insert("bool".to_owned(), Value::Bool(true));
-    let mut params = BTreeMap::new();
+    let mut params = islb_gob::StringMap::new();
     params.insert("username".to_owned(), "foo".to_owned());
     params.insert("password".to_owned(), "bar".to_owned());
     Request {

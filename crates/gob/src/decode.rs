@@ -8,7 +8,9 @@
 //! read, including fields the data leaves out, as Go compiles its decoder.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use litemap::LiteMap;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -461,13 +463,15 @@ impl<'a> Dec<'a> {
             Concrete::Map => match self.types.get(&id) {
                 Some(WireType::Map { key: T_STRING, elem: T_INTERFACE, .. }) => {
                     let n = self.r.count(2)?;
-                    let mut map = BTreeMap::new();
+                    let mut entries = Vec::with_capacity(n.min(64));
                     for _ in 0..n {
                         let k = self.string()?;
                         let v = self.interface()?;
-                        map.insert(k, v);
+                        entries.push((k, v));
                     }
-                    Ok(Value::Map(map))
+                    // Sorted once (a later duplicate wins, as in Go): O(n log n) whatever
+                    // order the peer sent.
+                    Ok(Value::Map(entries.into_iter().collect()))
                 }
                 _ => Err(self.mismatch("map[string]interface {}", id)),
             },
@@ -600,7 +604,7 @@ impl Decode for Value {
     }
 }
 
-impl<V: Decode> Decode for BTreeMap<String, V> {
+impl<V: Decode> Decode for LiteMap<String, V> {
     fn go_name() -> String {
         format!("map[string]{}", V::go_name())
     }
@@ -616,14 +620,14 @@ impl<V: Decode> Decode for BTreeMap<String, V> {
         };
         d.enter()?;
         let n = d.r.count(2)?;
-        let mut map = BTreeMap::new();
+        let mut entries = Vec::with_capacity(n.min(64));
         for _ in 0..n {
             let k = d.string()?;
             let v = V::decode(d, elem)?;
-            map.insert(k, v);
+            entries.push((k, v));
         }
         d.leave();
-        Ok(map)
+        Ok(entries.into_iter().collect())
     }
 }
 

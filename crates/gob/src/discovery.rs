@@ -9,12 +9,10 @@
 //! type RPC struct { Protocol string; Addr string; Params map[string]string }
 //! ```
 
-use std::collections::BTreeMap;
-
 use crate::decode::{Dec, Decode, Limits};
 use crate::encode::{Enc, Encode, TypeReg};
 use crate::error::Result;
-use crate::value::ValueMap;
+use crate::value::{StringMap, ValueMap};
 
 /// How a node is reached (`RPC` in Go).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,7 +26,7 @@ pub struct Rpc {
     pub addr: String,
     /// Free-form parameters.
     #[cfg_attr(feature = "serde", serde(rename = "Params"))]
-    pub params: BTreeMap<String, String>,
+    pub params: StringMap,
 }
 
 /// One registered node (`Node` in Go); its key is `DC.NID`.
@@ -178,7 +176,7 @@ macro_rules! gob_struct {
     };
 }
 
-gob_struct!(Rpc, "RPC", protocol: String = "Protocol", addr: String = "Addr", params: BTreeMap<String, String> = "Params");
+gob_struct!(Rpc, "RPC", protocol: String = "Protocol", addr: String = "Addr", params: StringMap = "Params");
 gob_struct!(
     Node,
     "Node",

@@ -11,7 +11,6 @@
 use crate::types::*;
 use crate::value::{Kind, Value, ValueMap};
 use crate::wire::{insert_uint, put_bytes, put_float, put_int, put_uint};
-use std::collections::BTreeMap;
 
 /// A type definition to send.
 enum Def {
@@ -351,7 +350,7 @@ impl Encode for bool {
     }
 }
 
-impl Encode for BTreeMap<String, String> {
+impl Encode for crate::value::StringMap {
     fn register(reg: &mut TypeReg) -> i64 {
         reg.map("map[string]string", |_| T_STRING)
     }

@@ -68,7 +68,7 @@ mod wire;
 pub use decode::Limits;
 pub use discovery::{GetResponse, Message, Node, Request, Response, Rpc};
 pub use error::{Error, ErrorKind, Result};
-pub use value::{Kind, Value, ValueMap};
+pub use value::{Kind, StringMap, Value, ValueMap};
 
 /// Entry points for fuzzers: decode arbitrary bytes as every message type, and check that
 /// whatever decodes re-encodes to something that decodes to the same value.

@@ -5,12 +5,14 @@
 //! exact type: an `int8` stays an `int8`. [`Value`] keeps the type too, so islb can forward
 //! a node's `ExtraInfo` to Go watchers unchanged.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// A map of `interface{}` values keyed by string, as `map[string]interface{}` in Go.
 /// Sorted, so encoding is deterministic.
-pub type ValueMap = BTreeMap<String, Value>;
+pub type ValueMap = litemap::LiteMap<String, Value>;
+
+/// A Go `map[string]string` (RPC params), kept as one sorted `Vec` like [`ValueMap`].
+pub type StringMap = litemap::LiteMap<String, String>;
 
 /// The scalar Go types that may stand alone in an `interface{}` or be the element of a
 /// registered slice type (`[]int`, `[]string`...).

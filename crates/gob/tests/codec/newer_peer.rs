@@ -3,8 +3,6 @@
 //! Go skips what its target lacks; so must we. The vectors are written by Go's own
 //! encoding/gob: `go run crates/gob/tests/go/newer_peer.go crates/gob/tests/vectors`.
 
-use std::collections::BTreeMap;
-
 use islb_gob::{GetResponse, Message as _, Node, Request, Rpc, Value};
 
 fn vector(name: &str) -> Vec<u8> {
@@ -21,7 +19,7 @@ fn node(nid: &str) -> Node {
         rpc: Rpc {
             protocol: "nats-grpc".into(),
             addr: "nats://10.0.0.7:4222".into(),
-            params: BTreeMap::from([("k".into(), "v".into())]),
+            params: [("k".to_owned(), "v".to_owned())].into_iter().collect(),
         },
         extra_info: [("load".to_owned(), Value::Float64(0.25)), ("sessions".to_owned(), Value::Int64(7))]
             .into_iter()

@@ -64,13 +64,13 @@ fn value(scope: Scope) -> impl Strategy<Value = Value> {
     scalar(scope).prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             vec(inner.clone(), 0..4).prop_map(Value::List),
-            btree_map(any::<String>(), inner, 0..4).prop_map(Value::Map),
+            btree_map(any::<String>(), inner, 0..4).prop_map(|m| Value::Map(m.into_iter().collect())),
         ]
     })
 }
 
 fn value_map(scope: Scope) -> impl Strategy<Value = ValueMap> {
-    btree_map(any::<String>(), value(scope), 0..5)
+    btree_map(any::<String>(), value(scope), 0..5).prop_map(|m| m.into_iter().collect())
 }
 
 fn node(scope: Scope) -> impl Strategy<Value = Node> {
@@ -85,7 +85,7 @@ fn node(scope: Scope) -> impl Strategy<Value = Node> {
             dc,
             service,
             nid,
-            rpc: Rpc { protocol, addr, params },
+            rpc: Rpc { protocol, addr, params: params.into_iter().collect() },
             extra_info,
         })
 }

@@ -24,7 +24,11 @@ pub(crate) fn node(n: &Node) -> Json {
 }
 
 fn rpc(r: &Rpc) -> Json {
-    let params = if r.params.is_empty() { Json::Null } else { json!(r.params) };
+    let params = if r.params.is_empty() {
+        Json::Null
+    } else {
+        json!(r.params.iter().collect::<std::collections::BTreeMap<_, _>>())
+    };
     json!({"Protocol": r.protocol, "Addr": r.addr, "Params": params})
 }
 
