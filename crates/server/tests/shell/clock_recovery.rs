@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use islb_store::{MemoryStore, Store};
 
-use crate::support::{Setup, Shell, Switchable, event, node};
+use crate::support::{Faulty, Setup, Shell, event, node};
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_holds_writes_expires_nothing_and_recovery_gives_one_expiry_period() {
-    let store = Switchable::new(MemoryStore::new());
+    let store = Faulty::new(MemoryStore::new());
     let mut shell = Shell::start(store.clone(), Setup::default());
     let _alive = shell.keep_alive(vec![node("signal", "alive")]);
     let silent = node("signal", "silent");

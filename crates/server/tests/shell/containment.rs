@@ -21,23 +21,7 @@ use tower::ServiceExt;
 use crate::support::node;
 
 fn replica(client: &async_nats::Client) -> Arc<Discovery> {
-    let registry =
-        islb_core::Registry::new(islb_core::RegistryConfig { expire_ms: 60_000, placed: Default::default() });
-    let placement = islb_server::placement::PlacementConfig {
-        dc: "dc1".into(),
-        default_capacity: 0,
-        session_ttl: Duration::from_secs(3600),
-        jwt_key: None,
-    };
-    Arc::new(Discovery::new(
-        Arc::new(client.clone()),
-        registry,
-        Arc::new(MemoryStore::new()),
-        1 << 20,
-        Duration::from_secs(1),
-        placement,
-        Arc::new(islb_server::clock::WallClock),
-    ))
+    crate::support::nats_replica(client, Arc::new(MemoryStore::new()), 60_000)
 }
 
 fn panics_counted(handler: &str) -> f64 {

@@ -1,136 +1,22 @@
 //! The registry shell against a real store (memory, or Redis with its change feed) behind
-//! a wrapper that counts calls and injects the one fault a real server cannot be made to
-//! produce on demand: an expiry claim that ran but whose answer was lost.
+//! `support::Faulty`, which counts change-feed reads and injects the one fault a real
+//! server cannot be made to produce on demand: an expiry claim that ran but whose answer
+//! was lost.
 //!
 //! - Such a claim must still end in one `delete` event: no other replica announces it, and
 //!   the node's watchers would otherwise keep a dead node.
 //! - Concurrent lookups share one read of the change feed instead of queueing one each.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::StreamExt;
-use islb_core::{NodeKey, Registry, RegistryConfig, Session, Timestamp, Verdict};
 use islb_gob::{Message as _, Node, Request};
-use islb_server::discovery::Discovery;
-use islb_server::placement::PlacementConfig;
-use islb_store::{Changes, Claim, Cursor, MemoryStore, SessionClaim, Snapshot, Store, StoreError, StreamKey};
+use islb_store::{MemoryStore, Store};
 use islb_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-/// A store that counts change-feed reads and, if asked, loses the first expiry claim's
-/// answer (and then reloads slowly).
-struct Instrumented<S> {
-    inner: S,
-    lose_a_claim: bool,
-    lost: AtomicBool,
-    feed_reads: AtomicUsize,
-}
-
-impl<S> Instrumented<S> {
-    fn new(inner: S, lose_a_claim: bool) -> Arc<Self> {
-        Arc::new(Instrumented { inner, lose_a_claim, lost: AtomicBool::new(false), feed_reads: AtomicUsize::new(0) })
-    }
-}
-
-#[async_trait]
-impl<S: Store> Store for Instrumented<S> {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn shared(&self) -> bool {
-        self.inner.shared()
-    }
-    async fn reset(&self) -> Result<(), StoreError> {
-        self.inner.reset().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
-        self.inner.put_node(node, deadline).await
-    }
-    async fn touch_nodes(&self, touches: &[(NodeKey, Timestamp)]) -> Result<Vec<NodeKey>, StoreError> {
-        self.inner.touch_nodes(touches).await
-    }
-    async fn delete_node(&self, key: &str) -> Result<Option<Arc<Node>>, StoreError> {
-        self.inner.delete_node(key).await
-    }
-    async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
-        let claims = self.inner.claim_expired(keys, now).await?;
-        let expired = claims.iter().any(|c| matches!(c, Claim::Expired(_)));
-        if self.lose_a_claim && expired && !self.lost.swap(true, Ordering::SeqCst) {
-            return Err(StoreError::Timeout(Duration::from_secs(1)));
-        }
-        Ok(claims)
-    }
-    async fn load(&self) -> Result<Snapshot, StoreError> {
-        // A slow reload after the loss: lookups meanwhile read the change feed first.
-        if self.lost.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        self.inner.load().await
-    }
-    async fn changes(&self, cursor: &Cursor) -> Result<Changes, StoreError> {
-        self.feed_reads.fetch_add(1, Ordering::SeqCst);
-        // A round trip long enough for lookups to pile up behind it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.inner.changes(cursor).await
-    }
-    async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
-        self.inner.claim_session(sid, candidate, now).await
-    }
-    async fn move_session(
-        &self,
-        sid: &str,
-        version: u64,
-        to: Option<&NodeKey>,
-        idle_before: Option<Timestamp>,
-        now: Timestamp,
-    ) -> Result<Option<Session>, StoreError> {
-        self.inner.move_session(sid, version, to, idle_before, now).await
-    }
-    async fn touch_sessions(&self, touches: &[(Arc<str>, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.touch_sessions(touches).await
-    }
-    async fn set_drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<(), StoreError> {
-        self.inner.set_drain(node, deadline).await
-    }
-    async fn clear_drain(&self, node: &NodeKey) -> Result<bool, StoreError> {
-        self.inner.clear_drain(node).await
-    }
-    async fn put_stream(&self, key: &StreamKey, json: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.inner.put_stream(key, json, ttl).await
-    }
-    async fn delete_stream(&self, key: &StreamKey) -> Result<bool, StoreError> {
-        self.inner.delete_stream(key).await
-    }
-    async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
-        self.inner.streams_of(sid).await
-    }
-}
-
-/// A registry replica on `store` (no background loops started).
-fn replica(client: &async_nats::Client, store: Arc<dyn Store>, expire_ms: u64) -> Arc<Discovery> {
-    let registry = Registry::new(RegistryConfig { expire_ms, placed: Default::default() });
-    let placement = PlacementConfig {
-        dc: "dc1".into(),
-        default_capacity: 0,
-        session_ttl: Duration::from_secs(3600),
-        jwt_key: None,
-    };
-    Arc::new(Discovery::new(
-        Arc::new(client.clone()),
-        registry,
-        store,
-        1 << 20,
-        Duration::from_secs(1),
-        placement,
-        Arc::new(islb_server::clock::WallClock),
-    ))
-}
+use crate::support::{Faulty, nats_replica as replica};
 
 fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConfig {
     islb_store_redis::RedisConfig {
@@ -147,7 +33,7 @@ fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConf
 async fn lose_a_claim<S: Store>(inner: S) {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let store = Instrumented::new(inner, true);
+    let store = Faulty::with(inner, true, Duration::from_millis(50));
     let discovery = replica(&client, store.clone(), 300);
     let mut events = client.subscribe("node.discovery.>").await.unwrap();
     client.flush().await.unwrap();
@@ -207,8 +93,8 @@ async fn concurrent_lookups_share_a_read_of_the_change_feed_and_all_see_the_late
     let redis = islb_testkit::RedisServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let connect = || async { islb_store_redis::RedisStore::connect(&redis_store(&redis)).await.unwrap() };
-    let a = replica(&client, Instrumented::new(connect().await, false), 60_000);
-    let b_store = Instrumented::new(connect().await, false);
+    let a = replica(&client, Faulty::new(connect().await), 60_000);
+    let b_store = Faulty::with(connect().await, false, Duration::from_millis(50));
     let b = replica(&client, b_store.clone(), 60_000);
     b.load_from_store().await.unwrap();
     // Saved through replica A; B has not heard of it.

@@ -1,7 +1,7 @@
 //! A registry replica without a network, on the test's (paused) tokio clock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -138,16 +138,38 @@ pub(crate) fn event(p: &Published) -> (String, String) {
     (req.action, req.node.nid)
 }
 
-/// A store that can be switched off: while down, every call fails as an unreachable
-/// server's would.
-pub(crate) struct Switchable<S> {
+/// A real store behind a wrapper that injects the faults a real server cannot be made
+/// to produce on demand, and counts change-feed reads:
+///
+/// - switched off ([`Faulty::set_down`]): every call fails as an unreachable server's would;
+/// - `lose_a_claim`: the first expiry claim that expires a node runs, but its answer is
+///   lost (and reloads are slow afterwards, so lookups meanwhile read the feed first);
+/// - `feed_delay`: each change-feed read takes this long (for lookups to pile up behind).
+pub(crate) struct Faulty<S> {
     pub(crate) inner: S,
     down: AtomicBool,
+    lose_a_claim: bool,
+    pub(crate) lost: AtomicBool,
+    feed_delay: Duration,
+    pub(crate) feed_reads: AtomicUsize,
 }
 
-impl<S> Switchable<S> {
+impl<S> Faulty<S> {
+    /// `inner` with no fault.
     pub(crate) fn new(inner: S) -> Arc<Self> {
-        Arc::new(Switchable { inner, down: AtomicBool::new(false) })
+        Self::with(inner, false, Duration::ZERO)
+    }
+
+    /// `inner` with the faults named.
+    pub(crate) fn with(inner: S, lose_a_claim: bool, feed_delay: Duration) -> Arc<Self> {
+        Arc::new(Faulty {
+            inner,
+            down: AtomicBool::new(false),
+            lose_a_claim,
+            lost: AtomicBool::new(false),
+            feed_delay,
+            feed_reads: AtomicUsize::new(0),
+        })
     }
 
     pub(crate) fn set_down(&self, down: bool) {
@@ -160,7 +182,7 @@ impl<S> Switchable<S> {
 }
 
 #[async_trait]
-impl<S: Store> Store for Switchable<S> {
+impl<S: Store> Store for Faulty<S> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
@@ -189,14 +211,26 @@ impl<S: Store> Store for Switchable<S> {
     }
     async fn claim_expired(&self, keys: &[NodeKey], now: Timestamp) -> Result<Vec<Claim>, StoreError> {
         self.gate()?;
-        self.inner.claim_expired(keys, now).await
+        let claims = self.inner.claim_expired(keys, now).await?;
+        let expired = claims.iter().any(|c| matches!(c, Claim::Expired(_)));
+        if self.lose_a_claim && expired && !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Timeout(Duration::from_secs(1)));
+        }
+        Ok(claims)
     }
     async fn load(&self) -> Result<Snapshot, StoreError> {
         self.gate()?;
+        if self.lost.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         self.inner.load().await
     }
     async fn changes(&self, cursor: &Cursor) -> Result<Changes, StoreError> {
         self.gate()?;
+        self.feed_reads.fetch_add(1, Ordering::SeqCst);
+        if !self.feed_delay.is_zero() {
+            tokio::time::sleep(self.feed_delay).await;
+        }
         self.inner.changes(cursor).await
     }
     async fn claim_session(&self, sid: &str, candidate: &NodeKey, now: Timestamp) -> Result<SessionClaim, StoreError> {
@@ -238,4 +272,23 @@ impl<S: Store> Store for Switchable<S> {
         self.gate()?;
         self.inner.streams_of(sid).await
     }
+}
+
+/// A registry replica on `store` that talks on NATS through `client`, on the wall clock
+/// (no background loops started).
+pub(crate) fn nats_replica(client: &async_nats::Client, store: Arc<dyn Store>, expire_ms: u64) -> Arc<Discovery> {
+    let registry = Registry::new(RegistryConfig { expire_ms, placed: Default::default() });
+    Arc::new(Discovery::new(
+        Arc::new(client.clone()),
+        registry,
+        store,
+        1 << 20,
+        Duration::from_secs(1),
+        placement_config(Duration::from_secs(3600)),
+        Arc::new(islb_server::clock::WallClock),
+    ))
+}
+
+fn placement_config(session_ttl: Duration) -> PlacementConfig {
+    PlacementConfig { dc: "dc1".into(), default_capacity: 0, session_ttl, jwt_key: None }
 }
