@@ -469,9 +469,7 @@ impl<'a> Dec<'a> {
                         let v = self.interface()?;
                         entries.push((k, v));
                     }
-                    // Sorted once (a later duplicate wins, as in Go): O(n log n) whatever
-                    // order the peer sent.
-                    Ok(Value::Map(entries.into_iter().collect()))
+                    Ok(Value::Map(sorted_map(entries)))
                 }
                 _ => Err(self.mismatch("map[string]interface {}", id)),
             },
@@ -604,6 +602,23 @@ impl Decode for Value {
     }
 }
 
+/// A map of decoded entries, sorted once in place (a later duplicate key wins, as in Go):
+/// O(n log n) whatever order the peer sent, and no second allocation.
+fn sorted_map<V>(mut entries: Vec<(String, V)>) -> LiteMap<String, V> {
+    if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+        entries.sort_by(|a, b| a.0.cmp(&b.0)); // stable: duplicates keep their order
+        // `dedup_by` keeps the first of equal keys: give it the later value.
+        entries.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut earlier.1);
+            }
+            same
+        });
+    }
+    LiteMap::from_sorted_store_unchecked(entries)
+}
+
 impl<V: Decode> Decode for LiteMap<String, V> {
     fn go_name() -> String {
         format!("map[string]{}", V::go_name())
@@ -627,7 +642,7 @@ impl<V: Decode> Decode for LiteMap<String, V> {
             entries.push((k, v));
         }
         d.leave();
-        Ok(entries.into_iter().collect())
+        Ok(sorted_map(entries))
     }
 }
 
@@ -653,5 +668,20 @@ impl<T: Decode> Decode for Vec<T> {
         }
         d.leave();
         Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn map_entries_are_sorted_once_and_a_later_duplicate_wins() {
+        let entries: Vec<(String, u8)> = [("b", 1), ("a", 2), ("b", 3), ("c", 4), ("b", 5), ("a", 6)]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        let map = super::sorted_map(entries);
+        assert_eq!(map.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("a", 6), ("b", 5), ("c", 4)]);
+        let sorted = super::sorted_map(vec![("x".to_owned(), 1u8), ("y".to_owned(), 2)]);
+        assert_eq!(sorted.len(), 2);
     }
 }

@@ -1,6 +1,10 @@
 //! The admin HTTP server: health, readiness, Prometheus metrics, and a JSON view of the
 //! registry for operators.
 //!
+//! [`router`] serves over any [`Control`]: what the API needs from a running islb, as a
+//! trait, so this module knows nothing of the registry's insides (`control.rs` implements
+//! it over the live service; tests drive the router with tower's `oneshot`).
+//!
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
@@ -17,46 +21,83 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
+use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusHandle;
+use islb_core::{NodeKey, Session, Timestamp};
+use islb_gob::Node;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::discovery::Discovery;
-use crate::selfreg::WatchedView;
+/// A registered node as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// `DC.NID`.
+    pub id: NodeKey,
+    /// The node as registered.
+    pub node: Arc<Node>,
+    /// When it expires unless kept alive.
+    pub expires: Timestamp,
+    /// Whether its service is placed per session.
+    pub placed: bool,
+}
 
-/// What the admin handlers read.
-#[derive(Clone)]
-pub struct AdminState {
-    /// The registry service.
-    pub discovery: Arc<Discovery>,
-    /// The NATS client (for its connection state).
-    pub client: async_nats::Client,
-    /// Set once shutdown begins.
-    pub shutting_down: Arc<AtomicBool>,
-    /// Failures of supervised tasks.
-    pub health: islb_runtime::Health,
-    /// Metrics renderer.
-    pub metrics: PrometheusHandle,
-    /// islb's own view of the cluster.
-    pub watched: WatchedView,
+/// What `/v1/status` and `/metrics` report.
+#[derive(Debug, Clone, Default)]
+pub struct StatusView {
     /// This islb's NID.
     pub nid: String,
     /// This islb's DC.
     pub dc: String,
-    /// When the process started.
-    pub started: Instant,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Registered nodes, by service.
+    pub nodes_per_service: BTreeMap<String, usize>,
+    /// Nodes in islb's own watched view of the cluster.
+    pub watched_nodes: usize,
+    /// The store's kind.
+    pub store: &'static str,
+    /// Whether the store answers.
+    pub store_healthy: bool,
+    /// NATS's connection state, in words.
+    pub nats: String,
+    /// Whether NATS is connected.
+    pub nats_connected: bool,
 }
 
-/// The admin router.
-pub fn router(state: AdminState) -> Router {
+/// What the admin API needs from a running islb.
+#[async_trait]
+pub trait Control: Send + Sync + 'static {
+    /// Why islb is not ready (empty: ready).
+    async fn problems(&self) -> Vec<String>;
+    /// The facts `/v1/status` and `/metrics` report.
+    fn status(&self) -> StatusView;
+    /// The Prometheus text of every metric.
+    fn render_metrics(&self) -> String;
+    /// The registered nodes (of one service, if given).
+    fn nodes(&self, service: Option<&str>) -> Vec<NodeView>;
+    /// The sessions placed (on one node, if given).
+    fn sessions(&self, node: Option<&str>) -> Vec<Session>;
+    /// The drain marks.
+    fn drains(&self) -> Vec<(NodeKey, Option<Timestamp>)>;
+    /// Resolves an operator's node name: `DC.NID`, or a NID that one registered node has.
+    fn resolve_node(&self, name: &str) -> Result<NodeKey, String>;
+    /// The time.
+    fn now(&self) -> Timestamp;
+    /// Drains a node (its sessions move after `deadline`); the sessions it has.
+    async fn drain(&self, node: &NodeKey, deadline: Option<Timestamp>) -> Result<usize, String>;
+    /// Lifts a drain; whether the node was draining.
+    async fn undrain(&self, node: &NodeKey) -> Result<bool, String>;
+    /// Releases a session; it, if it was placed.
+    async fn release(&self, sid: &str) -> Option<Session>;
+}
+
+/// The admin router over `control`.
+pub fn router(control: Arc<dyn Control>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -67,29 +108,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/drain", axum::routing::post(drain))
         .route("/v1/undrain", axum::routing::post(undrain))
         .route("/v1/release", axum::routing::post(release))
-        .with_state(state)
+        .with_state(control)
 }
 
-async fn readiness(s: &AdminState) -> Vec<String> {
-    let mut problems = Vec::new();
-    if s.shutting_down.load(Ordering::Relaxed) {
-        problems.push("shutting down".to_owned());
-    }
-    problems.extend(s.health.problems());
-    if !crate::nats::connected(&s.client) {
-        problems.push(format!("NATS {:?}", s.client.connection_state()).to_lowercase());
-    }
-    let store = s.discovery.store();
-    match tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => problems.push(format!("store {}: {}", store.kind(), islb_runtime::Chain(&e))),
-        Err(_) => problems.push(format!("store {}: no answer within 1s", store.kind())),
-    }
-    problems
-}
+type Ctl = State<Arc<dyn Control>>;
 
-async fn readyz(State(s): State<AdminState>) -> Response {
-    let problems = readiness(&s).await;
+async fn readyz(State(c): Ctl) -> Response {
+    let problems = c.problems().await;
     metrics::gauge!("islb_ready").set(if problems.is_empty() { 1.0 } else { 0.0 });
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
@@ -98,38 +123,32 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
-    let mut per_service: BTreeMap<String, usize> = BTreeMap::new();
-    let total = s.discovery.read(|r, _| {
-        for (_, e) in r.entries() {
-            *per_service.entry(e.node.service.clone()).or_default() += 1;
-        }
-        r.len()
-    });
-    metrics::gauge!("islb_nodes").set(total as f64);
-    for (service, n) in per_service {
+async fn metrics(State(c): Ctl) -> Response {
+    let s = c.status();
+    metrics::gauge!("islb_nodes").set(s.nodes_per_service.values().sum::<usize>() as f64);
+    for (service, n) in s.nodes_per_service {
         metrics::gauge!("islb_service_nodes", "service" => service).set(n as f64);
     }
-    metrics::gauge!("islb_watched_nodes").set(s.watched.count() as f64);
-    metrics::gauge!("islb_store_healthy").set(if s.discovery.store_healthy() { 1.0 } else { 0.0 });
-    metrics::gauge!("islb_nats_connected").set(if crate::nats::connected(&s.client) { 1.0 } else { 0.0 });
-    metrics::gauge!("islb_uptime_seconds").set(s.started.elapsed().as_secs_f64());
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    metrics::gauge!("islb_watched_nodes").set(s.watched_nodes as f64);
+    metrics::gauge!("islb_store_healthy").set(if s.store_healthy { 1.0 } else { 0.0 });
+    metrics::gauge!("islb_nats_connected").set(if s.nats_connected { 1.0 } else { 0.0 });
+    metrics::gauge!("islb_uptime_seconds").set(s.uptime_seconds);
+    ([("content-type", "text/plain; version=0.0.4")], c.render_metrics()).into_response()
 }
 
-async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
-    let problems = readiness(&s).await;
-    let nodes = s.discovery.read(|r, _| r.len());
+async fn status(State(c): Ctl) -> Json<serde_json::Value> {
+    let problems = c.problems().await;
+    let s = c.status();
     Json(json!({
         "nid": s.nid,
         "dc": s.dc,
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": s.started.elapsed().as_secs(),
-        "nodes": nodes,
-        "watched_nodes": s.watched.count(),
-        "store": s.discovery.store().kind(),
-        "store_healthy": s.discovery.store_healthy(),
-        "nats": format!("{:?}", s.client.connection_state()).to_lowercase(),
+        "uptime_seconds": s.uptime_seconds as u64,
+        "nodes": s.nodes_per_service.values().sum::<usize>(),
+        "watched_nodes": s.watched_nodes,
+        "store": s.store,
+        "store_healthy": s.store_healthy,
+        "nats": s.nats,
         "ready": problems.is_empty(),
         "not_ready_because": problems,
     }))
@@ -140,21 +159,13 @@ struct NodesQuery {
     service: Option<String>,
 }
 
-async fn nodes(State(s): State<AdminState>, Query(q): Query<NodesQuery>) -> Json<serde_json::Value> {
-    let mut out: Vec<_> = s.discovery.read(|r, _| {
-        r.entries()
-            .filter(|(_, e)| q.service.as_ref().is_none_or(|svc| *svc == e.node.service))
-            .map(|(k, e)| {
-                json!({
-                    "id": &**k,
-                    "node": &*e.node,
-                    "expires": e.deadline.to_string(),
-                    "placed": r.is_placed(&e.node.service),
-                })
-            })
-            .collect()
-    });
-    out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+async fn nodes(State(c): Ctl, Query(q): Query<NodesQuery>) -> Json<serde_json::Value> {
+    let mut list = c.nodes(q.service.as_deref());
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    let out: Vec<_> = list
+        .iter()
+        .map(|n| json!({ "id": &*n.id, "node": &*n.node, "expires": n.expires.to_string(), "placed": n.placed }))
+        .collect();
     Json(json!({ "nodes": out }))
 }
 
@@ -168,50 +179,46 @@ fn bad_request(msg: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn session_json(s: &islb_core::Session) -> serde_json::Value {
+fn session_json(s: &Session) -> serde_json::Value {
     json!({ "sid": &*s.sid, "node": &*s.node, "version": s.version, "used": s.used.to_string() })
 }
 
-async fn sessions(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
-    let node = match q.node.as_deref().map(|n| s.discovery.resolve_node(n)).transpose() {
+async fn sessions(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
+    let node = match q.node.as_deref().map(|n| c.resolve_node(n)).transpose() {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
-    let list: Vec<_> = s.discovery.sessions(node.as_deref()).iter().map(session_json).collect();
-    let drains: Vec<_> = s
-        .discovery
-        .drains()
-        .into_iter()
-        .map(|(n, d)| json!({ "node": &*n, "deadline": d.map(|d| d.to_string()) }))
-        .collect();
+    let list: Vec<_> = c.sessions(node.as_deref()).iter().map(session_json).collect();
+    let drains: Vec<_> =
+        c.drains().into_iter().map(|(n, d)| json!({ "node": &*n, "deadline": d.map(|d| d.to_string()) })).collect();
     Json(json!({ "sessions": list, "drains": drains })).into_response()
 }
 
-async fn drain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
+async fn drain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
     let Some(name) = q.node else { return bad_request("node= is required") };
-    let node = match s.discovery.resolve_node(&name) {
+    let node = match c.resolve_node(&name) {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
     let deadline = match q.deadline.as_deref().map(crate::config::parse_duration).transpose() {
-        Ok(d) => d.map(|d| s.discovery.now().plus(d)),
+        Ok(d) => d.map(|d| c.now().plus(d)),
         Err(e) => return bad_request(e),
     };
-    match s.discovery.placement().drain(&node, deadline).await {
-        Ok(()) => Json(json!({ "node": &*node, "draining": true, "deadline": deadline.map(|d| d.to_string()),
-            "sessions": s.discovery.session_count(Some(&node)) }))
+    match c.drain(&node, deadline).await {
+        Ok(sessions) => Json(json!({ "node": &*node, "draining": true, "deadline": deadline.map(|d| d.to_string()),
+            "sessions": sessions }))
         .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
     }
 }
 
-async fn undrain(State(s): State<AdminState>, Query(q): Query<NodeQuery>) -> Response {
+async fn undrain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
     let Some(name) = q.node else { return bad_request("node= is required") };
-    let node = match s.discovery.resolve_node(&name) {
+    let node = match c.resolve_node(&name) {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
-    match s.discovery.placement().undrain(&node).await {
+    match c.undrain(&node).await {
         Ok(was) => Json(json!({ "node": &*node, "draining": false, "was_draining": was })).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
     }
@@ -222,8 +229,8 @@ struct SidQuery {
     sid: String,
 }
 
-async fn release(State(s): State<AdminState>, Query(q): Query<SidQuery>) -> Response {
-    match s.discovery.placement().release_session(&q.sid).await {
+async fn release(State(c): Ctl, Query(q): Query<SidQuery>) -> Response {
+    match c.release(&q.sid).await {
         Some(released) => Json(json!({ "released": session_json(&released) })).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no session {:?}", q.sid) }))).into_response(),
     }

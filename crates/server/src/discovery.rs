@@ -228,7 +228,7 @@ impl Discovery {
             }
         };
         if let (Some(to), Some(reply)) = (msg.reply, reply) {
-            self.shared.send(to.to_string(), reply).await;
+            self.shared.send(to, reply).await;
         }
         metrics::counter!("islb_requests_total", "action" => action).increment(1);
         metrics::histogram!("islb_request_duration_seconds", "action" => action)
@@ -275,6 +275,13 @@ impl Discovery {
         else {
             return reply::ok(); // a keep-alive: batched
         };
+        // Boxed: keep-alives, almost all the traffic, never get here, and their futures
+        // would otherwise carry (and copy) this state.
+        Box::pin(self.write_through(node, deadline, here)).await
+    }
+
+    /// A write the store decides (a save, or new data).
+    async fn write_through(&self, node: Arc<Node>, deadline: Timestamp, here: Verdict) -> Bytes {
         let answer = self.shared.store_call("put_node", self.shared.store().put_node(node.clone(), deadline)).await;
         let held = answer.is_none();
         let (events, verdict) = self.shared.with(|s| s.replica.finish_write(node, deadline, here, answer));
@@ -289,6 +296,10 @@ impl Discovery {
     }
 
     async fn delete(&self, node: Node) -> Bytes {
+        Box::pin(self.delete_through(node)).await
+    }
+
+    async fn delete_through(&self, node: Node) -> Bytes {
         let key = node.id();
         self.shared.with(|s| s.replica.begin_delete(&key));
         let answer = self.shared.store_call("delete_node", self.shared.store().delete_node(&key)).await;

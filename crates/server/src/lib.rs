@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod discovery;
 pub mod nats;
 pub mod outbox;
@@ -337,7 +338,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     );
 
     let http_stop = CancellationToken::new();
-    let app = admin::router(admin::AdminState {
+    let app = admin::router(Arc::new(control::Live {
         discovery: discovery.clone(),
         client: client.clone(),
         shutting_down: shutting_down.clone(),
@@ -347,7 +348,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         nid: cfg.nid.clone(),
         dc: cfg.dc.clone(),
         started,
-    });
+    }));
     let http = {
         let http_stop = http_stop.clone();
         tokio::spawn(

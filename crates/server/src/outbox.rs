@@ -4,6 +4,7 @@
 //! so the shell runs unchanged without a network: tests hand it a [`MemoryOutbox`] and a
 //! paused clock. In production the outbox is the NATS client itself.
 
+use async_nats::Subject;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ pub struct PublishError(String);
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Publishes `payload` on `subject` (fire and forget, as a NATS publish).
-    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), PublishError>;
+    async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), PublishError>;
 
     /// Whether the outbox is connected (NATS's connection state; always true in memory).
     fn connected(&self) -> bool {
@@ -27,7 +28,7 @@ pub trait Outbox: Send + Sync + 'static {
 
 #[async_trait]
 impl Outbox for async_nats::Client {
-    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), PublishError> {
+    async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), PublishError> {
         async_nats::Client::publish(self, subject, payload).await.map_err(|e| PublishError(e.to_string()))
     }
 
@@ -59,7 +60,9 @@ impl MemoryOutbox {
 
 #[async_trait]
 impl Outbox for MemoryOutbox {
-    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), PublishError> {
-        self.0.send(Published { subject, payload }).map_err(|_| PublishError("the receiver is gone".into()))
+    async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), PublishError> {
+        self.0
+            .send(Published { subject: subject.to_string(), payload })
+            .map_err(|_| PublishError("the receiver is gone".into()))
     }
 }

@@ -146,16 +146,19 @@ impl Placement {
     /// Reads what other replicas wrote (in turn, even if a sync just ran), and announces
     /// what that turned up.
     async fn sync(&self) {
-        let events = self.sync.sync().await;
+        let events = Box::pin(self.sync.sync()).await;
         self.announce_expired(events).await;
     }
 
     /// Publishes the delete events of expired nodes and moves their sessions.
+    ///
+    /// Rare on a request's path, so its future (fail-over's store calls) is boxed rather
+    /// than carried, and copied, in every request's future.
     pub(crate) async fn announce_expired(&self, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
-        self.announce_departures(&events).await;
+        Box::pin(self.announce_departures(&events)).await;
         metrics::counter!("islb_nodes_expired_total").increment(events.len() as u64);
     }
 
@@ -308,52 +311,59 @@ impl Placement {
                     }
                     return None;
                 }
-                Decision::Place { node, from } => {
-                    let key: NodeKey = node.id().into();
-                    let in_flight = InFlight::new(&self.shared, key.clone());
-                    let call = self.shared.store().claim_session(sid, &key, now);
-                    let claim = match self.shared.store_call("claim_session", call).await {
-                        Some(claim) => claim,
-                        // The store is out of reach: place here and claim when it is back.
-                        None => self.shared.with(|s| s.replica.claim_held(sid, key.clone(), from.clone(), now)),
-                    };
-                    drop(in_flight);
-                    match self.shared.with(|s| s.replica.settle_claim(node, claim, now)) {
-                        // This view lists a node the store has lost, or lacks the one it
-                        // chose: catch up and choose again.
-                        Settled::Retry => {
-                            self.sync().await;
-                            continue;
-                        }
-                        Settled::On { node, outcome, moved } => {
-                            metrics::counter!("islb_placements_total", "outcome" => outcome).increment(1);
-                            if let Some((session, from, drained)) = moved {
-                                self.publish_session_event(SessionEvent {
-                                    sid: sid.to_owned(),
-                                    from: Some(nid_of(&from)),
-                                    to: Some(node.nid.clone()),
-                                    from_key: Some(from.to_string()),
-                                    to_key: Some(key.to_string()),
-                                    reason: if drained { MoveReason::Drain } else { MoveReason::NodeDown },
-                                    version: session.version,
-                                    time: now.to_string(),
-                                })
-                                .await;
-                            }
-                            return Some(node);
-                        }
-                    }
-                }
+                Decision::Place { node, from } => match Box::pin(self.claim(sid, node, from, now)).await {
+                    Some(placed) => return Some(placed),
+                    None => continue,
+                },
             }
         }
         warn!(service, sid, "placement did not settle after 3 attempts");
         None
     }
 
+    /// Claims session `sid` on `node` (coming `from` another node, or new) in the store:
+    /// the node it is on, or `None` to choose again.
+    async fn claim(&self, sid: &str, node: Arc<Node>, from: Option<NodeKey>, now: Timestamp) -> Option<Arc<Node>> {
+        let key: NodeKey = node.id().into();
+        let in_flight = InFlight::new(&self.shared, key.clone());
+        let call = self.shared.store().claim_session(sid, &key, now);
+        let claim = match self.shared.store_call("claim_session", call).await {
+            Some(claim) => claim,
+            // The store is out of reach: place here and claim when it is back.
+            None => self.shared.with(|s| s.replica.claim_held(sid, key.clone(), from.clone(), now)),
+        };
+        drop(in_flight);
+        match self.shared.with(|s| s.replica.settle_claim(node, claim, now)) {
+            // This view lists a node the store has lost, or lacks the one it
+            // chose: catch up and choose again.
+            Settled::Retry => {
+                self.sync().await;
+                None
+            }
+            Settled::On { node, outcome, moved } => {
+                metrics::counter!("islb_placements_total", "outcome" => outcome).increment(1);
+                if let Some((session, from, drained)) = moved {
+                    self.publish_session_event(SessionEvent {
+                        sid: sid.to_owned(),
+                        from: Some(nid_of(&from)),
+                        to: Some(node.nid.clone()),
+                        from_key: Some(from.to_string()),
+                        to_key: Some(key.to_string()),
+                        reason: if drained { MoveReason::Drain } else { MoveReason::NodeDown },
+                        version: session.version,
+                        time: now.to_string(),
+                    })
+                    .await;
+                }
+                Some(node)
+            }
+        }
+    }
+
     async fn publish_session_event(&self, event: SessionEvent) {
         info!(sid = %event.sid, from = ?event.from, to = ?event.to, reason = ?event.reason, "session moved");
         let payload = serde_json::to_vec(&event).expect("serialisable");
-        self.shared.send(session_subject(&event.sid), payload.into()).await;
+        self.shared.send(session_subject(&event.sid).into(), payload.into()).await;
         metrics::counter!("islb_session_moves_total", "reason" => format!("{:?}", event.reason)).increment(1);
     }
 

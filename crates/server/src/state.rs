@@ -186,7 +186,7 @@ impl Shared {
 
     /// Publishes one message (a reply, a node or session event); false when it failed
     /// (logged).
-    pub(crate) async fn send(&self, subject: String, payload: Bytes) -> bool {
+    pub(crate) async fn send(&self, subject: async_nats::Subject, payload: Bytes) -> bool {
         match self.outbox.publish(subject, payload).await {
             Ok(()) => true,
             Err(e) => {
@@ -206,7 +206,7 @@ impl Shared {
                 EventKind::Update => debug!(node = %event.node.id(), "node data changed"),
                 EventKind::Delete => info!(node = %event.node.id(), service = %event.node.service, "node down"),
             }
-            if self.send(event.subject(), req.to_gob().into()).await {
+            if self.send(event.subject().into(), req.to_gob().into()).await {
                 metrics::counter!("islb_events_published_total", "action" => action).increment(1);
             }
         }

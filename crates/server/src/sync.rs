@@ -40,6 +40,12 @@ impl StoreSync {
         if !(self.shared.store().shared() && self.shared.store_healthy()) {
             return Vec::new();
         }
+        // Boxed: a store of this replica's own never gets here, and every request's future
+        // would otherwise carry (and copy) this one's state.
+        Box::pin(self.catch_up_shared()).await
+    }
+
+    async fn catch_up_shared(&self) -> Vec<Event> {
         let wanted = self.shared.with(|s| s.syncs_begun) + 1;
         let _one_at_a_time = self.gate.lock().await;
         if self.shared.with(|s| s.synced) >= wanted {

@@ -9,7 +9,8 @@ use axum::body::Body;
 use axum::http::{Request as HttpRequest, StatusCode};
 use islb_gob::{GetResponse, Message as _, Request, Response};
 use islb_runtime::{Health, Supervisor};
-use islb_server::admin::{AdminState, router};
+use islb_server::admin::router;
+use islb_server::control::Live;
 use islb_server::discovery::{Discovery, QUEUE_GROUP, REQUEST_SUBJECT};
 use islb_server::selfreg::WatchedView;
 use islb_server::telemetry::metrics_handle;
@@ -74,7 +75,7 @@ async fn a_dead_supervised_task_makes_readyz_fail_with_its_name() {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let health = Health::default();
-    let app = router(AdminState {
+    let app = router(Arc::new(Live {
         discovery: replica(&client),
         client: client.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
@@ -84,7 +85,7 @@ async fn a_dead_supervised_task_makes_readyz_fail_with_its_name() {
         nid: "islb-test".into(),
         dc: "dc1".into(),
         started: Instant::now(),
-    });
+    }));
     let readyz = |app: axum::Router| async move {
         let res = app.oneshot(HttpRequest::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
         let status = res.status();
