@@ -310,6 +310,22 @@ impl Replica {
         }
     }
 
+    /// islb is ready to speak at `now` with nodes loaded from a store, whose deadlines may
+    /// have passed while it was down: each gets at least one expiry period from `now` to
+    /// keep alive, noted in the batch so that the store learns it too. A node that keeps
+    /// alive then sees no delete; one that stayed silent gets one, after that period.
+    /// Returns how many nodes got more time.
+    pub fn grace_loaded(&mut self, now: Timestamp) -> usize {
+        let until = self.registry.deadline(now);
+        let late: Vec<NodeKey> =
+            self.registry.entries().filter(|(_, e)| e.deadline < until).map(|(k, _)| k.clone()).collect();
+        for key in &late {
+            self.registry.set_deadline(key, until);
+            self.node_touches.insert(key.clone(), until);
+        }
+        late.len()
+    }
+
     // ---- expiry -------------------------------------------------------------------
 
     /// When to look for due nodes next: `None` while the store is out of reach (a replica
@@ -711,5 +727,26 @@ mod tests {
         assert_eq!(r.idle_sweep(T0, ttl), Some(Timestamp::from_ms(T0.as_ms() - 100_000)));
         assert_eq!(r.idle_sweep(T0.plus_ms(9_999), ttl), None);
         assert!(r.idle_sweep(T0.plus_ms(10_000), ttl).is_some());
+    }
+
+    #[test]
+    fn nodes_loaded_after_a_long_downtime_get_one_expiry_period() {
+        let mut r = replica();
+        let stored_deadline = T0.plus_ms(2_000);
+        r.reconcile(
+            vec![(Arc::new(node("late")), stored_deadline), (Arc::new(node("fresh")), T0.plus_ms(60_000))],
+            Vec::new(),
+            Vec::new(),
+        );
+        let ready = T0.plus_ms(6_000); // down for twice the expiry
+        assert!(r.expiry_due(ready), "without the grace, the late node would expire at once");
+        assert_eq!(r.grace_loaded(ready), 1);
+        assert!(!r.expiry_due(ready.plus_ms(1_999)));
+        assert_eq!(r.next_expiry(ready), Some(Some(ready.plus_ms(2_000))));
+        assert_eq!(r.take_node_touches(), vec![("dc1.late".into(), ready.plus_ms(2_000))], "the store learns it");
+        assert_eq!(r.registry.lookup("dc1.fresh").unwrap().deadline, T0.plus_ms(60_000), "later deadlines stay");
+        // It keeps alive: no delete; it stays silent: due after the period.
+        assert_eq!(r.begin_write(WriteAction::Update, node("late"), ready.plus_ms(1_000)), WriteStep::Done);
+        assert!(!r.expiry_due(ready.plus_ms(2_500)));
     }
 }

@@ -347,6 +347,19 @@ impl Discovery {
         Ok(n)
     }
 
+    /// islb is ready to speak: nodes loaded from the store whose deadlines passed (or are
+    /// near) while it was down get one expiry period to keep alive, so that a restart
+    /// announces no live node as gone and moves no session.
+    pub fn grace_loaded(&self) {
+        let now = self.shared.now();
+        let n = self.shared.with(|s| s.replica.grace_loaded(now));
+        if n > 0 {
+            let until = now.plus(Duration::from_millis(self.shared.with(|s| s.replica.registry.config().expire_ms)));
+            info!(nodes = n, until = %until, "nodes loaded from the store have until then to keep alive");
+        }
+        self.expiry_wake.notify_one();
+    }
+
     /// Keeps this replica and the store in step until `stop`: follows the change feed of a
     /// shared store every second, moves sessions whose drain deadline passed, releases idle
     /// ones; while the store is out of reach, probes it every [`PROBE_INTERVAL`] and, once

@@ -281,6 +281,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         .await
         .map_err(|e| StartError::Subscribe { subject: REQUEST_SUBJECT, source: Box::new(e) })?;
     info!(subject = REQUEST_SUBJECT, queue = QUEUE_GROUP, "registry listening");
+    // Ready to speak: what the store remembered gets one expiry period to keep alive.
+    discovery.grace_loaded();
 
     let stop = CancellationToken::new();
     let requests_stop = CancellationToken::new();

@@ -61,7 +61,8 @@ fn ions_own_islb_toml_starts_islb_on_redis() {
 }
 
 /// A restarted islb with a durable store still knows every node and every session; a
-/// node that died while islb was down is expired on time with a delete event.
+/// node that died while islb was down is expired once, one expiry period after the
+/// restart at the latest, and the nodes that kept alive are not.
 async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&str]) {
     const EXPIRE: Duration = Duration::from_secs(4);
     let mut args = vec!["--expire", "4s"];
@@ -76,19 +77,16 @@ async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&s
         assert_eq!(node.len(), 1, "{sid}: {node:?}");
         placed.insert(sid, format!("dc1.{}", node[0]));
     }
+    // The living nodes keep alive all along (their keep-alives fail while islb is down).
     let alive: Vec<_> = (0..5).map(|i| ion_node("room", &format!("room-{i}"))).collect();
-    for n in &alive {
-        assert!(peer.send("save", n).await.success);
-    }
+    let _alive = KeepAlive::start(nats, &alive, Duration::from_secs(1)).await;
     let dead = ion_node("room", "room-dead");
     let saved_at = Instant::now(); // islb saw it no earlier than this
     assert!(peer.send("save", &dead).await.success);
-    for n in &alive {
-        assert!(peer.send("update", n).await.success);
-    }
     assert!(islb.stop().success());
     let (deletes, _task) = count_deletes(nats, "room").await;
     let islb2 = Islb::start(nats, &args);
+    let ready = Instant::now(); // islb was ready to speak no later than this
     // Every session is known at once, on the node it was placed on.
     let (_, body) = islb2.http_get("/v1/sessions");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -99,10 +97,6 @@ async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&s
         .map(|s| (s["sid"].as_str().unwrap().to_owned(), s["node"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(known, placed, "sessions across the restart");
-    // Keep the living ones alive; the dead one stays silent.
-    for n in &alive {
-        assert!(peer.send("update", n).await.success);
-    }
     let listed = nids(&peer.get("room", &[]).await);
     for n in &alive {
         assert!(listed.contains(&n.nid), "{} forgotten across the restart: {listed:?}", n.nid);
@@ -113,10 +107,13 @@ async fn restart_keeps_nodes_and_expires_the_dead(nats: &NatsServer, store: &[&s
     let expired = || deletes.lock().unwrap().contains_key("room-dead");
     let why = || "the node that died while islb was down was never expired".to_owned();
     eventually(EXPIRE + Duration::from_secs(10), Duration::from_millis(20), expired, why).await;
-    let took = saved_at.elapsed();
-    assert!(took >= EXPIRE && took < EXPIRE + Duration::from_secs(4), "expired {took:?} after its save (expire 4s)");
+    // Due at its deadline, or one expiry period after the restart, whichever is later.
+    let (since_save, since_ready) = (saved_at.elapsed(), ready.elapsed());
+    assert!(since_save >= EXPIRE, "expired {since_save:?} after its save (expire 4s)");
+    assert!(since_ready < EXPIRE + Duration::from_secs(4), "expired {since_ready:?} after the restart (expire 4s)");
     assert!(!nids(&peer.get("room", &[]).await).contains("room-dead"));
-    assert_eq!(deletes.lock().unwrap().len(), 1, "only the dead node: {:?}", deletes.lock().unwrap());
+    let deleted = deletes.lock().unwrap().clone();
+    assert_eq!(deleted.len(), 1, "only the dead node: {deleted:?}");
     drop(islb2);
 }
 
@@ -133,6 +130,55 @@ async fn a_restarted_islb_with_redis_keeps_nodes_and_expires_the_dead() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     restart_keeps_nodes_and_expires_the_dead(&nats, &["--store", &redis.url(), "--store-timeout", "5s"]).await;
+}
+
+/// Issue 12, the restart storm: after a downtime of twice `expire`, the nodes that kept
+/// alive through it see no delete and no second save; the one that stayed silent gets
+/// exactly one delete, after one expiry period.
+async fn a_long_downtime_announces_only_the_silent_node(nats: &NatsServer, store: &[&str]) {
+    const EXPIRE: Duration = Duration::from_secs(2);
+    let mut args = vec!["--expire", "2s"];
+    args.extend_from_slice(store);
+    let mut islb = Islb::start(nats, &args);
+    let alive: Vec<_> = (0..10).map(|i| ion_node("room", &format!("live-{i}"))).collect();
+    let _keepalive = KeepAlive::start(nats, &alive, Duration::from_millis(500)).await;
+    let peer = Peer::connect(nats).await;
+    assert!(peer.send("save", &ion_node("room", "silent")).await.success);
+    assert!(islb.stop().success());
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let _follow = follow(nats, "node.discovery.room.>", "node.discovery.room.islb-test-probe", move |msg| {
+        if let Ok(r) = Request::from_gob(&msg.payload) {
+            seen.lock().unwrap().push((r.action, r.node.nid));
+        }
+    })
+    .await;
+    tokio::time::sleep(EXPIRE * 2).await; // the downtime: every stored deadline passes
+    let started = Instant::now();
+    let _islb2 = Islb::start(nats, &args);
+    let deleted = || events.lock().unwrap().iter().any(|(a, n)| a == "delete" && n == "silent");
+    let why = || "the silent node was never announced gone".to_owned();
+    eventually(EXPIRE + Duration::from_secs(10), Duration::from_millis(20), deleted, why).await;
+    assert!(started.elapsed() >= EXPIRE, "the silent node had one expiry period after the restart");
+    // Every live node keeps alive (every 500 ms) through a window longer than the grace.
+    tokio::time::sleep(EXPIRE + Duration::from_secs(1)).await;
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events, [("delete".to_owned(), "silent".to_owned())], "one delete, for the silent node only");
+}
+
+#[tokio::test]
+async fn a_restart_after_a_long_downtime_with_a_file_store_announces_only_the_silent_node() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("islb.redb").display());
+    a_long_downtime_announces_only_the_silent_node(&nats, &["--store", &store]).await;
+}
+
+#[tokio::test]
+async fn a_restart_after_a_long_downtime_with_redis_announces_only_the_silent_node() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    a_long_downtime_announces_only_the_silent_node(&nats, &["--store", &redis.url(), "--store-timeout", "5s"]).await;
 }
 
 #[test]
@@ -339,7 +385,8 @@ async fn redis_down_for_ten_seconds_under_load_expires_nothing_and_recovers() {
     let (requests, errors) = bench_errors(&load);
     assert_eq!(errors, 0, "no request failed or hung ({requests} requests)");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(deletes.lock().unwrap().is_empty(), "nodes expired because of the outage: {:?}", deletes.lock().unwrap());
+    let deleted = deletes.lock().unwrap().clone();
+    assert!(deleted.is_empty(), "nodes expired because of the outage: {deleted:?}");
     // Everything is back in Redis, the newcomer included.
     let stored: usize = redis.command(&["HLEN", "{islb}:nodes"]).parse().unwrap();
     assert!(stored > 200, "only {stored} nodes written back");
