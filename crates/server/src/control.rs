@@ -49,6 +49,11 @@ impl Control for Live {
             problems.push(format!("NATS {:?}", self.client.connection_state()).to_lowercase());
         }
         let store = self.discovery.store();
+        if !self.discovery.store_healthy() {
+            // Ready again only once what was held meanwhile is written back.
+            problems.push(format!("store {}: out of reach; serving from memory and holding writes", store.kind()));
+            return problems;
+        }
         match tokio::time::timeout(Duration::from_secs(1), store.ping()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => problems.push(format!("store {}: {}", store.kind(), Chain(&e))),

@@ -347,6 +347,12 @@ impl Discovery {
         Ok(n)
     }
 
+    /// The store could not be reached at start: count it as down from now on (writes are
+    /// held, nothing expires) until the maintenance task finds it answering.
+    pub fn store_out_of_reach(&self) {
+        self.shared.with(|s| s.replica.store_failed(false));
+    }
+
     /// islb is ready to speak: nodes loaded from the store whose deadlines passed (or are
     /// near) while it was down get one expiry period to keep alive, so that a restart
     /// announces no live node as gone and moves no session.

@@ -163,12 +163,13 @@ pub struct StoreOpenError {
     source: islb_store::StoreError,
 }
 
-/// Opens the configured store.
-async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StoreOpenError> {
+/// Opens the configured store; a Redis server that cannot be reached yet is not an error:
+/// the store comes with that error, and islb starts without it (see `start`).
+async fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<islb_store::StoreError>), StoreOpenError> {
     let fail = |source| StoreOpenError { spec: cfg.store.to_string(), source };
     Ok(match &cfg.store {
-        StoreSpec::Memory => Arc::new(MemoryStore::new()),
-        StoreSpec::File(path) => Arc::new(FileStore::open(path).map_err(fail)?),
+        StoreSpec::Memory => (Arc::new(MemoryStore::new()), None),
+        StoreSpec::File(path) => (Arc::new(FileStore::open(path).map_err(fail)?), None),
         StoreSpec::Redis(url) => {
             let redis = islb_store_redis::RedisConfig {
                 url: url.clone(),
@@ -176,7 +177,8 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StoreOpenError> {
                 timeout: cfg.store_timeout,
                 ca_file: cfg.store_ca_file.clone(),
             };
-            Arc::new(islb_store_redis::RedisStore::connect(&redis).await.map_err(fail)?)
+            let (store, unreachable) = islb_store_redis::RedisStore::connect_or_later(&redis).await.map_err(fail)?;
+            (Arc::new(store), unreachable)
         }
     })
 }
@@ -247,7 +249,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let http_addr = listener.local_addr().map_err(listen_error)?;
 
     let client = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
-    let store = open_store(&cfg).await?;
+    let (store, unreachable) = open_store(&cfg).await?;
     info!(store = %cfg.store, kind = store.kind(), "store open");
     let registry = Registry::new(RegistryConfig {
         expire_ms: u64::try_from(cfg.expire.as_millis()).unwrap_or(u64::MAX),
@@ -268,10 +270,18 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         placement,
         Arc::new(clock::WallClock),
     ));
-    match discovery.load_from_store().await {
-        Ok(0) => {}
-        Ok(n) => info!(nodes = n, store = store.kind(), "nodes restored from the store"),
-        Err(e) => warn!(error = %islb_runtime::Chain(&e), "could not load nodes from the store; starting empty"),
+    match unreachable {
+        // Serve from memory, not ready, holding writes; the maintenance task connects in
+        // the background and, once the store answers, writes back what was held.
+        Some(e) => {
+            warn!(store = %cfg.store, error = %islb_runtime::Chain(&e), "store out of reach at start: serving from memory and holding writes until it answers (not ready meanwhile)");
+            discovery.store_out_of_reach();
+        }
+        None => match discovery.load_from_store().await {
+            Ok(0) => {}
+            Ok(n) => info!(nodes = n, store = store.kind(), "nodes restored from the store"),
+            Err(e) => warn!(error = %islb_runtime::Chain(&e), "could not load nodes from the store; starting empty"),
+        },
     }
     let sub = client
         .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())

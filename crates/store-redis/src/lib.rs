@@ -243,7 +243,12 @@ struct Scripts {
 
 /// The Redis backend.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// The connection, opened on first use (and again after a failed attempt), so that a
+    /// store unreachable at start is reached later.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    timeout: Duration,
     keys: Keys,
     scripts: Scripts,
 }
@@ -253,6 +258,29 @@ fn unavailable(e: redis::RedisError) -> StoreError {
         return StoreError::Reset;
     }
     StoreError::unavailable("redis", e)
+}
+
+/// Writes the epoch token if it is missing (a store that lost its data has none).
+async fn set_epoch(conn: &mut ConnectionManager, key: &str) -> Result<(), StoreError> {
+    let token = format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+    );
+    let _: Value = redis::cmd("SET").arg(key).arg(token).arg("NX").query_async(conn).await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Whether `e` says the server could not be reached (as opposed to refusing us).
+fn out_of_reach(e: &StoreError) -> bool {
+    match e {
+        StoreError::Timeout(_) => true,
+        StoreError::Unavailable { source: Some(source), .. } => {
+            source.downcast_ref::<redis::RedisError>().is_some_and(|r| {
+                r.is_io_error() || r.is_timeout() || r.is_connection_refusal() || r.is_connection_dropped()
+            })
+        }
+        _ => false,
+    }
 }
 
 fn decode_node(key: &str, bytes: &[u8]) -> Result<Arc<Node>, StoreError> {
@@ -295,8 +323,27 @@ fn parse_cursor(c: &Cursor) -> (String, u64) {
 
 impl RedisStore {
     /// Connects and prepares the store (writes the epoch token if it is missing). Fails
-    /// fast on a bad URL or refused credentials.
+    /// fast on a bad URL, refused credentials or an unreachable server.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let store = Self::lazy(cfg)?;
+        store.conn().await?;
+        Ok(store)
+    }
+
+    /// [`RedisStore::connect`], except that a server that cannot be reached (refused,
+    /// timed out) is not an error: the store is returned with that error, and connects on
+    /// a later call. A bad URL or refused credentials still fail.
+    pub async fn connect_or_later(cfg: &RedisConfig) -> Result<(Self, Option<StoreError>), StoreError> {
+        let store = Self::lazy(cfg)?;
+        match store.conn().await {
+            Ok(_) => Ok((store, None)),
+            Err(e) if out_of_reach(&e) => Ok((store, Some(e))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The store, not connected yet (only the URL and CA file are checked).
+    fn lazy(cfg: &RedisConfig) -> Result<Self, StoreError> {
         let client = match &cfg.ca_file {
             Some(ca) => {
                 let root_cert = std::fs::read(ca).map_err(|e| StoreError::unavailable(ca.display().to_string(), e))?;
@@ -313,13 +360,12 @@ impl RedisStore {
             .set_response_timeout(Some(cfg.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(cfg.timeout * 3, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| StoreError::Timeout(cfg.timeout * 3))?
-            .map_err(unavailable)?;
         let p = &cfg.prefix;
-        let store = RedisStore {
-            conn,
+        Ok(RedisStore {
+            conn: tokio::sync::OnceCell::new(),
+            client,
+            config,
+            timeout: cfg.timeout,
             keys: Keys {
                 prefix: p.clone(),
                 sessions: format!("{{{p}}}:sessions"),
@@ -343,13 +389,21 @@ impl RedisStore {
                 drain: Script::new(DRAIN),
                 forget_stale_streams: Script::new(FORGET_STALE_STREAMS),
             },
-        };
-        store.reset().await?;
-        Ok(store)
+        })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The connection, opened (and the epoch token written if missing) on first use.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let open = || async {
+            let manager = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
+            let mut conn = tokio::time::timeout(self.timeout * 3, manager)
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout * 3))?
+                .map_err(unavailable)?;
+            set_epoch(&mut conn, &self.keys.epoch).await?;
+            Ok::<_, StoreError>(conn)
+        };
+        self.conn.get_or_try_init(open).await.cloned()
     }
 
     /// Sets (a deadline in ms, `0` for none) or lifts (`""`) a drain mark.
@@ -364,7 +418,7 @@ impl RedisStore {
             .arg(&**node)
             .arg(deadline)
             .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)
     }
@@ -381,23 +435,12 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let pong: String = redis::cmd("PING").query_async(&mut self.conn().await?).await.map_err(unavailable)?;
         if pong == "PONG" { Ok(()) } else { Err(StoreError::refused(format!("PING answered {pong:?}"))) }
     }
 
     async fn reset(&self) -> Result<(), StoreError> {
-        let token = format!(
-            "{:x}",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
-        );
-        let _: Value = redis::cmd("SET")
-            .arg(&self.keys.epoch)
-            .arg(token)
-            .arg("NX")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        set_epoch(&mut self.conn().await?, &self.keys.epoch).await
     }
 
     async fn put_node(&self, node: Arc<Node>, deadline: Timestamp) -> Result<Verdict, StoreError> {
@@ -414,7 +457,7 @@ impl Store for RedisStore {
             .arg(node.to_gob())
             .arg(deadline.as_ms())
             .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         Ok(match code {
@@ -433,7 +476,7 @@ impl Store for RedisStore {
             for (key, d) in chunk {
                 inv.arg(&**key).arg(d.as_ms());
             }
-            let got: Vec<String> = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+            let got: Vec<String> = inv.invoke_async(&mut self.conn().await?).await.map_err(unavailable)?;
             unknown.extend(got.into_iter().map(NodeKey::from));
         }
         Ok(unknown)
@@ -450,7 +493,7 @@ impl Store for RedisStore {
             .key(&k.seq)
             .arg(key)
             .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         old.map(|b| decode_node(key, &b)).transpose()
@@ -465,7 +508,7 @@ impl Store for RedisStore {
             for key in chunk {
                 inv.arg(&**key);
             }
-            let got: Vec<(i64, Vec<u8>)> = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+            let got: Vec<(i64, Vec<u8>)> = inv.invoke_async(&mut self.conn().await?).await.map_err(unavailable)?;
             for ((code, value), key) in got.into_iter().zip(chunk) {
                 out.push(match code {
                     0 => Claim::Gone,
@@ -490,7 +533,7 @@ impl Store for RedisStore {
             .key(&k.sessions)
             .key(&k.session_used)
             .key(&k.drains)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         let parts = as_array(&v)?;
@@ -539,7 +582,7 @@ impl Store for RedisStore {
                 .arg("+")
                 .arg("COUNT")
                 .arg(BATCH)
-                .query_async(&mut self.conn())
+                .query_async(&mut self.conn().await?)
                 .await
                 .map_err(unavailable)?;
             let entries = as_array(&entries)?;
@@ -608,7 +651,7 @@ impl Store for RedisStore {
             .arg(&**candidate)
             .arg(now.as_ms())
             .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         let [code, node, version, from, used] = as_array(&v)? else {
@@ -646,7 +689,7 @@ impl Store for RedisStore {
             .arg(now.as_ms())
             .arg(idle_before.map_or(String::new(), |b| b.as_ms().to_string()))
             .arg(FEED_LENGTH)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         let [code, node, version, used] = as_array(&v)? else {
@@ -666,7 +709,7 @@ impl Store for RedisStore {
             for (sid, t) in chunk {
                 inv.arg(&**sid).arg(t.as_ms());
             }
-            let _: i64 = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+            let _: i64 = inv.invoke_async(&mut self.conn().await?).await.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -694,7 +737,7 @@ impl Store for RedisStore {
             .cmd("PEXPIRE")
             .arg(&index)
             .arg(ms)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -708,7 +751,7 @@ impl Store for RedisStore {
             .cmd("SREM")
             .arg(&index)
             .arg(&record)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn().await?)
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
@@ -716,7 +759,7 @@ impl Store for RedisStore {
 
     async fn streams_of(&self, sid: &str) -> Result<Vec<(StreamKey, String)>, StoreError> {
         let index = self.stream_index(sid);
-        let mut conn = self.conn();
+        let mut conn = self.conn().await?;
         let keys: Vec<String> = redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn).await.map_err(unavailable)?;
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -758,7 +801,7 @@ impl RedisStore {
         for k in stale {
             inv.key(k);
         }
-        inv.invoke_async(&mut self.conn()).await.map_err(unavailable)
+        inv.invoke_async(&mut self.conn().await?).await.map_err(unavailable)
     }
 }
 

@@ -181,6 +181,37 @@ async fn a_restart_after_a_long_downtime_with_redis_announces_only_the_silent_no
     a_long_downtime_announces_only_the_silent_node(&nats, &["--store", &redis.url(), "--store-timeout", "5s"]).await;
 }
 
+/// Issue 12: Redis unreachable at start. islb starts anyway, serves from memory, says it
+/// is not ready (naming the store), and once Redis answers writes back what it accepted
+/// and becomes ready; no node is announced gone meanwhile.
+#[tokio::test]
+async fn redis_down_at_start_is_served_through_and_gets_what_was_accepted() {
+    let nats = NatsServer::start();
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let args = ["--store", &redis.url(), "--expire", "3s"];
+    let islb = Islb::start(&nats, &args);
+    let (code, body) = islb.http_get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store redis"), "readiness names the store: {body}");
+    let (deletes, _task) = count_deletes(&nats, "room").await;
+    let rooms: Vec<_> = (0..5).map(|i| ion_node("room", &format!("room-{i}"))).collect();
+    let _keepalive = KeepAlive::start(&nats, &rooms, Duration::from_millis(500)).await;
+    let peer = Peer::connect(&nats).await;
+    assert_eq!(nids(&peer.get("room", &[]).await).len(), 5, "served from memory");
+    tokio::time::sleep(Duration::from_secs(5)).await; // Redis stays down past the expiry
+    redis.restart();
+    islb.wait_ready(200, Duration::from_secs(15)).await;
+    // What islb accepted reached Redis: a replica started now knows every room from it.
+    let second = Islb::start(&nats, &args);
+    let (_, body) = second.http_get("/v1/nodes?service=room");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["nodes"].as_array().map(Vec::len), Some(5), "{body}");
+    assert!(islb.proc.output().contains("store out of reach at start"), "the log says what happened");
+    let deleted = deletes.lock().unwrap().clone();
+    assert!(deleted.is_empty(), "no room was announced gone: {deleted:?}");
+}
+
 #[test]
 fn ionpeer_conform_passes_against_three_replicas_on_one_redis() {
     let nats = NatsServer::start();
