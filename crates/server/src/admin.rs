@@ -63,6 +63,8 @@ pub struct StatusView {
     pub store: &'static str,
     /// Whether the store answers.
     pub store_healthy: bool,
+    /// Node writes held until the store is back.
+    pub held_writes: usize,
     /// NATS's connection state, in words.
     pub nats: String,
     /// Whether NATS is connected.
@@ -131,6 +133,7 @@ async fn metrics(State(c): Ctl) -> Response {
     }
     metrics::gauge!("islb_watched_nodes").set(s.watched_nodes as f64);
     metrics::gauge!("islb_store_healthy").set(if s.store_healthy { 1.0 } else { 0.0 });
+    metrics::gauge!("islb_store_pending_writes").set(s.held_writes as f64);
     metrics::gauge!("islb_nats_connected").set(if s.nats_connected { 1.0 } else { 0.0 });
     metrics::gauge!("islb_uptime_seconds").set(s.uptime_seconds);
     ([("content-type", "text/plain; version=0.0.4")], c.render_metrics()).into_response()

@@ -77,6 +77,7 @@ impl Control for Live {
             watched_nodes: self.watched.count(),
             store: self.discovery.store().kind(),
             store_healthy: self.discovery.store_healthy(),
+            held_writes: self.discovery.held_writes(),
             nats: format!("{:?}", self.client.connection_state()).to_lowercase(),
             nats_connected: crate::nats::connected(&self.client),
         }

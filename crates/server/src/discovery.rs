@@ -166,6 +166,11 @@ impl Discovery {
         self.shared.store_healthy()
     }
 
+    /// How many node writes are held until the store is back.
+    pub fn held_writes(&self) -> usize {
+        self.shared.with(|s| s.replica.held_writes())
+    }
+
     /// The sessions placed (on `node` only, if given).
     pub fn sessions(&self, node: Option<&str>) -> Vec<Session> {
         self.read(|_, s| match node {
@@ -283,11 +288,7 @@ impl Discovery {
     /// A write the store decides (a save, or new data).
     async fn write_through(&self, node: Arc<Node>, deadline: Timestamp, here: Verdict) -> Bytes {
         let answer = self.shared.store_call("put_node", self.shared.store().put_node(node.clone(), deadline)).await;
-        let held = answer.is_none();
         let (events, verdict) = self.shared.with(|s| s.replica.finish_write(node, deadline, here, answer));
-        if held {
-            self.shared.report_held_writes();
-        }
         if verdict == Verdict::Created {
             self.expiry_wake.notify_one();
         }
@@ -303,11 +304,7 @@ impl Discovery {
         let key = node.id();
         self.shared.with(|s| s.replica.begin_delete(&key));
         let answer = self.shared.store_call("delete_node", self.shared.store().delete_node(&key)).await;
-        let held = answer.is_none();
         let events = self.shared.with(|s| s.replica.finish_delete(node, answer));
-        if held {
-            self.shared.report_held_writes();
-        }
         self.placement.announce_departures(&events).await;
         reply::ok()
     }
@@ -318,15 +315,13 @@ impl Discovery {
         }
         self.placement.catch_up().await;
         let key: CacheKey = (lookup.service.clone(), lookup.nid.clone(), lookup.include_placed());
-        let (generation, nodes) = match self.shared.with(|s| {
+        let found = self.shared.with(|s| {
             let generation = s.replica.registry.generation(&lookup.service);
-            match s.cached(&key, generation) {
-                Some(bytes) => Err(bytes),
-                None => Ok((generation, s.replica.registry.get(lookup))),
-            }
-        }) {
-            Ok(found) => found,
-            Err(cached) => return cached,
+            s.cached(&key, generation).ok_or_else(|| (generation, s.replica.registry.get(lookup)))
+        });
+        let (generation, nodes) = match found {
+            Ok(cached) => return cached,
+            Err(miss) => miss,
         };
         let reply = reply::nodes(&nodes);
         self.shared.with(|s| s.cache(key, generation, reply.clone()));
@@ -358,9 +353,8 @@ impl Discovery {
     /// announces no live node as gone and moves no session.
     pub fn grace_loaded(&self) {
         let now = self.shared.now();
-        let n = self.shared.with(|s| s.replica.grace_loaded(now));
+        let (n, until) = self.shared.with(|s| (s.replica.grace_loaded(now), s.replica.registry.deadline(now)));
         if n > 0 {
-            let until = now.plus(Duration::from_millis(self.shared.with(|s| s.replica.registry.config().expire_ms)));
             info!(nodes = n, until = %until, "nodes loaded from the store have until then to keep alive");
         }
         self.expiry_wake.notify_one();

@@ -53,7 +53,6 @@ pub struct Running {
     http_addr: SocketAddr,
     nid: String,
     stop: CancellationToken,
-    health: Health,
     done: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
@@ -76,11 +75,6 @@ impl Running {
     /// A token that starts the shutdown when cancelled.
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
-    }
-
-    /// The failures of supervised tasks (what `/readyz` reports).
-    pub fn health(&self) -> &Health {
-        &self.health
     }
 
     /// Waits until islb has stopped: `Ok` after an orderly shutdown that was asked for,
@@ -151,7 +145,9 @@ impl RunError {
     }
 }
 
-fn subscribe_error(subject: &'static str) -> impl FnOnce(async_nats::SubscribeError) -> StartError {
+fn subscribe_error<E: std::error::Error + Send + Sync + 'static>(
+    subject: &'static str,
+) -> impl FnOnce(E) -> StartError {
     move |e| StartError::Subscribe { subject, source: Box::new(e) }
 }
 
@@ -287,9 +283,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         .queue_subscribe(REQUEST_SUBJECT, QUEUE_GROUP.to_owned())
         .await
         .map_err(subscribe_error(REQUEST_SUBJECT))?;
-    islb_nrpc::barrier(&client, Duration::from_secs(10))
-        .await
-        .map_err(|e| StartError::Subscribe { subject: REQUEST_SUBJECT, source: Box::new(e) })?;
+    islb_nrpc::barrier(&client, Duration::from_secs(10)).await.map_err(subscribe_error(REQUEST_SUBJECT))?;
     info!(subject = REQUEST_SUBJECT, queue = QUEUE_GROUP, "registry listening");
     // Ready to speak: what the store remembered gets one expiry period to keep alive.
     discovery.grace_loaded();
@@ -413,5 +407,5 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             failure.map_or(Ok(()), |f| Err(RunError::TaskFailed(f)))
         }
     };
-    Ok(Running { http_addr, nid: cfg.nid.clone(), stop, health, done: tokio::spawn(supervisor) })
+    Ok(Running { http_addr, nid: cfg.nid.clone(), stop, done: tokio::spawn(supervisor) })
 }

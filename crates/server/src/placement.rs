@@ -146,7 +146,7 @@ impl Placement {
     /// Reads what other replicas wrote (in turn, even if a sync just ran), and announces
     /// what that turned up.
     async fn sync(&self) {
-        let events = Box::pin(self.sync.sync()).await;
+        let events = self.sync.sync().await;
         self.announce_expired(events).await;
     }
 

@@ -18,7 +18,7 @@
 //! the single lock gives as well.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -104,14 +104,9 @@ impl Shared {
 
     /// Runs `f` on the state (a few map operations; never across an `.await`).
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        f(&mut self.lock())
-    }
-
-    /// The state, locked.
-    fn lock(&self) -> MutexGuard<'_, State> {
         // The core's methods change the state in steps a panic cannot split into an
         // inconsistent state, so a poisoned lock is still sound.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The time.
@@ -210,11 +205,5 @@ impl Shared {
                 metrics::counter!("islb_events_published_total", "action" => action).increment(1);
             }
         }
-    }
-
-    /// Sets the gauge of writes held during an outage.
-    pub(crate) fn report_held_writes(&self) {
-        let held = self.with(|s| s.replica.held_writes());
-        metrics::gauge!("islb_store_pending_writes").set(held as f64);
     }
 }

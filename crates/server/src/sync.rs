@@ -220,17 +220,15 @@ impl StoreSync {
             if let Err(e) = result {
                 // Put back this one and the rest, unless a newer write of the key was held meanwhile.
                 self.shared.with(|s| s.replica.restore_held_writes(std::iter::once((key, op)).chain(held)));
-                self.shared.report_held_writes();
                 return Err(e);
             }
         }
-        self.shared.report_held_writes();
         Ok(())
     }
 
     /// Claims the placements made while the store was out of reach (the store's answer
     /// wins where another replica placed the same session meanwhile).
-    pub(crate) async fn claim_held_sessions(&self) -> bool {
+    async fn claim_held_sessions(&self) -> bool {
         let mut held = self.shared.with(|s| s.replica.take_held_sessions()).into_iter();
         while let Some((sid, node)) = held.next() {
             let now = self.shared.now();

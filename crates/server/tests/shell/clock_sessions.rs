@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use islb_store::MemoryStore;
 
-use crate::support::{Setup, Shell, node};
+use crate::support::{Setup, Shell, get_request, node};
 
 fn session_event(payload: &[u8]) -> serde_json::Value {
     serde_json::from_slice(payload).expect("session events are JSON")
@@ -60,17 +60,11 @@ async fn a_session_not_looked_up_for_its_ttl_is_released_and_one_in_use_is_kept(
     assert_eq!(shell.get("rtc", &[("sid", "idle-room")]).await.len(), 1);
     assert_eq!(shell.get("rtc", &[("sid", "busy-room")]).await.len(), 1);
     let busy = {
-        let d = shell.d.clone();
+        let (d, get) = (shell.d.clone(), get_request("rtc", &[("sid", "busy-room")]));
         tokio::spawn(async move {
             for _ in 0..30 {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let req = islb_gob::Request {
-                    action: "get".into(),
-                    service: "rtc".into(),
-                    params: [("sid".to_owned(), islb_gob::Value::String("busy-room".into()))].into_iter().collect(),
-                    ..Default::default()
-                };
-                d.process(&islb_gob::Message::to_gob(&req)).await;
+                d.process(&get).await;
             }
         })
     };

@@ -75,11 +75,8 @@ impl Shell {
 
     /// get of `service` with `params`: the nodes answered.
     pub(crate) async fn get(&self, service: &str, params: &[(&str, &str)]) -> Vec<Node> {
-        let mut req = Request { action: "get".into(), service: service.into(), ..Request::default() };
-        for (k, v) in params {
-            req.params.insert((*k).into(), Value::String((*v).into()));
-        }
-        GetResponse::from_gob(&self.d.process(&req.to_gob()).await.1.expect("a reply")).expect("a GetResponse").nodes
+        let reply = self.d.process(&get_request(service, params)).await.1.expect("a reply");
+        GetResponse::from_gob(&reply).expect("a GetResponse").nodes
     }
 
     /// The next message published on a subject starting with `prefix`, with the time it
@@ -125,6 +122,15 @@ impl Drop for Shell {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// A `get` of `service` with string `params`, encoded.
+pub(crate) fn get_request(service: &str, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = Request { action: "get".into(), service: service.into(), ..Request::default() };
+    for (k, v) in params {
+        req.params.insert((*k).into(), Value::String((*v).into()));
+    }
+    req.to_gob()
 }
 
 /// A node as ion registers one.
