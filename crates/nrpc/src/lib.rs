@@ -6,7 +6,8 @@
 //!   `islb-proto`) and subject rules; pure.
 //! - [`status`]: gRPC status codes and `google.rpc.Status`.
 //! - [`server`]: a [`Server`] of [`Service`]s on async-nats, with per-call state keyed by
-//!   reply inbox, in-order frame handling, cancellation, idle-call cleanup.
+//!   reply inbox, in-order frame handling, cancellation, idle-call cleanup and fair
+//!   limits (the call table and its admission rules are `table`).
 //! - [`client`]: a [`Client`] for unary calls and streams of any kind.
 //! - [`barrier`]: waits until the NATS server has read a connection's subscriptions.
 
@@ -17,6 +18,7 @@ pub mod reflection;
 pub mod server;
 pub mod status;
 pub mod subject;
+mod table;
 
 pub use barrier::{BarrierError, barrier};
 pub use client::{Client, ClientStream};

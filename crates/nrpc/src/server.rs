@@ -25,9 +25,16 @@
 //!   [`idle_exempt`](Service::idle_exempt) (server-push streams such as
 //!   `WatchISLBEvent`) are not while their caller (`Call.nid`) is up, when the server is
 //!   told who is ([`Server::live_peers`]); they end when it leaves
-//!   ([`Running::close_peer`]) or is no longer up at an idle check.
+//!   ([`Running::close_peer`]) or is no longer up at an idle check;
+//! - fair limits: a call whose first request message (or half-close) has not come within
+//!   `first_message_timeout` is ended (`DEADLINE_EXCEEDED`); a `call` with more metadata
+//!   than `max_metadata_size`, or from a caller (its nid, else its inbox's prefix) with
+//!   `max_calls_per_peer` calls open, is refused (`RESOURCE_EXHAUSTED`); when `max_calls`
+//!   are open the oldest half-open call is ended to make room, and only a table full of
+//!   calls that did send their request refuses a new one. Refusals are counted by reason
+//!   (`islb_nrpc_refused_calls_total`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,6 +53,7 @@ use tracing::{debug, warn};
 use crate::frame::{self, Metadata};
 use crate::status::Status;
 use crate::subject;
+use crate::table::{Admission, CallState, Limits, Overdue, Table, peer_key};
 
 /// What a handler knows about its call.
 #[derive(Debug, Clone)]
@@ -153,37 +161,48 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     /// Most calls open at once.
     pub max_calls: usize,
+    /// Most calls open at once from one caller (its nid, else its inbox's prefix).
+    pub max_calls_per_peer: usize,
+    /// A call whose first request message (or half-close) has not come by then is ended.
+    pub first_message_timeout: Duration,
+    /// Largest call metadata (encoded), in bytes.
+    pub max_metadata_size: usize,
 }
 
 impl ServerConfig {
-    /// Defaults for `nid`: 10 minutes idle, 1 MiB messages, 10,000 calls.
+    /// Defaults for `nid`: 10 minutes idle, 1 MiB messages, 10,000 calls and 500 per
+    /// caller, 10 s for the first request message, 8 KiB of metadata (gRPC's usual
+    /// header limit).
     pub fn new(nid: impl Into<String>) -> Self {
         ServerConfig {
             nid: nid.into(),
             idle_timeout: Duration::from_secs(600),
             max_message_size: 1 << 20,
             max_calls: 10_000,
+            max_calls_per_peer: 500,
+            first_message_timeout: Duration::from_secs(10),
+            max_metadata_size: 8 << 10,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_calls: self.max_calls,
+            max_calls_per_peer: self.max_calls_per_peer,
+            max_metadata_size: self.max_metadata_size,
         }
     }
 }
 
-struct CallState {
-    tx: Option<mpsc::Sender<Bytes>>,
-    ctl: Arc<CallCtl>,
-    last: Instant,
-    peer_nid: String,
-    idle_exempt: bool,
-}
-
 /// Who ends a call: the first to [`finish`](CallCtl::finish) it sends its one `end` (or,
 /// for a cancel, nothing); everyone else stays quiet.
-struct CallCtl {
+pub(crate) struct CallCtl {
     cancel: CancellationToken,
     finished: AtomicBool,
 }
 
 impl CallCtl {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(CallCtl { cancel: CancellationToken::new(), finished: AtomicBool::new(false) })
     }
 
@@ -200,9 +219,9 @@ impl CallCtl {
     }
 }
 
-type Calls = Arc<Mutex<HashMap<String, CallState>>>;
+type Calls = Arc<Mutex<Table>>;
 
-fn lock(calls: &Calls) -> MutexGuard<'_, HashMap<String, CallState>> {
+fn lock(calls: &Calls) -> MutexGuard<'_, Table> {
     calls.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -255,7 +274,7 @@ impl Server {
     /// Subscribes every service and starts serving.
     pub async fn start(self) -> Result<Running, async_nats::SubscribeError> {
         let stop = CancellationToken::new();
-        let calls: Calls = Arc::new(Mutex::new(HashMap::new()));
+        let calls: Calls = Arc::new(Mutex::new(Table::default()));
         let active = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
         for service in self.services {
@@ -278,6 +297,7 @@ impl Server {
             client: self.client.clone(),
             calls: calls.clone(),
             idle: self.config.idle_timeout,
+            first: self.config.first_message_timeout,
             live_peers: self.live_peers.clone(),
         };
         tasks.spawn(reaper.run(stop.clone()));
@@ -320,7 +340,8 @@ impl Running {
         // The loops first: no call starts after the drain below.
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
-        let open: Vec<String> = lock(&self.calls).drain().filter(|(_, c)| c.ctl.stop()).map(|(k, _)| k).collect();
+        let open: Vec<String> =
+            lock(&self.calls).drain().into_iter().filter(|(_, c)| c.ctl.stop()).map(|(k, _)| k).collect();
         for reply in open {
             let _ = send_end(&self.client, reply, &Err(Status::unavailable("the server is shutting down"))).await;
         }
@@ -348,6 +369,11 @@ struct Loop {
 
 fn bad(reason: &'static str) {
     metrics::counter!("islb_nrpc_bad_frames_total", "reason" => reason).increment(1);
+}
+
+/// Counts a call refused or ended by a limit.
+fn refused(reason: &'static str) {
+    metrics::counter!("islb_nrpc_refused_calls_total", "reason" => reason).increment(1);
 }
 
 impl Loop {
@@ -401,6 +427,7 @@ impl Loop {
                     match calls.get_mut(reply.as_str()) {
                         Some(state) => {
                             state.last = Instant::now();
+                            state.awaiting_first = false;
                             match &state.tx {
                                 Some(tx) => match tx.try_send(Bytes::from(data.data)) {
                                     Ok(()) => false,
@@ -443,6 +470,7 @@ impl Loop {
                     }
                     Some(state) => {
                         state.last = Instant::now();
+                        state.awaiting_first = false;
                         state.tx = None; // half-close
                     }
                     // A late half-close of a finished call (Go unary clients send one).
@@ -475,30 +503,50 @@ impl Loop {
         let ctl = CallCtl::new();
         // Exempt calls are still ended when the server knows no live peers (no `live_peers`).
         let idle_exempt = !call.nid.is_empty() && self.service.idle_exempt(method);
-        let refused = {
+        let peer = peer_key(&call.nid, reply.as_str());
+        let metadata = call.metadata.as_ref().map_or(0, |m| m.encoded_len());
+        let limits = self.config.limits();
+        let (admission, evicted) = {
             let mut calls = lock(&self.calls);
-            if calls.contains_key(reply.as_str()) {
+            if calls.contains(reply.as_str()) {
                 bad("duplicate_call");
                 return;
             }
-            let full = calls.len() >= self.config.max_calls;
-            if !full {
+            let admission = calls.admit(&peer, metadata, &limits);
+            // The evicted call is claimed here, so nothing else sends it an end.
+            let evicted = match &admission {
+                Admission::Evict(old) => calls.remove(old).filter(|c| c.ctl.stop()).map(|_| old.clone()),
+                _ => None,
+            };
+            if !matches!(admission, Admission::Refuse(_)) {
+                let now = Instant::now();
                 calls.insert(
                     reply.to_string(),
                     CallState {
                         tx: Some(tx),
                         ctl: ctl.clone(),
-                        last: Instant::now(),
+                        last: now,
+                        opened: now,
                         peer_nid: call.nid.clone(),
+                        peer,
                         idle_exempt,
+                        awaiting_first: true,
                     },
                 );
             }
-            full
+            (admission, evicted)
         };
-        if refused {
-            bad("too_many_calls");
-            self.end(&reply, Err(Status::resource_exhausted("too many calls open"))).await;
+        if let Some(old) = evicted {
+            refused("evicted_half_open");
+            let status = Status::resource_exhausted(
+                "ended to make room: the server is full and this call never sent its request",
+            );
+            let _ = send_end(&self.client, old, &Err(status)).await;
+        }
+        if let Admission::Refuse(why) = admission {
+            refused(why.reason());
+            debug!(reason = why.reason(), inbox = %reply, peer = %call.nid, "nrpc call refused");
+            self.end(&reply, Err(why.status(&limits, metadata))).await;
             return;
         }
         let info = CallInfo {
@@ -558,48 +606,56 @@ impl Loop {
     }
 }
 
-/// Ends calls that received nothing for `idle` (exempt ones: once their caller is down).
+/// Ends calls whose request never came within `first`, and calls that received nothing for
+/// `idle` (exempt ones: once their caller is down).
 struct Reaper {
     client: Client,
     calls: Calls,
     idle: Duration,
+    first: Duration,
     live_peers: Option<LivePeers>,
 }
 
 impl Reaper {
     async fn run(self, stop: CancellationToken) {
-        let tick = (self.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let tick = (self.idle.min(self.first) / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = stop.cancelled() => return,
             }
-            for reply in self.stale() {
-                metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1);
-                let status = Status::deadline_exceeded(format!("call idle for {:?}: ended", self.idle));
+            for (reply, why) in self.stale() {
+                let status = match why {
+                    Overdue::NoRequest => {
+                        Status::deadline_exceeded(format!("no request message within {:?}: ended", self.first))
+                    }
+                    Overdue::Idle => Status::deadline_exceeded(format!("call idle for {:?}: ended", self.idle)),
+                };
                 let _ = send_end(&self.client, reply, &Err(status)).await;
             }
         }
     }
 
-    /// Takes the calls to end (each claimed, so nothing else ends them too).
-    fn stale(&self) -> Vec<String> {
+    /// Takes the calls to end (each claimed, so nothing else ends them too) and counts
+    /// them (before their handlers see the cancel).
+    fn stale(&self) -> Vec<(String, Overdue)> {
         let now = Instant::now();
-        let idle = |c: &CallState| now.duration_since(c.last) >= self.idle;
-        let exempt_idle = lock(&self.calls).values().any(|c| c.idle_exempt && idle(c));
+        let exempt_idle = lock(&self.calls).values().any(|c| c.idle_exempt && now.duration_since(c.last) >= self.idle);
         // Asked outside the calls lock, and only when needed.
         let live = match &self.live_peers {
             Some(peers) if exempt_idle => peers(),
             _ => HashSet::new(),
         };
-        let mut stale = Vec::new();
-        lock(&self.calls).retain(|k, c| {
-            let keep = !idle(c) || (c.idle_exempt && live.contains(&c.peer_nid));
-            if !keep && c.ctl.stop() {
-                stale.push(k.clone());
+        let mut calls = lock(&self.calls);
+        let due = calls.overdue(now, self.first, self.idle, |c| c.idle_exempt && live.contains(&c.peer_nid));
+        let stale: Vec<_> =
+            due.into_iter().filter(|(reply, _)| calls.remove(reply).is_some_and(|c| c.ctl.stop())).collect();
+        for (_, why) in &stale {
+            match why {
+                Overdue::NoRequest => refused("first_message_timeout"),
+                Overdue::Idle => metrics::counter!("islb_nrpc_idle_calls_ended_total").increment(1),
             }
-            keep
-        });
+        }
         stale
     }
 }

@@ -315,6 +315,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         client.clone(),
         islb_nrpc::ServerConfig {
             max_message_size: cfg.max_message_size,
+            max_calls: cfg.nrpc_max_calls,
+            max_calls_per_peer: cfg.nrpc_max_calls_per_peer,
+            first_message_timeout: cfg.nrpc_first_message_timeout,
+            max_metadata_size: cfg.nrpc_max_metadata_size,
             ..islb_nrpc::ServerConfig::new(cfg.nid.clone())
         },
     );

@@ -303,3 +303,53 @@ async fn islb_rpc_call_sends_several_messages_to_a_stream_and_one_to_a_unary_met
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Publishes `n` `call` frames for FindNode and nothing after, each on the reply inbox
+/// `inbox(i)`, with `md` as metadata.
+async fn half_open_calls(
+    conn: &async_nats::Client,
+    nid: &str,
+    n: usize,
+    md: &Metadata,
+    inbox: impl Fn(usize) -> String,
+) {
+    let subject = format!("nrpc.{nid}.islb.ISLB.FindNode");
+    for i in 0..n {
+        let frame = islb_nrpc::frame::call(&subject, md, "");
+        conn.publish_with_reply(subject.clone(), inbox(i), frame).await.unwrap();
+    }
+    conn.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_holding_half_open_calls_never_shuts_out_find_node() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &["--nrpc-max-calls", "1000", "--nrpc-first-message-timeout", "3s"]);
+    let ka = KeepAlive::start(&nats, &sfus(2), Duration::from_secs(1)).await;
+    let attacker = async_nats::connect(nats.url()).await.unwrap();
+    // What locked every caller out before: thousands of calls with 10 KB of metadata each,
+    // then from one inbox prefix, then each from an inbox of its own.
+    let heavy = Metadata::from([("x-pad".to_owned(), vec!["p".repeat(10_000)])]);
+    half_open_calls(&attacker, &islb.nid, 2_000, &heavy, |i| format!("_INBOX.heavy.{i}")).await;
+    half_open_calls(&attacker, &islb.nid, 2_000, &Metadata::new(), |i| format!("_INBOX.one.{i}")).await;
+    half_open_calls(&attacker, &islb.nid, 3_000, &Metadata::new(), |i| format!("_INBOX.m{i}.x")).await;
+    // A signal node's FindNode calls, meanwhile, are all answered.
+    let client = Client::new(async_nats::connect(nats.url()).await.unwrap(), islb.nid.clone(), "signal-1");
+    for i in 0..20 {
+        let req = pb::FindNodeRequest { sid: format!("room-{i}"), service: "rtc".into(), nid: String::new() };
+        let reply: pb::FindNodeReply = client.call("/islb.ISLB/FindNode", &req, &Metadata::new(), T).await.unwrap();
+        assert_eq!(reply.nodes.len(), 1, "{reply:?}");
+    }
+    let refused = |reason: &str| islb.metric(&format!("islb_nrpc_refused_calls_total{{reason=\"{reason}\"}}"));
+    assert_eq!(refused("metadata_too_large"), Some(2_000.0));
+    assert_eq!(refused("peer_limit"), Some(1_500.0), "500 per caller by default");
+    let evicted = refused("evicted_half_open").unwrap_or(0.0);
+    assert!(evicted >= 2_500.0, "{evicted} evicted: 3,500 half-open calls let in, at most 1,000 open");
+    // The half-open calls left are ended by the first-message deadline: each of the 3,500
+    // let in ends one way or the other.
+    let active = || islb.metric("islb_nrpc_active_calls").unwrap_or(-1.0);
+    let why = || format!("{} calls still open", active());
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || active() == 0.0, why).await;
+    assert_eq!(refused("first_message_timeout").unwrap_or(0.0) + evicted, 3_500.0);
+    drop(ka);
+}

@@ -94,6 +94,19 @@ pub struct Settings {
     /// Most sessions placed on a node that reports no capacity; 0 for no limit
     #[arg(long, env = "ISLB_DEFAULT_CAPACITY", value_name = "SESSIONS", default_value = "0")]
     pub default_capacity: Option<u64>,
+    /// Most gRPC (nrpc) calls open at once; when full, the oldest call that never sent its request makes room
+    #[arg(long, env = "ISLB_NRPC_MAX_CALLS", value_name = "CALLS", default_value = "10000")]
+    pub nrpc_max_calls: Option<usize>,
+    /// Most gRPC calls open at once from one caller (its node id, else its reply inbox's prefix)
+    #[arg(long, env = "ISLB_NRPC_MAX_CALLS_PER_PEER", value_name = "CALLS", default_value = "500")]
+    pub nrpc_max_calls_per_peer: Option<usize>,
+    /// A gRPC call whose request message has not come by then is ended
+    #[arg(long, env = "ISLB_NRPC_FIRST_MESSAGE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[serde(default, with = "values::opt_duration")]
+    pub nrpc_first_message_timeout: Option<Duration>,
+    /// Largest gRPC call metadata (encoded), in bytes
+    #[arg(long, env = "ISLB_NRPC_MAX_METADATA_SIZE", value_name = "BYTES", default_value = "8192")]
+    pub nrpc_max_metadata_size: Option<usize>,
     /// HMAC secret to verify the JWT in a lookup's authorization (HS256/384/512); unset: claims are only decoded
     #[arg(long, env = "ISLB_JWT_KEY", value_name = "SECRET", hide_env_values = true)]
     pub jwt_key: Option<String>,
@@ -202,6 +215,15 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Capacity (sessions) of nodes that report none; 0: unlimited.
     pub default_capacity: u64,
+    /// Most nrpc calls open at once.
+    pub nrpc_max_calls: usize,
+    /// Most nrpc calls open at once per caller.
+    pub nrpc_max_calls_per_peer: usize,
+    /// Deadline for an nrpc call's first request message.
+    #[serde(with = "values::duration")]
+    pub nrpc_first_message_timeout: Duration,
+    /// Largest nrpc call metadata.
+    pub nrpc_max_metadata_size: usize,
     /// HMAC secret to verify JWTs in `authorization` (none: claims are only decoded).
     #[serde(default)]
     pub jwt_key: Option<String>,
@@ -272,6 +294,24 @@ impl Config {
         }
         if self.store_timeout.is_zero() {
             return bad("store-timeout", "must be more than 0".into());
+        }
+        for (key, value) in [
+            ("nrpc-max-calls", self.nrpc_max_calls),
+            ("nrpc-max-calls-per-peer", self.nrpc_max_calls_per_peer),
+            ("nrpc-max-metadata-size", self.nrpc_max_metadata_size),
+        ] {
+            if value == 0 {
+                return bad(key, "must be more than 0".into());
+            }
+        }
+        if self.nrpc_max_calls_per_peer > self.nrpc_max_calls {
+            return bad(
+                "nrpc-max-calls-per-peer",
+                format!("{} is more than nrpc-max-calls ({})", self.nrpc_max_calls_per_peer, self.nrpc_max_calls),
+            );
+        }
+        if self.nrpc_first_message_timeout < Duration::from_millis(100) {
+            return bad("nrpc-first-message-timeout", "must be at least 100ms".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return bad("log-level", format!("{:?}: {e}", self.log_level));
@@ -467,6 +507,15 @@ db = 0
             (Settings { expire: Some(Duration::from_millis(10)), ..Settings::default() }, "expire"),
             (Settings { log_level: Some("info,[".into()), ..Settings::default() }, "log-level"),
             (Settings { max_message_size: Some(10), ..Settings::default() }, "max-message-size"),
+            (Settings { nrpc_max_calls: Some(0), ..Settings::default() }, "nrpc-max-calls"),
+            (
+                Settings { nrpc_max_calls: Some(10), nrpc_max_calls_per_peer: Some(11), ..Settings::default() },
+                "nrpc-max-calls-per-peer",
+            ),
+            (
+                Settings { nrpc_first_message_timeout: Some(Duration::ZERO), ..Settings::default() },
+                "nrpc-first-message-timeout",
+            ),
         ] {
             let err = Config::load(None, &over).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{key}: ")), "{key}: {err}");
@@ -526,10 +575,8 @@ db = 0
             .into_iter()
             .filter(|(k, v)| !v.is_empty() && k != "jwt-key" && k != "placement-services")
             .map(|(k, v)| {
-                format!(
-                    "{k} = {}\n",
-                    if k == "max-message-size" || k == "default-capacity" { v } else { format!("{v:?}") }
-                )
+                // Numbers as numbers, everything else (durations too) as strings.
+                format!("{k} = {}\n", if v.parse::<u64>().is_ok() { v } else { format!("{v:?}") })
             })
             .collect();
         let f = file(&text);
