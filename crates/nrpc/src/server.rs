@@ -35,7 +35,7 @@
 //!   (`islb_nrpc_refused_calls_total`).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ use tracing::{debug, warn};
 use crate::frame::{self, Metadata};
 use crate::status::Status;
 use crate::subject;
-use crate::table::{Admission, CallState, Limits, Overdue, Table, peer_key};
+use crate::table::{Admission, CallCtl, CallState, Limits, Overdue, Table, peer_key};
 
 /// What a handler knows about its call.
 #[derive(Debug, Clone)]
@@ -191,31 +191,6 @@ impl ServerConfig {
             max_calls_per_peer: self.max_calls_per_peer,
             max_metadata_size: self.max_metadata_size,
         }
-    }
-}
-
-/// Who ends a call: the first to [`finish`](CallCtl::finish) it sends its one `end` (or,
-/// for a cancel, nothing); everyone else stays quiet.
-pub(crate) struct CallCtl {
-    cancel: CancellationToken,
-    finished: AtomicBool,
-}
-
-impl CallCtl {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(CallCtl { cancel: CancellationToken::new(), finished: AtomicBool::new(false) })
-    }
-
-    /// Claims the end of the call: true only for the first claim.
-    fn finish(&self) -> bool {
-        !self.finished.swap(true, Ordering::AcqRel)
-    }
-
-    /// Claims the end and cancels the handler; true if this claim was first.
-    fn stop(&self) -> bool {
-        let first = self.finish();
-        self.cancel.cancel();
-        first
     }
 }
 

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::server::CallCtl;
 use crate::status::Status;
 
 /// One open call.
@@ -29,6 +30,31 @@ pub(crate) struct CallState {
     pub(crate) idle_exempt: bool,
     /// No request message and no half-close yet.
     pub(crate) awaiting_first: bool,
+}
+
+/// Who ends a call: the first to [`finish`](CallCtl::finish) it sends its one `end` (or,
+/// for a cancel, nothing); everyone else stays quiet.
+pub(crate) struct CallCtl {
+    pub(crate) cancel: CancellationToken,
+    finished: AtomicBool,
+}
+
+impl CallCtl {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(CallCtl { cancel: CancellationToken::new(), finished: AtomicBool::new(false) })
+    }
+
+    /// Claims the end of the call: true only for the first claim.
+    pub(crate) fn finish(&self) -> bool {
+        !self.finished.swap(true, Ordering::AcqRel)
+    }
+
+    /// Claims the end and cancels the handler; true if this claim was first.
+    pub(crate) fn stop(&self) -> bool {
+        let first = self.finish();
+        self.cancel.cancel();
+        first
+    }
 }
 
 /// The bounds a new call must fit.

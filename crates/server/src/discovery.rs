@@ -8,7 +8,9 @@
 //!   next batch (every [`FLUSH_INTERVAL`]);
 //! - **new node, changed node, delete**: one store call decides (atomically, for replicas)
 //!   what happened, then the view is updated and events are published;
-//! - **get**: answered from the view, with encoded replies cached until the answer changes;
+//! - **get**: answered from the view: a placed service by [`Placement`](crate::placement),
+//!   another named service best first by load with ties at random (callers take the
+//!   first node), listings (`*`, by nid) in key order, cached until the answer changes;
 //! - **bad input**: a `Response{Success: false, Reason}` when there is a reply subject, a
 //!   counter, a rate-limited warning; nothing else changes.
 //!
@@ -314,6 +316,11 @@ impl Discovery {
             return self.placement.lookup(lookup).await;
         }
         self.placement.catch_up().await;
+        // A caller after one node of a service (ion's signal takes the first): spread, so
+        // not cached. Listings (`*`, a nid, an operator's) come in key order, cached.
+        if lookup.service != "*" && lookup.nid.is_none() && !lookup.operator_listing() {
+            return reply::nodes(&self.placement.spread_lookup(lookup));
+        }
         let key: CacheKey = (lookup.service.clone(), lookup.nid.clone(), lookup.include_placed());
         let found = self.shared.with(|s| {
             let generation = s.replica.registry.generation(&lookup.service);

@@ -170,13 +170,18 @@ impl Placement {
         }
     }
 
-    /// A `get` of a placed service.
-    pub(crate) async fn lookup(&self, lookup: &Lookup) -> Bytes {
-        let prefer_dc = islb_core::command::param_string(&lookup.params, "dc")
+    /// The DC a lookup prefers: its `dc` parameter, else this islb's.
+    fn prefer_dc(&self, lookup: &Lookup) -> String {
+        islb_core::command::param_string(&lookup.params, "dc")
             .ok()
             .flatten()
             .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| self.config.dc.clone());
+            .unwrap_or_else(|| self.config.dc.clone())
+    }
+
+    /// A `get` of a placed service.
+    pub(crate) async fn lookup(&self, lookup: &Lookup) -> Bytes {
+        let prefer_dc = self.prefer_dc(lookup);
         let sid = match session_key(&lookup.params, self.config.jwt_key.as_ref(), self.shared.now()) {
             Ok(k) => k,
             Err(e) => {
@@ -231,29 +236,43 @@ impl Placement {
     /// when no node has room, no node at all (ion's signal takes the first node it is
     /// given, so a full one must not be offered).
     fn place_unnamed(&self, service: &str, prefer_dc: &str) -> Vec<Arc<Node>> {
-        let session = format!("unnamed-{}", random());
-        let mut placed = false;
-        let mut any = false;
-        let order = self.rank_candidates(service, prefer_dc, &session, |sessions, first, now| {
-            any = first.is_some();
-            if let Some(first) = first.filter(|c| c.eligible()) {
-                sessions.note_unnamed(&first.key.as_str().into(), now);
-                placed = true;
-            }
-        });
+        let (order, placed) = self.spread(service, prefer_dc);
         if placed {
             metrics::counter!("islb_placements_total", "outcome" => "unnamed").increment(1);
             return order;
         }
         metrics::counter!("islb_placements_total", "outcome" => "no_capacity").increment(1);
         if let Some(suppressed) = self.capacity_log.allow() {
-            if any {
-                warn!(service, suppressed, "no node of the service has room: unnamed lookup answered with no node");
-            } else {
+            if order.is_empty() {
                 warn!(service, suppressed, "no node of the service is registered: lookup answered with no node");
+            } else {
+                warn!(service, suppressed, "no node of the service has room: unnamed lookup answered with no node");
             }
         }
         Vec::new()
+    }
+
+    /// A `get` of a service islb does not place (Go mode, or `signal`, `islb`...) by a
+    /// caller that takes the first node: every live node, best first by load, with ties
+    /// broken at random (Go answers in random order; key order would send every caller to
+    /// one node). The first is noted as an unnamed placement, so a burst of calls between
+    /// two load reports spreads too. Nothing is hidden: full and draining nodes come last.
+    pub(crate) fn spread_lookup(&self, lookup: &Lookup) -> Vec<Arc<Node>> {
+        self.spread(&lookup.service, &self.prefer_dc(lookup)).0
+    }
+
+    /// Every live node of `service` ranked for a random session key, the first noted as an
+    /// unnamed placement if it has room: (the order, whether it had room).
+    fn spread(&self, service: &str, prefer_dc: &str) -> (Vec<Arc<Node>>, bool) {
+        let session = format!("unnamed-{}", random());
+        let mut placed = false;
+        let order = self.rank_candidates(service, prefer_dc, &session, |sessions, first, now| {
+            if let Some(first) = first.filter(|c| c.eligible()) {
+                sessions.note_unnamed(&first.key.as_str().into(), now);
+                placed = true;
+            }
+        });
+        (order, placed)
     }
 
     /// The live nodes of `service` ranked for `session`; `first` sees the best candidate

@@ -307,3 +307,33 @@ async fn islb_watches_the_cluster_as_an_ion_node_does() {
     let (_, metrics) = islb.http_get("/metrics");
     assert!(metrics.contains("islb_watched_nodes 3"), "{metrics}");
 }
+
+/// Go mode: ion's signal takes the first node of an unnamed `get rtc`, so the answer must
+/// not always start with the same node (key order did; Go's is random).
+#[tokio::test]
+async fn in_go_mode_an_unnamed_get_is_best_first_by_load_with_ties_spread() {
+    let nats = NatsServer::start();
+    let _islb = Islb::start(&nats, &["--placement-services", "", "--expire", "30s"]);
+    let peer = Peer::connect(&nats).await;
+    let mut nodes = crate::harness::sfus(4);
+    nodes[3].extra_info.insert("load".into(), Value::Float64(0.9));
+    for n in &nodes {
+        assert!(peer.send("save", n).await.success);
+    }
+    let mut firsts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..300 {
+        let got = peer.get("rtc", &[]).await;
+        assert_eq!(got.len(), 4, "every node is answered");
+        assert_eq!(got[3].nid, "sfu-3", "the loaded node comes last");
+        *firsts.entry(got[0].nid.clone()).or_default() += 1;
+    }
+    // Three equally loaded nodes: each is first about 100 times.
+    assert_eq!(firsts.keys().collect::<Vec<_>>(), ["sfu-0", "sfu-1", "sfu-2"], "{firsts:?}");
+    assert!(firsts.values().all(|&n| n >= 60), "spread: {firsts:?}");
+    // Listings stay in key order.
+    let all: Vec<String> = peer.get("*", &[]).await.into_iter().map(|n| n.nid).collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all.iter().filter(|n| n.starts_with("sfu-")).count(), 4);
+    assert_eq!(all, sorted, "{all:?}");
+}
