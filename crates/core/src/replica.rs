@@ -152,6 +152,8 @@ pub struct Replica {
     /// The session table and drain marks.
     pub sessions: Sessions,
     store: StoreView,
+    /// The messaging link (NATS) is lost: keep-alives cannot arrive, so nothing expires.
+    link_down: bool,
     node_touches: HashMap<NodeKey, Timestamp>,
     session_touches: HashMap<Arc<str>, Timestamp>,
     last_idle_sweep: Option<Timestamp>,
@@ -164,6 +166,7 @@ impl Replica {
             registry,
             sessions: Sessions::new(),
             store: StoreView::default(),
+            link_down: false,
             node_touches: HashMap::new(),
             session_touches: HashMap::new(),
             last_idle_sweep: None,
@@ -329,10 +332,10 @@ impl Replica {
     // ---- expiry -------------------------------------------------------------------
 
     /// When to look for due nodes next: `None` while the store is out of reach (a replica
-    /// that cannot see the shared state must not declare nodes dead), the end of the grace
-    /// period, or the earliest deadline.
+    /// that cannot see the shared state must not declare nodes dead) or the link is lost
+    /// (no keep-alive can arrive), the end of the grace period, or the earliest deadline.
     pub fn next_expiry(&self, now: Timestamp) -> Option<Option<Timestamp>> {
-        if self.store.down {
+        if self.store.down || self.link_down {
             return None;
         }
         Some(match self.store.grace_until.filter(|g| *g > now) {
@@ -345,6 +348,7 @@ impl Replica {
     /// some deadline has passed.
     pub fn expiry_due(&self, now: Timestamp) -> bool {
         !self.store.down
+            && !self.link_down
             && self.store.grace_until.is_none_or(|g| g <= now)
             && self.registry.next_deadline().is_some_and(|d| d <= now)
     }
@@ -492,6 +496,31 @@ impl Replica {
         self.store.grace_until = Some(grace);
         self.store.down = false;
         grace
+    }
+
+    // ---- the link (NATS) ---------------------------------------------------------
+
+    /// The link to the nodes (NATS) is lost: until it is back nothing expires, since no
+    /// keep-alive can arrive. Returns whether it counted as up until now.
+    pub fn link_lost(&mut self) -> bool {
+        !std::mem::replace(&mut self.link_down, true)
+    }
+
+    /// The link is back at `now`: no node expires before the returned end of the grace
+    /// period (one expiry from `now`), so every node that kept trying has had a full period
+    /// to get a keep-alive through. `None` if it was not lost.
+    pub fn link_back(&mut self, now: Timestamp) -> Option<Timestamp> {
+        if !std::mem::replace(&mut self.link_down, false) {
+            return None;
+        }
+        let grace = self.registry.deadline(now);
+        self.store.grace_until = self.store.grace_until.max(Some(grace));
+        Some(grace)
+    }
+
+    /// Whether the link counts as up.
+    pub fn link_up(&self) -> bool {
+        !self.link_down
     }
 
     /// Holds a node write until the store is back (the latest write of a node wins).
@@ -684,6 +713,30 @@ mod tests {
         assert!(!r.expiry_due(late.plus_ms(1_999)));
         assert_eq!(r.next_expiry(late), Some(Some(grace)));
         assert!(r.expiry_due(grace));
+    }
+
+    #[test]
+    fn nothing_expires_while_the_link_is_lost_or_for_one_period_after_it_is_back() {
+        let mut r = replica();
+        saved(&mut r, "a", T0);
+        assert_eq!(r.link_back(T0), None, "a link never lost gives no grace");
+        assert!(r.expiry_due(T0.plus_ms(2_000)));
+        assert!(r.link_lost() && !r.link_lost() && !r.link_up());
+        let late = T0.plus_ms(60_000);
+        assert!(!r.expiry_due(late));
+        assert_eq!(r.next_expiry(late), None);
+        assert_eq!(r.link_back(late), Some(late.plus_ms(2_000)));
+        assert!(r.link_up());
+        assert!(!r.expiry_due(late.plus_ms(1_999)));
+        assert_eq!(r.next_expiry(late), Some(Some(late.plus_ms(2_000))));
+        assert!(r.expiry_due(late.plus_ms(2_000)));
+        // Both at once: the store's outage holds expiry too, and the later grace wins.
+        r.store_failed(false);
+        r.link_lost();
+        let grace = r.store_back(late.plus_ms(10_000));
+        assert!(!r.expiry_due(grace), "the link is still lost");
+        assert_eq!(r.link_back(late.plus_ms(5_000)), Some(late.plus_ms(7_000)));
+        assert_eq!(r.next_expiry(late.plus_ms(5_000)), Some(Some(grace)), "the store's later grace stands");
     }
 
     #[test]

@@ -367,6 +367,42 @@ impl Discovery {
         self.expiry_wake.notify_one();
     }
 
+    /// The NATS connection is lost: keep-alives cannot arrive, so nothing expires until it
+    /// is back (a delete published meanwhile would go out on reconnection, for nodes that
+    /// only could not reach islb).
+    pub fn link_lost(&self) {
+        if self.shared.with(|s| s.replica.link_lost()) {
+            warn!("NATS lost: no node expires until the connection is back and has lasted one expiry period");
+        }
+    }
+
+    /// The NATS connection is back (resubscribed): every node gets one expiry period from
+    /// now to get a keep-alive through before anything expires.
+    pub fn link_back(&self) {
+        let now = self.shared.now();
+        if let Some(until) = self.shared.with(|s| s.replica.link_back(now)) {
+            info!(until = %until, "NATS back: nodes have until then to keep alive before any expires");
+            self.expiry_wake.notify_one();
+        }
+    }
+
+    /// Follows the NATS connection's state until `stop` ([`link_lost`](Self::link_lost),
+    /// [`link_back`](Self::link_back)).
+    pub async fn follow_link(self: Arc<Self>, mut link: crate::nats::Link, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        // The client is gone (shutdown): nothing more to follow.
+                        return stop.cancelled().await;
+                    }
+                    if *link.borrow_and_update() { self.link_back() } else { self.link_lost() }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
     /// Keeps this replica and the store in step until `stop`: follows the change feed of a
     /// shared store every second, moves sessions whose drain deadline passed, releases idle
     /// ones; while the store is out of reach, probes it every [`PROBE_INTERVAL`] and, once

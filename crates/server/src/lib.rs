@@ -244,7 +244,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let listener = tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(listen_error)?;
     let http_addr = listener.local_addr().map_err(listen_error)?;
 
-    let client = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
+    let (client, link) = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
     let (store, unreachable) = open_store(&cfg).await?;
     info!(store = %cfg.store, kind = store.kind(), "store open");
     let registry = Registry::new(RegistryConfig {
@@ -309,6 +309,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         selfreg::keepalive_loop(client.clone(), me.clone(), cfg.keepalive_interval, tasks_stop.clone()),
     );
     tasks.spawn("watched view", watched.clone().run(client.clone(), tasks_stop.clone()));
+    tasks.spawn("NATS link", discovery.clone().follow_link(link, tasks_stop.clone()));
 
     // gRPC over NATS: islb.ISLB, islb.Admin and reflection on nrpc.<nid>.…
     let mut rpc_server = islb_nrpc::Server::new(

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -43,32 +44,43 @@ pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
         .collect()
 }
 
+/// Whether the connection is up, as its events tell (true from the first connection).
+pub type Link = watch::Receiver<bool>;
+
 /// Connects to NATS, retrying with exponential backoff (100 ms doubling to 2 s) until
 /// `cfg.nats_connect_timeout`, logging each failed attempt. The client then reconnects
-/// by itself forever.
-pub async fn connect(cfg: &Config, name: &str) -> Result<Client, NatsError> {
+/// by itself forever (resubscribing); the [`Link`] follows the connection.
+pub async fn connect(cfg: &Config, name: &str) -> Result<(Client, Link), NatsError> {
     let addrs = parse_urls(&cfg.nats_url)?;
     let masked = mask_url(&cfg.nats_url);
     let start = Instant::now();
     let deadline = start + cfg.nats_connect_timeout;
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
+    let (link_tx, link) = watch::channel(true);
     loop {
         attempt += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let url_for_events = masked.clone();
+        let link_tx = link_tx.clone();
         let opts = ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(left.clamp(Duration::from_millis(100), Duration::from_secs(5)))
             .event_callback(move |event| {
+                match event {
+                    Event::Connected => link_tx.send_replace(true),
+                    Event::Disconnected => link_tx.send_replace(false),
+                    _ => true,
+                };
                 let url = url_for_events.clone();
                 async move { log_event(&url, event) }
             });
         match opts.connect(addrs.clone()).await {
             Ok(client) => {
                 info!(url = %masked, attempts = attempt, "connected to NATS");
-                return Ok(client);
+                return Ok((client, link));
             }
             Err(e) => {
                 if Instant::now() + delay >= deadline {
@@ -86,6 +98,13 @@ pub async fn connect(cfg: &Config, name: &str) -> Result<Client, NatsError> {
             }
         }
     }
+}
+
+/// How long to wait before reconnection attempt `attempts`: at once, then 250 ms more per
+/// attempt up to 2 s (Go's nats.go waits 2 s; the library's default grows to 4 s, which
+/// would keep islb away longer than ion's nodes after a NATS server restart).
+fn reconnect_delay(attempts: usize) -> Duration {
+    Duration::from_millis(250 * attempts.saturating_sub(1) as u64).min(Duration::from_secs(2))
 }
 
 fn log_event(url: &str, event: Event) {
@@ -114,6 +133,12 @@ pub(crate) fn connected(client: &async_nats::Client) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnection_starts_at_once_and_waits_at_most_two_seconds() {
+        let delays: Vec<u128> = (0..12).map(|n| reconnect_delay(n).as_millis()).collect();
+        assert_eq!(delays, [0, 0, 250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2000, 2000]);
+    }
 
     #[test]
     fn url_lists_parse_and_bad_urls_are_named() {

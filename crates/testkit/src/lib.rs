@@ -123,6 +123,14 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: TempDir,
     port: u16,
+    cluster: Option<Cluster>,
+}
+
+/// A server's place in a cluster: its route port and the other servers' route ports.
+#[derive(Debug, Clone, Default)]
+struct Cluster {
+    port: u16,
+    routes: Vec<u16>,
 }
 
 impl NatsServer {
@@ -130,9 +138,50 @@ impl NatsServer {
     /// accepts connections.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
-        let mut server = NatsServer { child: None, dir, port: 0 };
+        let mut server = NatsServer { child: None, dir, port: 0, cluster: None };
         server.spawn(None);
         server
+    }
+
+    /// Starts `n` servers routed to each other (a NATS cluster on loopback, every port
+    /// picked by the servers), and waits until every route is up. A server stopped and
+    /// restarted ([`NatsServer::restart`]) comes back on its ports and rejoins.
+    pub fn cluster(n: usize) -> Vec<Self> {
+        let mut servers: Vec<NatsServer> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
+            let routes = servers.iter().filter_map(|s| s.cluster.as_ref().map(|c| c.port)).collect();
+            let mut server = NatsServer { child: None, dir, port: 0, cluster: Some(Cluster { port: 0, routes }) };
+            server.spawn(None);
+            servers.push(server);
+        }
+        // From now on each server routes to every other (for its restarts).
+        let ports: Vec<u16> = servers.iter().filter_map(|s| s.cluster.as_ref().map(|c| c.port)).collect();
+        for s in &mut servers {
+            let c = s.cluster.as_mut().expect("a cluster member");
+            c.routes = ports.iter().copied().filter(|p| *p != c.port).collect();
+        }
+        for s in &servers {
+            s.wait_for_routes(n - 1);
+        }
+        servers
+    }
+
+    /// Waits until the server's log shows `n` routes up (each side logs its own).
+    fn wait_for_routes(&self, n: usize) {
+        let routes = || {
+            let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+            let up = log.matches("Route connection created").count();
+            let down = log.matches("Route connection closed").count();
+            (up.saturating_sub(down) >= n).then_some(())
+        };
+        if poll(START_TIMEOUT, Duration::from_millis(20), routes).is_none() {
+            panic!(
+                "nats-server on {} did not route to {n} others within {START_TIMEOUT:?}; its log:\n{}",
+                self.port,
+                fs::read_to_string(self.log_path()).unwrap_or_default()
+            );
+        }
     }
 
     fn spawn(&mut self, port: Option<u16>) {
@@ -147,20 +196,29 @@ impl NatsServer {
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .arg("-l")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .arg(&log);
+        if let Some(c) = &self.cluster {
+            let listen = if c.port == 0 { "-1".to_owned() } else { c.port.to_string() };
+            cmd.args(["--cluster_name", "islb-test", "--cluster", &format!("nats://127.0.0.1:{listen}")]);
+            if !c.routes.is_empty() {
+                let routes: Vec<String> = c.routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+                cmd.args(["--routes", &routes.join(",")]);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawning nats-server");
-        let port =
-            poll(START_TIMEOUT, Duration::from_millis(10), || read_ports_file(&ports_dir)).unwrap_or_else(|| {
+        let port = poll(START_TIMEOUT, Duration::from_millis(10), || read_ports_file(&ports_dir, "nats"))
+            .unwrap_or_else(|| {
                 panic!(
                     "nats-server wrote no ports file within {START_TIMEOUT:?}; its log:\n{}",
                     fs::read_to_string(&log).unwrap_or_default()
                 )
             });
         self.port = port;
+        if let Some(c) = self.cluster.as_mut().filter(|c| c.port == 0) {
+            c.port = read_ports_file(&ports_dir, "cluster").expect("a cluster port in the ports file");
+        }
         self.child = Some(child);
         wait_for_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "nats-server", &log);
     }
@@ -227,11 +285,12 @@ impl Drop for NatsServer {
     }
 }
 
-fn read_ports_file(dir: &Path) -> Option<u16> {
+/// The port of `kind` (`nats`, `cluster`) in the ports file nats-server wrote to `dir`.
+fn read_ports_file(dir: &Path, kind: &str) -> Option<u16> {
     let entry = fs::read_dir(dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
     let text = fs::read_to_string(entry.path()).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let url = json.get("nats")?.as_array()?.first()?.as_str()?;
+    let url = json.get(kind)?.as_array()?.first()?.as_str()?;
     url.rsplit(':').next()?.parse().ok()
 }
 

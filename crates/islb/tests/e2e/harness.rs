@@ -132,7 +132,7 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) async fn connect(nats: &NatsServer) -> Peer {
-        Peer { client: async_nats::connect(nats.url()).await.expect("NATS connection") }
+        Peer { client: connect(&nats.url()).await }
     }
 
     /// save/update/delete: the registry's Response.
@@ -172,6 +172,17 @@ impl Peer {
 /// dropped; each node's loop can be stopped alone (an SFU dying). The loops run on a
 /// thread and runtime of their own, so a test that blocks its own runtime (running the
 /// CLI or ionpeer, restarting islb) never starves them.
+/// A NATS client as ion's nodes have one: reconnecting forever, every 100 ms here (Go
+/// waits 2 s; the tests' outages are short).
+pub(crate) async fn connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|_| Duration::from_millis(100))
+        .connect(url)
+        .await
+        .expect("NATS connection")
+}
+
 pub(crate) struct KeepAlive {
     tasks: std::collections::HashMap<String, tokio::task::AbortHandle>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -200,7 +211,7 @@ impl KeepAlive {
         nodes: Vec<Node>,
         period: Duration,
     ) -> std::collections::HashMap<String, tokio::task::AbortHandle> {
-        let client = async_nats::connect(url).await.expect("NATS connection");
+        let client = connect(&url).await;
         let mut tasks = std::collections::HashMap::new();
         for n in nodes {
             let client = client.clone();
@@ -209,14 +220,17 @@ impl KeepAlive {
             let (save, update) = (req("save"), req("update"));
             let reply = client.request(subject.clone(), save.into()).await.expect("save answered");
             assert!(Response::from_gob(&reply.payload).expect("a Response").success);
+            // On a ticker, each request on its own: a request lost in flight (a NATS server
+            // killed under it) costs one period, not the whole request timeout.
             let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                 loop {
-                    tokio::time::sleep(period).await;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        client.request(subject.clone(), update.clone().into()),
-                    )
-                    .await;
+                    tick.tick().await;
+                    let (client, subject, update) = (client.clone(), subject.clone(), update.clone());
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), client.request(subject, update.into())).await;
+                    });
                 }
             });
             tasks.insert(n.nid.clone(), task.abort_handle());

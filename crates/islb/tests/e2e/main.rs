@@ -3,6 +3,7 @@
 
 mod foundation;
 mod harness;
+mod nats;
 mod placement;
 mod registry;
 mod rpc;

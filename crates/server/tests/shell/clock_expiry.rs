@@ -46,3 +46,33 @@ async fn a_node_saved_again_after_its_delete_is_announced_again() {
     let (back, _) = shell.next("node.discovery.").await;
     assert_eq!(event(&back).0, "save", "a keep-alive of an expired node brings it back with a save");
 }
+
+/// A NATS outage longer than `expire`: nothing expires while the link is lost, and after it
+/// is back every node has one full period to get a keep-alive through. The node that does
+/// sees no delete; the one that stays silent gets exactly one, one period after the return.
+#[tokio::test(start_paused = true)]
+async fn after_a_nats_outage_nodes_get_one_period_and_only_the_silent_are_deleted() {
+    let mut shell = Shell::start(std::sync::Arc::new(MemoryStore::new()), Setup::default());
+    let (live, silent) = (node("signal", "live"), node("signal", "silent"));
+    for n in [&live, &silent] {
+        assert!(shell.send("save", n).await.success);
+        let (saved, _) = shell.next("node.discovery.").await;
+        assert_eq!(event(&saved), ("save".into(), n.nid.clone()));
+    }
+    shell.d.link_lost();
+    // Three expiry periods without a keep-alive getting through.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    shell.d.link_back();
+    let back = shell.now();
+    // The live node's keep-alives resume 1.5 s after the return (a Go client's reconnect).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let alive = shell.keep_alive(vec![live.clone()]);
+    let (deleted, at) = shell.next("node.discovery.signal.dc1.").await;
+    assert_eq!(event(&deleted), ("delete".into(), "silent".into()));
+    let late = at.as_ms() as i64 - back.plus(Duration::from_secs(2)).as_ms() as i64;
+    assert!((0..=2).contains(&late), "the silent node's delete came {late} ms after the grace");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let deletes: Vec<_> = shell.published("node.discovery.").iter().map(event).filter(|(a, _)| a == "delete").collect();
+    assert!(deletes.is_empty(), "no delete for the node that kept alive, no second one: {deletes:?}");
+    alive.cancel();
+}
