@@ -130,8 +130,15 @@ fn run_islb(cfg: &SimConfig, ops: &[Op]) -> (Outcome, f64) {
             Op::Start { dc } => {
                 n += 1;
                 let sid: Arc<str> = format!("s{n}").into();
-                let ask =
-                    Ask { service: "rtc", sid: &sid, prefer_dc: DCS[dc], default_capacity: 0, now, random: rng.next() };
+                let ask = Ask {
+                    service: "rtc",
+                    sid: &sid,
+                    prefer_dc: DCS[dc],
+                    default_capacity: 0,
+                    now,
+                    random: rng.next(),
+                    unconfirmed: None,
+                };
                 if let Decision::Place { node, .. } = decide(&registry, &mut sessions, &ask) {
                     sessions.set(Session { sid: sid.clone(), node: node.id().into(), version: 1, used: now });
                     live.push(sid);
@@ -158,6 +165,7 @@ fn run_islb(cfg: &SimConfig, ops: &[Op]) -> (Outcome, f64) {
                         default_capacity: 0,
                         now,
                         random: rng.next(),
+                        unconfirmed: None,
                     };
                     if let Decision::Place { node, .. } = decide(&registry, &mut sessions, &ask) {
                         sessions.set(Session {

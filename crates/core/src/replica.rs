@@ -141,6 +141,11 @@ struct StoreView {
     uncertain: HashSet<NodeKey>,
     /// Placements made during an outage, to claim when the store is back.
     held_sessions: HashMap<Arc<str>, NodeKey>,
+    /// Nodes announced (here or by another replica) or first seen during an outage that
+    /// the store has not been seen to have yet: left out of placements while the store is
+    /// out of reach (other replicas may not know them), kept by a reload (their writer may
+    /// not have written them back yet), and not announced again when written in full.
+    unconfirmed: HashSet<NodeKey>,
 }
 
 /// One replica's state: the registry view, the session table, the keep-alive batch and
@@ -200,10 +205,19 @@ impl Replica {
         answer: Option<Verdict>,
     ) -> (Vec<Event>, Verdict) {
         let key = node_key(&node);
-        let verdict = answer.unwrap_or_else(|| {
-            self.hold(key.clone(), Pending::Put(node.clone(), deadline));
-            here
-        });
+        let verdict = match answer {
+            Some(verdict) => {
+                self.store.unconfirmed.remove(&key);
+                verdict
+            }
+            None => {
+                self.hold(key.clone(), Pending::Put(node.clone(), deadline));
+                if here == Verdict::Created {
+                    self.store.unconfirmed.insert(key.clone());
+                }
+                here
+            }
+        };
         // Written again: whatever a lost expiry claim did, the node is here now.
         self.store.uncertain.remove(&key);
         (self.registry.apply_write(node, deadline, verdict), verdict)
@@ -219,6 +233,7 @@ impl Replica {
     /// replica is the one to announce it.
     pub fn finish_delete(&mut self, node: Node, answer: Option<Option<Arc<Node>>>) -> Vec<Event> {
         let key = node.id();
+        self.store.unconfirmed.remove(key.as_str());
         let (existed, found) = match answer {
             // Not in the store because a lost expiry claim removed it: it existed for its
             // watchers, who have heard nothing yet.
@@ -238,7 +253,8 @@ impl Replica {
     ///
     /// The store is the authority: nodes it no longer has were deleted or expired through
     /// another replica, which announced it, and are dropped silently, except those with a
-    /// write held here, and those of an uncertain claim (announced here, at least once
+    /// write held here, those first seen during an outage (another replica may still be
+    /// writing them back), and those of an uncertain claim (announced here, at least once
     /// rather than never). Its placements replace this replica's, except placements made
     /// here during an outage and not claimed yet. Returns the delete events to announce.
     pub fn reconcile(
@@ -249,11 +265,15 @@ impl Replica {
     ) -> Vec<Event> {
         let uncertain = std::mem::take(&mut self.store.uncertain);
         let in_store: HashSet<NodeKey> = nodes.iter().map(|(n, _)| node_key(n)).collect();
+        // Nodes not confirmed yet are kept too: the replica that holds their write may not
+        // have written it back yet.
+        self.store.unconfirmed.retain(|k| !in_store.contains(k));
+        let unconfirmed = &self.store.unconfirmed;
         let ghosts: Vec<NodeKey> = self
             .registry
             .entries()
             .map(|(k, _)| k.clone())
-            .filter(|k| !in_store.contains(k) && !self.store.pending.contains_key(k))
+            .filter(|k| !in_store.contains(k) && !self.store.pending.contains_key(k) && !unconfirmed.contains(k))
             .collect();
         let mut events = Vec::new();
         for k in ghosts {
@@ -283,7 +303,10 @@ impl Replica {
         let mut events = Vec::new();
         for change in changes {
             match change {
-                Change::Put(node, deadline) => self.registry.upsert(node, deadline),
+                Change::Put(node, deadline) => {
+                    self.store.unconfirmed.remove(&node_key(&node));
+                    self.registry.upsert(node, deadline);
+                }
                 Change::Delete(key) => {
                     events.extend(self.forget_gone(&key));
                     self.sessions.forget_node(&key);
@@ -305,12 +328,57 @@ impl Replica {
     /// answer (the store may have removed it then), its delete event, as no one else will
     /// announce it; otherwise it is just forgotten.
     fn forget_gone(&mut self, key: &str) -> Vec<Event> {
+        self.store.unconfirmed.remove(key);
         if self.store.uncertain.remove(key) {
             self.registry.apply_departure(key, true, None)
         } else {
             self.registry.remove(key);
             Vec::new()
         }
+    }
+
+    /// A replica announced `node` (a `save` or `update` event) at about `now`. This is how
+    /// replicas learn each other's new nodes at once, whatever the store does: the node is
+    /// taken silently (its announcer wrote it, or holds the write for the store), so its
+    /// next keep-alive here is a keep-alive, not a second `save`. Changed data is taken
+    /// only while the store is out of reach (otherwise its feed is the authority). Returns
+    /// whether the view changed.
+    pub fn learn_announced(&mut self, node: Arc<Node>, now: Timestamp) -> bool {
+        let key = node_key(&node);
+        match self.registry.classify_key(&key, &node) {
+            Verdict::Unchanged => return false,
+            Verdict::Changed if !self.store.down => return false,
+            Verdict::Changed => {}
+            Verdict::Created => {
+                self.store.unconfirmed.insert(key);
+            }
+        }
+        let deadline = self.registry.deadline(now);
+        self.registry.upsert(node, deadline);
+        true
+    }
+
+    /// A replica announced that the node `key` left: it is dropped silently (the announcer
+    /// moves its sessions and removed it from the store, or holds the delete), with any
+    /// write of it held here, which would bring it back. Returns whether the view changed.
+    pub fn learn_departed(&mut self, key: &str) -> bool {
+        if self.registry.lookup(key).is_none() {
+            return false;
+        }
+        self.store.unconfirmed.remove(key);
+        if matches!(self.store.pending.get(key), Some(Pending::Put(..))) {
+            self.store.pending.remove(key);
+        }
+        self.node_touches.remove(key);
+        self.registry.remove(key);
+        true
+    }
+
+    /// Decides where a session goes ([`crate::sessions::decide`]); while the store is out
+    /// of reach, by the store-free fallback that every replica computes alike.
+    pub fn decide(&mut self, ask: &crate::sessions::Ask<'_>) -> crate::sessions::Decision {
+        let ask = crate::sessions::Ask { unconfirmed: self.store.down.then_some(&self.store.unconfirmed), ..*ask };
+        crate::sessions::decide(&self.registry, &mut self.sessions, &ask)
     }
 
     /// islb is ready to speak at `now` with nodes loaded from a store, whose deadlines may
@@ -378,6 +446,12 @@ impl Replica {
                     out.deadlines.push(*deadline);
                 }
                 Claim::NotDue(deadline) => self.registry.set_deadline(key, deadline),
+                // Announced, and never written by whoever holds it (a replica that died
+                // with it held): nobody else will say it is gone.
+                Claim::Gone if self.store.unconfirmed.remove(key.as_ref()) => {
+                    out.events.extend(self.registry.apply_departure(key, true, None));
+                    out.deadlines.push(*deadline);
+                }
                 Claim::Gone => out.events.extend(self.forget_gone(key)),
             }
         }
@@ -440,6 +514,16 @@ impl Replica {
     /// deleted through another replica) but that are alive here: write them in full.
     pub fn to_write_in_full(&self, unknown: &[NodeKey]) -> Vec<(Arc<Node>, Timestamp)> {
         unknown.iter().filter_map(|k| self.registry.lookup(k)).map(|e| (e.node.clone(), e.deadline)).collect()
+    }
+
+    /// The store's `verdict` on a node written in full: the events to publish. A node the
+    /// store takes for new is announced (watchers heard it was gone), unless its `save`
+    /// went out already, here or from the replica that holds its write (it is not
+    /// confirmed yet).
+    pub fn written_in_full(&mut self, node: Arc<Node>, deadline: Timestamp, verdict: Verdict) -> Vec<Event> {
+        let announced = self.store.unconfirmed.remove(&node_key(&node));
+        let verdict = if announced && verdict == Verdict::Created { Verdict::Unchanged } else { verdict };
+        self.registry.apply_write(node, deadline, verdict)
     }
 
     /// Notes the use of session `sid` at `now` (written with the next batch).
@@ -737,6 +821,92 @@ mod tests {
         assert!(!r.expiry_due(grace), "the link is still lost");
         assert_eq!(r.link_back(late.plus_ms(5_000)), Some(late.plus_ms(7_000)));
         assert_eq!(r.next_expiry(late.plus_ms(5_000)), Some(Some(grace)), "the store's later grace stands");
+    }
+
+    #[test]
+    fn during_an_outage_replicas_learn_each_others_announcements_silently() {
+        let mut r = replica();
+        saved(&mut r, "known", T0);
+        // With the store answering, new nodes are learned, changes come from its feed.
+        let mut changed = node("known");
+        changed.extra_info.insert("load".into(), islb_gob::Value::Float64(0.5));
+        assert!(!r.learn_announced(Arc::new(changed.clone()), T0));
+        assert!(r.learn_announced(Arc::new(node("early")), T0));
+        r.store_failed(false);
+        assert!(r.learn_announced(Arc::new(changed), T0), "without the store, changes too");
+        let other = Arc::new(node("elsewhere"));
+        assert!(r.learn_announced(other.clone(), T0));
+        assert!(!r.learn_announced(other.clone(), T0), "the same node again changes nothing");
+        // Its keep-alive here is a keep-alive: no second save.
+        assert_eq!(r.begin_write(WriteAction::Update, node("elsewhere"), T0.plus_ms(500)), WriteStep::Done);
+        // It is not offered for placements until the store has it.
+        let mut rtc = node("sfu-new");
+        rtc.service = "rtc".into();
+        assert!(r.learn_announced(Arc::new(rtc), T0));
+        let mut known_rtc = node("sfu-old");
+        known_rtc.service = "rtc".into();
+        let WriteStep::Ask { node: n, deadline, here } = r.begin_write(WriteAction::Save, known_rtc, T0) else {
+            panic!()
+        };
+        r.store_back(T0);
+        r.finish_write(n, deadline, here, Some(Verdict::Created));
+        r.store_failed(false);
+        let ask = crate::sessions::Ask {
+            service: "rtc",
+            sid: "room",
+            prefer_dc: "dc1",
+            default_capacity: 0,
+            now: T0,
+            random: 0,
+            unconfirmed: None,
+        };
+        for i in 0..20 {
+            let sid = format!("room-{i}");
+            match r.decide(&crate::sessions::Ask { sid: &sid, ..ask }) {
+                crate::sessions::Decision::Place { node, .. } => assert_eq!(node.nid, "sfu-old"),
+                d => panic!("{d:?}"),
+            }
+        }
+        // A departure another replica announced drops the node, and any write of it held here.
+        let WriteStep::Ask { node: n, deadline, here } =
+            r.begin_write(WriteAction::Update, node("gone"), T0.plus_ms(100))
+        else {
+            panic!()
+        };
+        r.finish_write(n, deadline, here, None);
+        let held = r.held_writes();
+        assert!(r.learn_departed("dc1.gone"));
+        assert!(r.registry.lookup("dc1.gone").is_none());
+        assert_eq!(r.held_writes(), held - 1, "the held write would bring it back");
+        assert!(!r.learn_departed("dc1.gone"));
+        // The store is the authority again once it answers; a reload keeps what was first
+        // seen during the outage (its writer may not have written it back yet).
+        r.store_back(T0.plus_ms(1_000));
+        r.reconcile(Vec::new(), Vec::new(), Vec::new());
+        assert!(r.registry.lookup("dc1.elsewhere").is_some());
+        assert!(r.registry.lookup("dc1.known").is_none(), "the store no longer has it");
+        assert!(r.learn_departed("dc1.elsewhere"));
+        assert!(!r.learn_departed("dc1.elsewhere"));
+    }
+
+    #[test]
+    fn a_node_announced_elsewhere_is_not_announced_again_when_written_in_full() {
+        let mut r = replica();
+        // Learned from another replica's save, which the store does not have yet.
+        let learned = Arc::new(node("learned"));
+        assert!(r.learn_announced(learned.clone(), T0));
+        assert_eq!(r.written_in_full(learned, T0.plus_ms(2_000), Verdict::Created), []);
+        // Alive here after another replica expired it: watchers heard it was gone.
+        saved(&mut r, "back", T0);
+        let back = r.registry.lookup("dc1.back").unwrap().node.clone();
+        let events = r.written_in_full(back, T0.plus_ms(2_000), Verdict::Created);
+        assert_eq!(kinds(&events), [(EventKind::Save, "back".into())]);
+        // Announced, never written by the replica that held it, and silent: this replica
+        // is the one to say it is gone.
+        assert!(r.learn_announced(Arc::new(node("orphan")), T0));
+        let due = vec![(NodeKey::from("dc1.orphan"), T0.plus_ms(2_000))];
+        let out = r.apply_claims(&due, vec![Claim::Gone]);
+        assert_eq!(kinds(&out.events), [(EventKind::Delete, "orphan".into())]);
     }
 
     #[test]

@@ -290,6 +290,10 @@ pub struct Ask<'a> {
     pub now: Timestamp,
     /// A random number (for large clusters' sampling).
     pub random: u64,
+    /// `Some` while the store is out of reach: choose by [`fallback`] among the nodes the
+    /// store had before the outage (all but these), so that every replica, without the
+    /// store, places a new session on the same node.
+    pub unconfirmed: Option<&'a HashSet<NodeKey>>,
 }
 
 /// Whether a drain with `deadline` (`None`: none) makes its sessions move at `now`.
@@ -300,7 +304,7 @@ pub fn drain_passed(deadline: Option<Timestamp>, now: Timestamp) -> bool {
 /// Decides where the session goes: its current node while that node lives (draining or
 /// not, until the drain deadline: existing sessions stay), else the best candidate.
 pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> Decision {
-    let Ask { service, sid, prefer_dc, default_capacity, now, random } = *ask;
+    let Ask { service, sid, prefer_dc, default_capacity, now, random, .. } = *ask;
     let current = sessions.get(sid);
     if let Some(s) = &current
         && let Some(e) = registry.lookup(&s.node)
@@ -310,6 +314,12 @@ pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> De
         return Decision::Existing(s.clone(), e.node.clone());
     }
     let from = current.map(|s| s.node);
+    if let Some(unconfirmed) = ask.unconfirmed {
+        return match fallback(registry, sessions, ask, unconfirmed) {
+            Some(node) => Decision::Place { node, from },
+            None => Decision::NoCapacity,
+        };
+    }
     if registry.service_nodes(service).len() > placement::EXACT_LIMIT
         && let Some(node) = sample(registry, sessions, ask)
     {
@@ -321,6 +331,29 @@ pub fn decide(registry: &Registry, sessions: &mut Sessions, ask: &Ask<'_>) -> De
         Some(i) => Decision::Place { node: nodes[i].clone(), from },
         None => Decision::NoCapacity,
     }
+}
+
+/// The choice without the store: the node of highest rendezvous weight for the session
+/// among the nodes of the service the store had before the outage (not `unconfirmed`)
+/// and not being drained, those of the requester's DC first. Load, sessions and reported
+/// capacity are left out on purpose: replicas learn them from different keep-alives and
+/// placements, while the store's nodes and drains are what they all saw alike, so every
+/// replica picks the same node for a session and no room is split.
+fn fallback(
+    registry: &Registry,
+    sessions: &Sessions,
+    ask: &Ask<'_>,
+    unconfirmed: &HashSet<NodeKey>,
+) -> Option<Arc<Node>> {
+    let eligible = |k: &&NodeKey| !unconfirmed.contains(*k) && sessions.draining(k).is_none();
+    let best = |keys: &[NodeKey]| {
+        keys.iter()
+            .filter(eligible)
+            .max_by_key(|k| (placement::rendezvous(ask.sid, k), std::cmp::Reverse(&***k)))
+            .and_then(|k| registry.lookup(k))
+            .map(|e| e.node.clone())
+    };
+    best(registry.service_dc_nodes(ask.service, ask.prefer_dc)).or_else(|| best(registry.service_nodes(ask.service)))
 }
 
 /// Power of two choices in a large cluster, in O(1): up to 16 random draws (from the
@@ -367,11 +400,63 @@ mod tests {
     }
 
     fn ask(sid: &str, default_capacity: u64, now: Timestamp) -> Ask<'_> {
-        Ask { service: "rtc", sid, prefer_dc: "dc1", default_capacity, now, random: 0 }
+        Ask { service: "rtc", sid, prefer_dc: "dc1", default_capacity, now, random: 0, unconfirmed: None }
     }
 
     fn session(sid: &str, node: &str, version: u64) -> Session {
         Session { sid: sid.into(), node: node.into(), version, used: T0 }
+    }
+
+    #[test]
+    fn without_the_store_every_replica_places_a_session_alike_whatever_it_saw_of_load() {
+        let nodes = [("dc1", "a"), ("dc1", "b"), ("dc1", "c"), ("dc2", "d")];
+        let none = HashSet::new();
+        let fallback = |r: &Registry, s: &mut Sessions, sid: &str, unconfirmed: &HashSet<NodeKey>| match decide(
+            r,
+            s,
+            &Ask { unconfirmed: Some(unconfirmed), ..ask(sid, 0, T0) },
+        ) {
+            Decision::Place { node, .. } => node.nid.clone(),
+            d => panic!("{d:?}"),
+        };
+        // Two replicas that saw different placements and reports.
+        let (r1, mut s1) = (registry(&nodes), Sessions::new());
+        let mut r2 = registry(&nodes);
+        let mut s2 = Sessions::new();
+        for i in 0..50 {
+            s2.set(session(&format!("busy{i}"), "dc1.a", 1));
+        }
+        let mut loaded = (*r2.lookup("dc1.b").unwrap().node).clone();
+        loaded.extra_info.insert("load".into(), islb_gob::Value::Float64(0.99));
+        r2.apply_write(Arc::new(loaded), T0.plus_ms(5_000), Verdict::Changed);
+        let mut chosen = HashMap::<String, usize>::new();
+        for i in 0..300 {
+            let sid = format!("room-{i}");
+            let one = fallback(&r1, &mut s1, &sid, &none);
+            assert_eq!(one, fallback(&r2, &mut s2, &sid, &none), "{sid}: the replicas disagree");
+            *chosen.entry(one).or_default() += 1;
+        }
+        // Spread over the requester's DC only.
+        assert_eq!(
+            chosen.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(),
+            ["a", "b", "c"].into()
+        );
+        assert!(chosen.values().all(|&n| n > 60), "{chosen:?}");
+        // Draining nodes and nodes first seen during the outage take nothing new.
+        let mut s3 = Sessions::new();
+        s3.drain("dc1.a".into(), None);
+        let unconfirmed: HashSet<NodeKey> = ["dc1.b".into()].into();
+        for i in 0..50 {
+            assert_eq!(fallback(&r1, &mut s3, &format!("room-{i}"), &unconfirmed), "c");
+        }
+        // With no node of its DC left, another DC's.
+        let all: HashSet<NodeKey> = ["dc1.a".into(), "dc1.b".into(), "dc1.c".into()].into();
+        assert_eq!(fallback(&r1, &mut Sessions::new(), "room-1", &all), "d");
+        // A session placed before stays where it is.
+        let mut s4 = Sessions::new();
+        s4.set(session("room-1", "dc1.a", 1));
+        let d = decide(&r1, &mut s4, &Ask { unconfirmed: Some(&none), ..ask("room-1", 0, T0) });
+        assert!(matches!(d, Decision::Existing(_, ref n) if n.nid == "a"), "{d:?}");
     }
 
     #[test]
@@ -499,7 +584,15 @@ mod tests {
         }
         let mut hits_n7 = 0;
         for seed in 0..400u64 {
-            let a = Ask { service: "rtc", sid: "x", prefer_dc: "dc1", default_capacity: 0, now: T0, random: seed };
+            let a = Ask {
+                service: "rtc",
+                sid: "x",
+                prefer_dc: "dc1",
+                default_capacity: 0,
+                now: T0,
+                random: seed,
+                unconfirmed: None,
+            };
             let Decision::Place { node, .. } = decide(&r, &mut s, &a) else { panic!() };
             hits_n7 += usize::from(node.nid == "n7");
         }
@@ -518,7 +611,15 @@ mod tests {
                 s.drain(format!("dc1.n{i}").into(), None);
             }
         }
-        let a = Ask { service: "rtc", sid: "x", prefer_dc: "dc1", default_capacity: 0, now: T0, random: 1 };
+        let a = Ask {
+            service: "rtc",
+            sid: "x",
+            prefer_dc: "dc1",
+            default_capacity: 0,
+            now: T0,
+            random: 1,
+            unconfirmed: None,
+        };
         let Decision::Place { node, .. } = decide(&r, &mut s, &a) else { panic!() };
         assert_eq!(node.nid, "n42", "the one node left is found");
     }

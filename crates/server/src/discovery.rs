@@ -367,6 +367,25 @@ impl Discovery {
         self.expiry_wake.notify_one();
     }
 
+    /// A node event seen on NATS (`node.discovery.>`; this replica's own or another's).
+    /// Replicas learn each other's new and departed nodes this way at once, and, while the
+    /// store is out of reach, changed ones too: a node another replica announced is taken
+    /// silently, so its next keep-alive here is not a second `save`
+    /// ([`Replica::learn_announced`](islb_core::replica::Replica::learn_announced)).
+    pub fn learn(&self, event: Request) {
+        let now = self.shared.now();
+        let (action, key) = (event.action.clone(), event.node.id());
+        let learned = self.shared.with(|s| match event.action.as_str() {
+            "save" | "update" => s.replica.learn_announced(Arc::new(event.node), now),
+            "delete" => s.replica.learn_departed(&event.node.id()),
+            _ => false,
+        });
+        debug!(%action, node = %key, learned, "node event");
+        if learned {
+            metrics::counter!("islb_nodes_learned_total").increment(1);
+        }
+    }
+
     /// The NATS connection is lost: keep-alives cannot arrive, so nothing expires until it
     /// is back (a delete published meanwhile would go out on reconnection, for nodes that
     /// only could not reach islb).

@@ -179,10 +179,13 @@ async fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<islb_store::
     })
 }
 
-/// Ends the nrpc streams opened by nodes that went down (ion's nodes never cancel their
-/// streams; a `delete` event is the only sign), as ion's `Server.CloseStream(nid)` does.
-async fn close_streams_of_departed_nodes(
+/// Follows the node events on NATS (this replica's and the others'): during a store outage
+/// they are how replicas learn each other's writes ([`Discovery::learn`]); and a `delete`
+/// ends the nrpc streams its node opened (ion's nodes never cancel their streams; the
+/// event is the only sign), as ion's `Server.CloseStream(nid)` does.
+async fn follow_node_events(
     client: async_nats::Client,
+    discovery: Arc<Discovery>,
     rpc: Arc<tokio::sync::Mutex<Option<islb_nrpc::Running>>>,
     stop: CancellationToken,
 ) {
@@ -190,19 +193,20 @@ async fn close_streams_of_departed_nodes(
     use islb_gob::Message as _;
     let Ok(mut sub) = client.subscribe("node.discovery.*.>").await else { return };
     if let Err(e) = islb_nrpc::barrier(&client, Duration::from_secs(10)).await {
-        tracing::debug!(error = %e, "the node-down subscription is not confirmed yet");
+        tracing::debug!(error = %e, "the node-event subscription is not confirmed yet");
     }
     loop {
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { return };
-                if let Ok(req) = islb_gob::Request::from_gob(&msg.payload)
-                    && req.action == "delete"
-                    && let Some(rpc) = rpc.lock().await.as_ref()
-                {
-                    let n = rpc.close_peer(&req.node.nid);
+                let Ok(req) = islb_gob::Request::from_gob(&msg.payload) else { continue };
+                let departed = req.action == "delete";
+                let nid = req.node.nid.clone();
+                discovery.learn(req);
+                if departed && let Some(rpc) = rpc.lock().await.as_ref() {
+                    let n = rpc.close_peer(&nid);
                     if n > 0 {
-                        info!(nid = %req.node.nid, streams = n, "closed the nrpc streams of a departed node");
+                        info!(nid = %nid, streams = n, "closed the nrpc streams of a departed node");
                     }
                 }
             }
@@ -344,8 +348,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     )));
     info!(nid = %cfg.nid, services = ?names, "nrpc services listening on nrpc.{}.<service>.<method>", cfg.nid);
     tasks.spawn(
-        "nrpc stream closer",
-        close_streams_of_departed_nodes(client.clone(), rpc_running.clone(), tasks_stop.clone()),
+        "node events",
+        follow_node_events(client.clone(), discovery.clone(), rpc_running.clone(), tasks_stop.clone()),
     );
 
     let http_stop = CancellationToken::new();

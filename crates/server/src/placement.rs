@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use islb_core::placement::Candidate;
 use islb_core::session_key::{JwtKey, KeyError, session_key};
-use islb_core::sessions::{Ask, Decision, decide};
+use islb_core::sessions::{Ask, Decision};
 use islb_core::{Event, Lookup, NodeKey, Session, Sessions, Settled, Timestamp, placement};
 use islb_gob::Node;
 use serde::Serialize;
@@ -300,7 +300,7 @@ impl Placement {
     pub(crate) async fn place(&self, service: &str, sid: &str, prefer_dc: &str) -> Option<Arc<Node>> {
         for _attempt in 0..3 {
             let now = self.shared.now();
-            let decision = self.shared.with(|s| {
+            let (decision, fallback) = self.shared.with(|s| {
                 let ask = Ask {
                     service,
                     sid,
@@ -308,12 +308,13 @@ impl Placement {
                     default_capacity: self.config.default_capacity,
                     now,
                     random: random(),
+                    unconfirmed: None,
                 };
-                let decision = decide(&s.replica.registry, &mut s.replica.sessions, &ask);
+                let decision = s.replica.decide(&ask);
                 if let Decision::Existing(session, _) = &decision {
                     s.replica.note_session_use(session.sid.clone(), now);
                 }
-                decision
+                (decision, !s.replica.store_healthy())
             });
             match decision {
                 Decision::Existing(_, node) => {
@@ -330,7 +331,7 @@ impl Placement {
                     }
                     return None;
                 }
-                Decision::Place { node, from } => match Box::pin(self.claim(sid, node, from, now)).await {
+                Decision::Place { node, from } => match Box::pin(self.claim(sid, node, from, now, fallback)).await {
                     Some(placed) => return Some(placed),
                     None => continue,
                 },
@@ -340,14 +341,25 @@ impl Placement {
         None
     }
 
-    /// Claims session `sid` on `node` (coming `from` another node, or new) in the store:
-    /// the node it is on, or `None` to choose again.
-    async fn claim(&self, sid: &str, node: Arc<Node>, from: Option<NodeKey>, now: Timestamp) -> Option<Arc<Node>> {
+    /// Claims session `sid` on `node` (coming `from` another node, or new; chosen by the
+    /// store-free `fallback` or not) in the store: the node it is on, or `None` to choose
+    /// again.
+    async fn claim(
+        &self,
+        sid: &str,
+        node: Arc<Node>,
+        from: Option<NodeKey>,
+        now: Timestamp,
+        fallback: bool,
+    ) -> Option<Arc<Node>> {
         let key: NodeKey = node.id().into();
         let in_flight = InFlight::new(&self.shared, key.clone());
         let call = self.shared.store().claim_session(sid, &key, now);
         let claim = match self.shared.store_call("claim_session", call).await {
             Some(claim) => claim,
+            // Chosen while the store answered, and it just failed: choose again, by the
+            // fallback every replica computes alike without the store.
+            None if !fallback => return None,
             // The store is out of reach: place here and claim when it is back.
             None => self.shared.with(|s| s.replica.claim_held(sid, key.clone(), from.clone(), now)),
         };

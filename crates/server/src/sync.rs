@@ -107,7 +107,8 @@ impl StoreSync {
 
     /// Writes the batched keep-alive deadlines and session uses. Nodes the store no longer
     /// knows (expired or deleted through another replica) but that are alive here are
-    /// written in full, and announced if the store says they are new.
+    /// written in full, and announced if the store says they are new and no `save` of them
+    /// went out yet (see `Replica::written_in_full`).
     pub(crate) async fn flush(&self) {
         if !self.shared.store_healthy() {
             return; // kept until the store is back
@@ -124,7 +125,7 @@ impl StoreSync {
         for (node, deadline) in self.shared.with(|s| s.replica.to_write_in_full(&unknown)) {
             let put = self.shared.store().put_node(node.clone(), deadline);
             if let Some(verdict) = self.shared.store_call("put_node", put).await {
-                let events = self.shared.with(|s| s.replica.registry.apply_write(node, deadline, verdict));
+                let events = self.shared.with(|s| s.replica.written_in_full(node, deadline, verdict));
                 self.shared.publish(&events).await;
             }
         }

@@ -444,3 +444,97 @@ async fn a_hanging_redis_bounds_every_request_and_readiness_follows() {
     cluster[0].wait_ready(200, Duration::from_secs(10)).await;
     assert_eq!(redis.command(&["HEXISTS", "{islb}:nodes", "dc1.during"]), "1", "the held write reached Redis");
 }
+
+/// Each replica's own view of `service` (what its gets answer from), by nid.
+fn view(islb: &Islb, service: &str) -> BTreeSet<String> {
+    let (_, body) = islb.http_get(&format!("/v1/nodes?service={service}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    nodes.iter().filter_map(|n| n["node"]["NID"].as_str().map(str::to_owned)).collect()
+}
+
+/// The worst day: three replicas, Redis frozen (SIGSTOP) for 8 s while nodes join
+/// and keep alive and rooms are joined concurrently from several signal nodes.
+#[tokio::test]
+async fn three_replicas_ride_out_a_frozen_redis_without_split_rooms_false_deletes_or_second_saves() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let cluster = replicas(&nats, &redis, 3, &["--store-timeout", "500ms", "--expire", "3s"]);
+    // Every save and delete event, per nid.
+    let events = Arc::new(std::sync::Mutex::new(HashMap::<(String, String), usize>::new()));
+    let seen = events.clone();
+    let _events = follow(&nats, "node.discovery.*.>", "node.discovery.probe.islb-test-probe", move |msg| {
+        if let Ok(r) = Request::from_gob(&msg.payload) {
+            *seen.lock().unwrap().entry((r.action, r.node.nid)).or_insert(0) += 1;
+        }
+    })
+    .await;
+    let signal = |prefix: &str, n: usize| -> Vec<islb_gob::Node> {
+        (0..n).map(|i| ion_node("signal", &format!("{prefix}-{i}"))).collect()
+    };
+    let (old_sfus, old_signals) = (sfus(4), signal("sig", 3));
+    let _ka_old =
+        KeepAlive::start(&nats, &[old_sfus.clone(), old_signals.clone()].concat(), Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // every replica has caught up
+
+    redis.pause();
+    let frozen = Instant::now();
+    // Four signal nodes join 20 new rooms over and over, through whichever replica, from
+    // the moment Redis froze (before the replicas notice) until 2 s after it is back.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(std::sync::Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
+    let mut joiners = Vec::new();
+    for s in 0..4 {
+        let (peer, stop, answers) = (Peer::connect(&nats).await, stop.clone(), answers.clone());
+        joiners.push(tokio::spawn(async move {
+            let mut i = s;
+            while !stop.load(Ordering::Relaxed) {
+                let room = format!("room-{}", (i * 7) % 20);
+                let got = lookup(&peer, &room).await;
+                assert_eq!(got.len(), 1, "{room}: {got:?}");
+                answers.lock().unwrap().entry(room).or_default().insert(got[0].clone());
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    // Nodes join during the outage and keep alive through every replica.
+    let (new_sfus, new_signals) = (vec![ion_node("rtc", "sfu-late")], signal("late", 10));
+    let _ka_new =
+        KeepAlive::start(&nats, &[new_sfus.clone(), new_signals.clone()].concat(), Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(frozen.elapsed())).await;
+    redis.resume();
+    let resumed = Instant::now();
+
+    // Every replica gives the same complete answer soon after.
+    let want = |nodes: &[&[islb_gob::Node]]| -> BTreeSet<String> {
+        nodes.iter().flat_map(|n| n.iter().map(|n| n.nid.clone())).collect()
+    };
+    let (want_rtc, want_signal) = (want(&[&old_sfus, &new_sfus]), want(&[&old_signals, &new_signals]));
+    let agreed = || cluster.iter().all(|r| view(r, "rtc") == want_rtc && view(r, "signal") == want_signal);
+    let why = || {
+        let views: Vec<_> = cluster.iter().map(|r| (view(r, "rtc"), view(r, "signal"))).collect();
+        format!("views {views:?}, want {want_rtc:?} and {want_signal:?}")
+    };
+    eventually(Duration::from_secs(10), Duration::from_millis(50), agreed, why).await;
+    let converged = resumed.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await; // rooms go on being joined after
+    stop.store(true, Ordering::Relaxed);
+    for j in joiners {
+        j.await.unwrap();
+    }
+
+    let split: Vec<_> =
+        answers.lock().unwrap().iter().filter(|(_, n)| n.len() > 1).map(|(r, n)| format!("{r}: {n:?}")).collect();
+    assert!(split.is_empty(), "rooms split across SFUs: {split:?}");
+    assert_eq!(answers.lock().unwrap().len(), 20);
+    let events = events.lock().unwrap().clone();
+    let deletes: Vec<_> = events.keys().filter(|(a, _)| a == "delete").collect();
+    assert!(deletes.is_empty(), "false deletes: {deletes:?}");
+    let repeated: Vec<_> = events.iter().filter(|((a, _), n)| a == "save" && **n > 1).collect();
+    assert!(repeated.is_empty(), "second save announcements: {repeated:?}");
+    for n in &new_signals {
+        assert_eq!(events.get(&("save".into(), n.nid.clone())), Some(&1), "{} announced once", n.nid);
+    }
+    assert!(converged <= Duration::from_secs(2), "the replicas agreed {converged:?} after Redis came back");
+}
