@@ -553,6 +553,17 @@ impl Replica {
         Some(Timestamp::from_ms(now.as_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))))
     }
 
+    /// The sessions to release when the table holds more than `max`: the least recently
+    /// used, down to 1% below `max` (so that the O(n) choice runs once per 1% of new
+    /// sessions, not for each). Empty while within the bound.
+    pub fn over_capacity(&self, max: usize) -> Vec<Session> {
+        let len = self.sessions.len();
+        if len <= max {
+            return Vec::new();
+        }
+        self.sessions.least_recently_used(len - (max - max / 100))
+    }
+
     // ---- the store's health -------------------------------------------------------
 
     /// Whether the store answers (as far as this replica knows).

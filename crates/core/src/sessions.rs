@@ -136,6 +136,22 @@ impl Sessions {
         self.by_sid.keys().filter_map(|s| self.get(s)).filter(|s| s.used < before).collect()
     }
 
+    /// The `n` sessions used least recently (the oldest first; the sid breaks ties, so the
+    /// choice is the same on every run). O(len) for any `n`.
+    pub fn least_recently_used(&self, n: usize) -> Vec<Session> {
+        let mut all: Vec<(Timestamp, &Arc<str>)> = self.by_sid.iter().map(|(sid, e)| (e.used, sid)).collect();
+        let n = n.min(all.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        if n < all.len() {
+            all.select_nth_unstable(n - 1);
+            all.truncate(n);
+        }
+        all.sort_unstable();
+        all.into_iter().filter_map(|(_, sid)| self.get(sid)).collect()
+    }
+
     /// A placement on `node` is under way (counts as load at once).
     pub fn begin_placement(&mut self, node: &NodeKey) {
         *self.pending.entry(node.clone()).or_default() += 1;
@@ -457,6 +473,20 @@ mod tests {
         s4.set(session("room-1", "dc1.a", 1));
         let d = decide(&r1, &mut s4, &Ask { unconfirmed: Some(&none), ..ask("room-1", 0, T0) });
         assert!(matches!(d, Decision::Existing(_, ref n) if n.nid == "a"), "{d:?}");
+    }
+
+    #[test]
+    fn the_least_recently_used_sessions_come_oldest_first() {
+        let mut s = Sessions::new();
+        for (i, used) in [5u64, 1, 9, 3, 7, 3].iter().enumerate() {
+            s.set(Session { used: T0.plus_ms(*used), ..session(&format!("s{i}"), "dc1.a", 1) });
+        }
+        let sids = |v: Vec<Session>| v.into_iter().map(|s| s.sid.to_string()).collect::<Vec<_>>();
+        assert_eq!(sids(s.least_recently_used(3)), ["s1", "s3", "s5"]);
+        assert_eq!(sids(s.least_recently_used(0)), Vec::<String>::new());
+        assert_eq!(s.least_recently_used(99).len(), 6);
+        s.touch("s1", T0.plus_ms(100));
+        assert_eq!(sids(s.least_recently_used(1)), ["s3"]);
     }
 
     #[test]

@@ -259,6 +259,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         dc: cfg.dc.clone(),
         default_capacity: cfg.default_capacity,
         session_ttl: cfg.session_ttl,
+        max_sessions: cfg.max_sessions,
         jwt_key: cfg.jwt_key.as_ref().map(|k| islb_core::session_key::JwtKey::hmac(k.as_bytes())),
     };
     let discovery = Arc::new(Discovery::new(

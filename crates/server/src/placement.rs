@@ -36,6 +36,8 @@ pub struct PlacementConfig {
     pub default_capacity: u64,
     /// Sessions not looked up for this long are released.
     pub session_ttl: Duration,
+    /// Most sessions held; past it the least recently used are released.
+    pub max_sessions: usize,
     /// Verifies JWT signatures when set.
     pub jwt_key: Option<JwtKey>,
 }
@@ -52,6 +54,8 @@ pub enum MoveReason {
     Released,
     /// Not looked up for `session-ttl`.
     Idle,
+    /// Released to keep the table within `max-sessions` (the least recently used go).
+    Evicted,
     /// Its node left and no other node had room.
     NoCapacity,
 }
@@ -125,11 +129,18 @@ pub struct Placement {
     sync: Arc<StoreSync>,
     config: PlacementConfig,
     capacity_log: Throttle,
+    evict_log: Throttle,
 }
 
 impl Placement {
     pub(crate) fn new(shared: Arc<Shared>, sync: Arc<StoreSync>, config: PlacementConfig) -> Self {
-        Placement { shared, sync, config, capacity_log: Throttle::new(Duration::from_secs(1)) }
+        Placement {
+            shared,
+            sync,
+            config,
+            capacity_log: Throttle::new(Duration::from_secs(1)),
+            evict_log: Throttle::new(Duration::from_secs(10)),
+        }
     }
 
     /// This islb's DC.
@@ -533,10 +544,37 @@ impl Placement {
         for (s, services) in overdue {
             self.move_one(&s, &services, MoveReason::Drain).await;
         }
-        let Some(before) = self.shared.with(|s| s.replica.idle_sweep(now, self.config.session_ttl)) else { return };
-        let idle = self.shared.with(|s| s.replica.sessions.idle(before));
-        for s in idle {
-            self.release(&s, Some(before), MoveReason::Idle, now).await;
+        if let Some(before) = self.shared.with(|s| s.replica.idle_sweep(now, self.config.session_ttl)) {
+            let idle = self.shared.with(|s| s.replica.sessions.idle(before));
+            for s in idle {
+                self.release(&s, Some(before), MoveReason::Idle, now).await;
+            }
+        }
+        self.evict_over_capacity(now).await;
+    }
+
+    /// Keeps the session table within `max-sessions`: the least recently used go first
+    /// (each only if no replica used it since; the store decides), counted in
+    /// `islb_sessions_evicted_total`.
+    async fn evict_over_capacity(&self, now: Timestamp) {
+        let over = self.shared.with(|s| s.replica.over_capacity(self.config.max_sessions));
+        if over.is_empty() {
+            return;
+        }
+        let mut evicted = 0u64;
+        for s in &over {
+            if self.release(s, Some(s.used.plus_ms(1)), MoveReason::Evicted, now).await.is_some() {
+                evicted += 1;
+            }
+        }
+        metrics::counter!("islb_sessions_evicted_total").increment(evicted);
+        if let Some(suppressed) = self.evict_log.allow() {
+            warn!(
+                evicted,
+                max_sessions = self.config.max_sessions,
+                suppressed,
+                "the session table is full: released the least recently used sessions"
+            );
         }
     }
 }

@@ -91,6 +91,9 @@ pub struct Settings {
     #[arg(long, env = "ISLB_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration, default_value = "1day")]
     #[serde(default, with = "values::opt_duration")]
     pub session_ttl: Option<Duration>,
+    /// Most sessions held (cluster-wide); past it the least recently used are released
+    #[arg(long, env = "ISLB_MAX_SESSIONS", value_name = "SESSIONS", default_value = "1000000")]
+    pub max_sessions: Option<usize>,
     /// Most sessions placed on a node that reports no capacity; 0 for no limit
     #[arg(long, env = "ISLB_DEFAULT_CAPACITY", value_name = "SESSIONS", default_value = "0")]
     pub default_capacity: Option<u64>,
@@ -213,6 +216,8 @@ pub struct Config {
     /// Sessions not looked up for this long are released.
     #[serde(with = "values::duration")]
     pub session_ttl: Duration,
+    /// Most sessions held; past it the least recently used are released.
+    pub max_sessions: usize,
     /// Capacity (sessions) of nodes that report none; 0: unlimited.
     pub default_capacity: u64,
     /// Most nrpc calls open at once.
@@ -288,6 +293,9 @@ impl Config {
         }
         if self.max_message_size < 1024 {
             return bad("max-message-size", format!("{} is too small (minimum 1024 bytes)", self.max_message_size));
+        }
+        if self.max_sessions < 100 {
+            return bad("max-sessions", format!("{} is too small (minimum 100)", self.max_sessions));
         }
         if self.session_ttl < Duration::from_secs(1) {
             return bad("session-ttl", "must be at least 1s".into());

@@ -52,7 +52,7 @@ async fn a_session_not_looked_up_for_its_ttl_is_released_and_one_in_use_is_kept(
     let ttl = Duration::from_secs(20);
     let mut shell = Shell::start(
         Arc::new(MemoryStore::new()),
-        Setup { placed: &["rtc"], expire: Duration::from_secs(5), session_ttl: ttl },
+        Setup { placed: &["rtc"], expire: Duration::from_secs(5), session_ttl: ttl, ..Setup::default() },
     );
     let _sfus = shell.keep_alive(vec![node("rtc", "sfu-a")]);
     tokio::task::yield_now().await;
@@ -80,4 +80,37 @@ async fn a_session_not_looked_up_for_its_ttl_is_released_and_one_in_use_is_kept(
     let more: Vec<_> = shell.published("islb.session.");
     assert!(more.is_empty(), "the session in use stays: {more:?}");
     assert_eq!(shell.d.sessions(None).iter().map(|s| s.sid.to_string()).collect::<Vec<_>>(), ["busy-room"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_max_sessions_the_least_recently_used_are_released_and_counted() {
+    let mut shell = Shell::start(
+        Arc::new(MemoryStore::new()),
+        Setup { placed: &["rtc"], expire: Duration::from_secs(5), max_sessions: 10, ..Setup::default() },
+    );
+    let _sfus = shell.keep_alive(vec![node("rtc", "sfu-a"), node("rtc", "sfu-b")]);
+    tokio::task::yield_now().await;
+    for i in 0..30 {
+        assert_eq!(shell.get("rtc", &[("sid", &format!("room-{i}"))]).await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first room is looked up again: it is in use.
+    assert_eq!(shell.get("rtc", &[("sid", "room-0")]).await.len(), 1);
+    let mut evicted = Vec::new();
+    while evicted.len() < 20 {
+        let (p, _) = shell.next("islb.session.").await;
+        let e = session_event(&p.payload);
+        assert_eq!(e["reason"], "evicted", "{e}");
+        assert!(e["to"].is_null());
+        evicted.push(e["sid"].as_str().unwrap().to_owned());
+    }
+    evicted.sort_by_key(|s| s[5..].parse::<u32>().unwrap());
+    let oldest: Vec<String> = (1..=20).map(|i| format!("room-{i}")).collect();
+    assert_eq!(evicted, oldest, "the least recently used go");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(shell.published("islb.session.").is_empty(), "within the bound: nothing more goes");
+    let mut kept: Vec<String> = shell.d.sessions(None).iter().map(|s| s.sid.to_string()).collect();
+    kept.sort_by_key(|s| s[5..].parse::<u32>().unwrap());
+    let want: Vec<String> = std::iter::once(0).chain(21..30).map(|i| format!("room-{i}")).collect();
+    assert_eq!(kept, want);
 }

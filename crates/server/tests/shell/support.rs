@@ -20,11 +20,17 @@ pub(crate) struct Setup {
     pub(crate) expire: Duration,
     pub(crate) placed: &'static [&'static str],
     pub(crate) session_ttl: Duration,
+    pub(crate) max_sessions: usize,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { expire: Duration::from_secs(2), placed: &[], session_ttl: Duration::from_secs(3600) }
+        Setup {
+            expire: Duration::from_secs(2),
+            placed: &[],
+            session_ttl: Duration::from_secs(3600),
+            max_sessions: 1_000_000,
+        }
     }
 }
 
@@ -42,8 +48,13 @@ impl Shell {
             expire_ms: setup.expire.as_millis() as u64,
             placed: setup.placed.iter().map(|s| (*s).to_owned()).collect(),
         });
-        let placement =
-            PlacementConfig { dc: "dc1".into(), default_capacity: 0, session_ttl: setup.session_ttl, jwt_key: None };
+        let placement = PlacementConfig {
+            dc: "dc1".into(),
+            default_capacity: 0,
+            session_ttl: setup.session_ttl,
+            max_sessions: setup.max_sessions,
+            jwt_key: None,
+        };
         let (outbox, out) = MemoryOutbox::new();
         let clock = TokioClock::starting_at(Timestamp::from_ms(1_700_000_000_000));
         let d = Discovery::new(
@@ -296,5 +307,5 @@ pub(crate) fn nats_replica(client: &async_nats::Client, store: Arc<dyn Store>, e
 }
 
 fn placement_config(session_ttl: Duration) -> PlacementConfig {
-    PlacementConfig { dc: "dc1".into(), default_capacity: 0, session_ttl, jwt_key: None }
+    PlacementConfig { dc: "dc1".into(), default_capacity: 0, session_ttl, max_sessions: 1_000_000, jwt_key: None }
 }
