@@ -7,8 +7,11 @@
 //!   and reply size as against islb.
 //! - `load`: registers N nodes (as ion's save) with C concurrent requesters.
 //! - `rss`: prints a process's resident memory.
+//! - `soak`: a long run under node churn and fresh-session lookups, sampling islb's
+//!   memory, descriptors and latency (`scripts/bench soak`).
 
 mod sim;
+mod soak;
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +72,27 @@ enum Cmd {
         #[command(flatten)]
         load: LoadOpts,
     },
+    /// A long run under churn: new nodes that fall silent, lookups with fresh sids; samples
+    /// islb's RSS, open descriptors and lookup p99, and prints their slopes.
+    Soak {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        /// islb's process id.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// New nodes a second.
+        #[arg(long, default_value_t = 200)]
+        churn: u32,
+        /// Lookups a second, each with a fresh sid.
+        #[arg(long, default_value_t = 100)]
+        lookups: u32,
+    },
     /// Placement simulator (pure core, no I/O) against random choice and round robin.
     Sim {
         #[arg(long, default_value_t = 10_000)]
@@ -109,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Sim { nodes, sessions, churn, failures, seed } => {
             sim::run(&sim::SimConfig { nodes, sessions, churn, failures, seed });
             Ok(())
+        }
+        Cmd::Soak { url, pid, duration, interval, warmup, churn, lookups } => {
+            soak::run(soak::SoakConfig { url, pid, duration, interval, churn, lookups, warmup }).await
         }
         Cmd::Rss { pid } => {
             println!("{}", rss(pid)?);
