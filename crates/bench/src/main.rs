@@ -10,15 +10,18 @@
 //! - `soak`: a long run under node churn and fresh-session lookups, sampling islb's
 //!   memory, descriptors and latency (`scripts/bench soak`).
 
+mod load;
 mod sim;
 mod soak;
+
+use load::{node, quantile, rss, save};
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use islb_gob::{Message as _, Node, Request, Response, Rpc, Value};
+use islb_gob::{Message as _, Request, Response, Value};
 
 #[global_allocator]
 static ALLOC: sim::Counting = sim::Counting;
@@ -158,34 +161,6 @@ async fn echo(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node of the shape `ionpeer bench-update` registers: ion's SFU registration with one
-/// RPC param and three ExtraInfo values (a string, a float, an int64).
-fn node(i: usize) -> Node {
-    let mut n = Node {
-        dc: format!("dc{}", i % 3),
-        service: "rtc".into(),
-        nid: format!("bench-{i}"),
-        rpc: Rpc { protocol: "nats-grpc".into(), addr: "nats://127.0.0.1:4222".into(), ..Rpc::default() },
-        ..Node::default()
-    };
-    n.rpc.params.insert("k".into(), "v".into());
-    n.extra_info.insert("region".into(), Value::String("eu".into()));
-    n.extra_info.insert("load".into(), Value::Float64(0.25));
-    n.extra_info.insert("peers".into(), Value::Int64(3));
-    n
-}
-
-/// The subject and payload of a `save` of `n`, as ion's nodes send it.
-fn save(n: Node) -> (String, bytes::Bytes) {
-    let subject = format!("node.publish.{}.{}.{}", n.service, n.dc, n.nid);
-    (subject, Request { action: "save".into(), node: n, ..Request::default() }.to_gob().into())
-}
-
-/// The `f` quantile of sorted, non-empty `sorted`.
-fn quantile(sorted: &[Duration], f: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * f) as usize]
-}
-
 async fn load(url: &str, nodes: usize, concurrency: usize) -> anyhow::Result<()> {
     let client = async_nats::connect(url).await.context("connecting to NATS")?;
     let started = Instant::now();
@@ -313,15 +288,4 @@ async fn findnode(url: &str, nid: &str, sids: usize, concurrency: usize, d: Dura
         }
     })
     .await
-}
-
-fn rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS line")?;
-    Ok(kb * 1024)
 }

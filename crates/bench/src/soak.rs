@@ -75,9 +75,9 @@ pub(crate) async fn run(cfg: SoakConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let end = started + cfg.duration;
     // Four SFUs keeping alive for the lookups to land on.
-    let sfus: Vec<_> = (0..4).map(crate::node).collect();
+    let sfus: Vec<_> = (0..4).map(crate::load::node).collect();
     for n in &sfus {
-        let (subject, payload) = crate::save(n.clone());
+        let (subject, payload) = crate::load::save(n.clone());
         client.request(subject, payload).await.context("registering an SFU")?;
     }
     let keepalive = tokio::spawn({
@@ -98,9 +98,9 @@ pub(crate) async fn run(cfg: SoakConfig) -> anyhow::Result<()> {
         paced(cfg.churn, end, move |i| {
             let client = client.clone();
             async move {
-                let mut n = crate::node(1_000_000 + i as usize);
+                let mut n = crate::load::node(1_000_000 + i as usize);
                 n.service = "soak".into();
-                let (subject, payload) = crate::save(n);
+                let (subject, payload) = crate::load::save(n);
                 let _ = tokio::time::timeout(Duration::from_secs(5), client.request(subject, payload)).await;
             }
         })
@@ -139,9 +139,9 @@ pub(crate) async fn run(cfg: SoakConfig) -> anyhow::Result<()> {
         lat.sort();
         let s = Sample {
             at: started.elapsed(),
-            rss: crate::rss(cfg.pid)?,
+            rss: crate::load::rss(cfg.pid)?,
             fds: open_fds(cfg.pid)?,
-            p99: if lat.is_empty() { Duration::ZERO } else { crate::quantile(&lat, 0.99) },
+            p99: if lat.is_empty() { Duration::ZERO } else { crate::load::quantile(&lat, 0.99) },
             lookups: lat.len(),
             errors,
         };

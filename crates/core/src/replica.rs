@@ -442,6 +442,7 @@ impl Replica {
         for ((key, deadline), claim) in due.iter().zip(claims) {
             match claim {
                 Claim::Expired(node) => {
+                    self.store.unconfirmed.remove(key.as_ref());
                     out.events.extend(self.registry.apply_departure(key, true, Some(node)));
                     out.deadlines.push(*deadline);
                 }

@@ -125,10 +125,41 @@ fn jwt_sid(token: &str, key: Option<&JwtKey>, now: Timestamp) -> Result<Option<S
     })
 }
 
+/// Entry points for fuzzers, shared with the property tests.
+pub mod fuzz_logic {
+    use super::*;
+
+    /// Reads `data` (as text) as a lookup's `authorization`, without a key and with one;
+    /// panics only on a bug, never on bad input. With a key, a token is accepted only if
+    /// its signature verifies.
+    pub fn token(data: &[u8]) {
+        let text = String::from_utf8_lossy(data).into_owned();
+        let params: ValueMap =
+            [("authorization".to_owned(), islb_gob::Value::String(text.clone()))].into_iter().collect();
+        let now = Timestamp::from_ms(1_800_000_000_000);
+        let _ = session_key(&params, None, now);
+        let key = JwtKey::hmac(b"fuzz-key".to_vec());
+        if let Ok(Some(_)) = session_key(&params, Some(&key), now) {
+            let token = text.trim();
+            let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token).trim();
+            let (signed, signature) = token.rsplit_once('.').expect("three parts");
+            let header = B64.decode(signed.split('.').next().expect("a header")).expect("base64");
+            let alg =
+                serde_json::from_slice::<serde_json::Value>(&header).expect("JSON")["alg"].as_str().map(str::to_owned);
+            let sig = B64.decode(signature).expect("base64");
+            assert!(
+                key.verify(alg.as_deref().unwrap_or("none"), signed.as_bytes(), &sig).is_ok(),
+                "accepted unverified: {text}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use islb_gob::Value;
+    use proptest::prelude::*;
 
     const NOW: Timestamp = Timestamp::from_ms(1_800_000_000_000);
 
@@ -223,5 +254,75 @@ mod tests {
         // Without a key nothing is verified (ion's signal checked the token already).
         let old = jwt(r#"{"alg":"none"}"#, &format!(r#"{{"sid":"r","exp":{}}}"#, now_s - 3600), None);
         assert_eq!(session_key(&params(&[("authorization", old.into())]), None, NOW), sid);
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,20}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-z]{1,5}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(data in prop::collection::vec(any::<u8>(), 0..512)) {
+            fuzz_logic::token(&data);
+            let dotted: Vec<u8> = data.iter().map(|b| if b % 7 == 0 { b'.' } else { *b }).collect();
+            fuzz_logic::token(&dotted);
+        }
+
+        #[test]
+        fn tokens_of_any_claims_are_read_and_only_the_right_key_verifies(
+            alg in prop_oneof![Just("HS256".to_owned()), Just("HS384".to_owned()), Just("none".to_owned()), Just("RS256".to_owned()), ".{0,8}"],
+            claims in json_value(),
+            sid in prop::option::of("[a-z0-9-]{1,12}"),
+            right_key in any::<bool>(),
+        ) {
+            let mut claims = match claims { serde_json::Value::Object(m) => m, other => [("x".to_owned(), other)].into_iter().collect() };
+            claims.remove("exp");
+            claims.remove("nbf");
+            if let Some(sid) = &sid {
+                claims.insert("sid".into(), serde_json::Value::String(sid.clone()));
+            } else {
+                claims.remove("sid");
+            }
+            let header = serde_json::json!({ "alg": alg }).to_string();
+            let key: &[u8] = if right_key { b"fuzz-key" } else { b"other-key" };
+            let t = jwt(&header, &serde_json::Value::Object(claims).to_string(), Some(key));
+            fuzz_logic::token(t.as_bytes());
+            let p = params(&[("authorization", t.into())]);
+            // Unverified: the claim as it is.
+            prop_assert_eq!(session_key(&p, None, NOW), Ok(sid.clone()));
+            // Verified: only the right key and an HMAC algorithm (jwt() signs with HS256).
+            let got = session_key(&p, Some(&JwtKey::hmac(b"fuzz-key".to_vec())), NOW);
+            if right_key && alg == "HS256" {
+                prop_assert_eq!(got, Ok(sid));
+            } else {
+                prop_assert!(matches!(got, Err(KeyError::Refused(_))), "{:?}", got);
+            }
+        }
+    }
+
+    #[test]
+    fn deeply_nested_claims_are_malformed_not_a_stack_overflow() {
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let t = jwt(r#"{"alg":"none"}"#, &deep, None);
+        assert_eq!(
+            session_key(&params(&[("authorization", t.clone().into())]), None, NOW),
+            Err(KeyError::Malformed("claims are not JSON"))
+        );
+        fuzz_logic::token(t.as_bytes());
     }
 }

@@ -133,6 +133,9 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
     };
     islb_server::telemetry::init_logging(&cfg.log_level, cfg.log_format);
     runtime().block_on(async move {
+        // Handlers first: a SIGTERM during start-up is then a shutdown once islb is up,
+        // not the default action (death by signal).
+        let mut signals = Signals::new();
         let running = match islb_server::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -145,10 +148,10 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
         };
         let stop = running.stop_token();
         tokio::spawn(async move {
-            let signal = wait_for_signal().await;
+            let signal = signals.next().await;
             tracing::info!(signal, "signal received; shutting down (send it again to exit at once)");
             stop.cancel();
-            let again = wait_for_signal().await;
+            let again = signals.next().await;
             tracing::warn!(signal = again, "second signal: exiting now");
             std::process::exit(130);
         });
@@ -162,12 +165,26 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
     })
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }

@@ -29,8 +29,61 @@ pub(crate) fn to_proto(md: &Metadata) -> Option<nrpc::Metadata> {
     })
 }
 
-pub(crate) fn from_proto(md: Option<&nrpc::Metadata>) -> Metadata {
+/// The metadata of a `call` frame, as a map (empty when it has none).
+pub fn from_proto(md: Option<&nrpc::Metadata>) -> Metadata {
     md.map(|m| m.md.iter().map(|(k, v)| (k.clone(), v.values.clone())).collect()).unwrap_or_default()
+}
+
+/// The first byte of a `Request` holding a `call` (field 2, length-delimited).
+const CALL_TAG: u8 = 0x12;
+
+/// Room a frame may take beyond its message: the envelope's tags and lengths.
+pub const ENVELOPE_SLACK: usize = 64;
+
+/// A request frame as the server reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Larger than the message limit allows (not decoded); `call`: it looks like a `call`
+    /// frame, the only kind answered when no call is open on its inbox.
+    Oversized {
+        /// `RESOURCE_EXHAUSTED`, saying the sizes.
+        status: Status,
+        /// Whether its first byte is a `call`'s tag.
+        call: bool,
+    },
+    /// Not an `nrpc.Request` (`INVALID_ARGUMENT`).
+    Malformed(Status),
+    /// Opens a call.
+    Call(nrpc::Call),
+    /// A request message.
+    Data(Bytes),
+    /// `end`: a half-close, or with a status (`cancel`) a cancel.
+    End {
+        /// Whether it carried a status.
+        cancel: bool,
+    },
+    /// A `Request` with no frame in it.
+    Empty,
+}
+
+/// Reads a request frame (pure: the server decides what to do with it).
+pub fn read_request(payload: Bytes, max_message_size: usize) -> Inbound {
+    if payload.len() > max_message_size.saturating_add(ENVELOPE_SLACK) {
+        let status = Status::resource_exhausted(format!(
+            "frame of {} bytes exceeds the limit of {max_message_size} bytes",
+            payload.len()
+        ));
+        return Inbound::Oversized { status, call: payload.first() == Some(&CALL_TAG) };
+    }
+    match nrpc::Request::decode(payload) {
+        Err(e) => Inbound::Malformed(Status::invalid_argument(format!("malformed nrpc frame: {e}"))),
+        Ok(f) => match f.r#type {
+            Some(request::Type::Call(call)) => Inbound::Call(call),
+            Some(request::Type::Data(d)) => Inbound::Data(Bytes::from(d.data)),
+            Some(request::Type::End(end)) => Inbound::End { cancel: end.status.is_some() },
+            None => Inbound::Empty,
+        },
+    }
 }
 
 fn encode(m: &impl Message) -> Bytes {

@@ -43,14 +43,14 @@ use async_nats::{Client, Message, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use islb_proto::nrpc::{self, request};
+use islb_proto::nrpc;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::frame::{self, Metadata};
+use crate::frame::{self, Inbound, Metadata};
 use crate::status::Status;
 use crate::subject;
 use crate::table::{Admission, CallCtl, CallState, Limits, Overdue, Table, peer_key};
@@ -146,9 +146,6 @@ pub const CALL_QUEUE: usize = 256;
 
 /// How long `start` waits for the NATS server to confirm the subscriptions.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The first byte of a `Request` holding a `call` (field 2, length-delimited).
-const CALL_TAG: u8 = 0x12;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -374,29 +371,19 @@ impl Loop {
             bad("no_reply");
             return;
         };
-        if msg.payload.len() > self.config.max_message_size + 64 {
-            bad("oversized");
-            let status = Status::resource_exhausted(format!(
-                "frame of {} bytes exceeds the limit of {} bytes",
-                msg.payload.len(),
-                self.config.max_message_size
-            ));
-            // Without a call on the inbox, only a `call` frame (its first byte is field 2's
-            // tag) is answered: anything else may follow a call that already got its end.
-            self.fail_call(&reply, status, msg.payload.first() == Some(&CALL_TAG)).await;
-            return;
-        }
-        let frame = match nrpc::Request::decode(msg.payload.clone()) {
-            Ok(f) => f,
-            Err(e) => {
-                bad("malformed");
-                self.fail_call(&reply, Status::invalid_argument(format!("malformed nrpc frame: {e}")), true).await;
-                return;
+        match frame::read_request(msg.payload.clone(), self.config.max_message_size) {
+            Inbound::Oversized { status, call } => {
+                bad("oversized");
+                // Without a call on the inbox, only a `call` frame is answered: anything
+                // else may follow a call that already got its end.
+                self.fail_call(&reply, status, call).await;
             }
-        };
-        match frame.r#type {
-            Some(request::Type::Call(call)) => self.on_call(&msg.subject, reply, call).await,
-            Some(request::Type::Data(data)) => {
+            Inbound::Malformed(status) => {
+                bad("malformed");
+                self.fail_call(&reply, status, true).await;
+            }
+            Inbound::Call(call) => self.on_call(&msg.subject, reply, call).await,
+            Inbound::Data(data) => {
                 let overflow = {
                     let mut calls = lock(&self.calls);
                     match calls.get_mut(reply.as_str()) {
@@ -404,7 +391,7 @@ impl Loop {
                             state.last = Instant::now();
                             state.awaiting_first = false;
                             match &state.tx {
-                                Some(tx) => match tx.try_send(Bytes::from(data.data)) {
+                                Some(tx) => match tx.try_send(data) {
                                     Ok(()) => false,
                                     Err(mpsc::error::TrySendError::Full(_)) => true,
                                     // The handler is done reading; its end is on the way.
@@ -435,11 +422,11 @@ impl Loop {
                     self.fail_call(&reply, status, false).await;
                 }
             }
-            Some(request::Type::End(end)) => {
+            Inbound::End { cancel } => {
                 let mut calls = lock(&self.calls);
                 match calls.get_mut(reply.as_str()) {
                     // A status, whatever its code, cancels: nothing is sent back.
-                    Some(state) if end.status.is_some() => {
+                    Some(state) if cancel => {
                         state.ctl.stop();
                         calls.remove(reply.as_str());
                     }
@@ -452,7 +439,7 @@ impl Loop {
                     None => {}
                 }
             }
-            None => bad("empty_frame"),
+            Inbound::Empty => bad("empty_frame"),
         }
     }
 

@@ -315,6 +315,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     );
     tasks.spawn("watched view", watched.clone().run(client.clone(), tasks_stop.clone()));
     tasks.spawn("NATS link", discovery.clone().follow_link(link, tasks_stop.clone()));
+    tasks.spawn("metrics upkeep", telemetry::upkeep_loop(metrics.clone(), tasks_stop.clone()));
 
     // gRPC over NATS: islb.ISLB, islb.Admin and reflection on nrpc.<nid>.…
     let mut rpc_server = islb_nrpc::Server::new(

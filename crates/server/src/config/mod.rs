@@ -258,10 +258,15 @@ impl Config {
     /// Reads the file (if any), lays `given` (the environment and flags) over it and the
     /// defaults, and validates.
     pub fn load(file: Option<&Path>, given: &Settings) -> Result<Self, ConfigError> {
-        let mut file_layer = match file {
+        let file_layer = match file {
             Some(path) => read_file(path)?,
             None => Settings::default(),
         };
+        Config::from_layers(file_layer, given)
+    }
+
+    /// Lays `given` over `file_layer` (a file as read) and the defaults, and validates.
+    fn from_layers(mut file_layer: Settings, given: &Settings) -> Result<Self, ConfigError> {
         let ion_redis = ion::fold(&mut file_layer)?;
         let merged = merge(&[&Settings::defaults(), &file_layer, given]);
         let mut cfg: Config = serde_json::from_value(merged)
@@ -390,8 +395,13 @@ pub enum ConfigError {
 
 fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
+    parse_text(path, &text)
+}
+
+/// Reads the text of the config file at `path`.
+fn parse_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
         ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().replace('\n', " ") }
     })
 }
@@ -403,9 +413,94 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Entry points for fuzzers, shared with the property tests.
+pub mod fuzz_logic {
+    use super::*;
+
+    /// Reads `data` (as text) as a config file; panics only on a bug, never on bad input:
+    /// the result is a configuration that passes validation, or one line saying what is
+    /// wrong.
+    pub fn config_text(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        match parse_text(Path::new("fuzz.toml"), &text).and_then(|f| Config::from_layers(f, &Settings::default())) {
+            Ok(cfg) => {
+                assert!(cfg.validate().is_ok(), "an invalid configuration was accepted: {cfg:?}");
+                assert!(!cfg.describe().is_empty());
+            }
+            Err(e) => {
+                let line = e.to_string();
+                assert!(!line.is_empty() && !line.contains('\n'), "not one line: {line:?}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A TOML value of any type, as text.
+    fn toml_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            ".{0,12}".prop_map(|s| format!("{s:?}")),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| if f.is_finite() { format!("{f:?}") } else { "nan".into() }),
+            any::<bool>().prop_map(|b| b.to_string()),
+            prop_oneof![Just("\"5s\""), Just("\"0ms\""), Just("\"1000000000y\""), Just("\"-1s\"")]
+                .prop_map(str::to_owned),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::vec(("[a-z]{1,6}", inner), 0..3).prop_map(|v| format!(
+                    "{{ {} }}",
+                    v.iter().map(|(k, x)| format!("{k} = {x}")).collect::<Vec<_>>().join(", ")
+                )),
+            ]
+        })
+    }
+
+    /// islb's keys, ion's sections and keys, and some unknown ones.
+    fn toml_key() -> impl Strategy<Value = String> {
+        let known: Vec<String> =
+            Settings::command().get_arguments().filter_map(|a| a.get_long()).map(str::to_owned).collect();
+        prop_oneof![
+            prop::sample::select(known),
+            prop::sample::select(vec![
+                "global.dc",
+                "nats.url",
+                "redis.addrs",
+                "redis.password",
+                "redis.db",
+                "log.level",
+                "node.nid",
+                "placement.services",
+                "global.pprof",
+                "unknown",
+                "redis.extra",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z-]{1,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_as_a_config_file_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+            fuzz_logic::config_text(&data);
+        }
+
+        #[test]
+        fn any_keys_with_values_of_any_type_are_accepted_valid_or_refused_in_one_line(
+            entries in prop::collection::vec((toml_key(), toml_value()), 0..8),
+        ) {
+            let text: String = entries.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            fuzz_logic::config_text(text.as_bytes());
+        }
+    }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
         let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
