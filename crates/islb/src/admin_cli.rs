@@ -12,9 +12,9 @@ use islb_proto::islb as pb;
 use crate::cli::{AdminArgs, ClusterArgs};
 
 pub(crate) async fn connect(cluster: &ClusterArgs) -> anyhow::Result<async_nats::Client> {
-    let addrs = islb_server::nats::parse_urls(&cluster.nats_url)?;
-    let url = islb_server::config::mask_url(&cluster.nats_url);
-    tokio::time::timeout(cluster.timeout, async_nats::ConnectOptions::new().name("islb cli").connect(addrs))
+    let (addrs, opts) = islb_server::nats::connect_options(&cluster.nats.0)?;
+    let url = islb_server::config::mask_url(&cluster.nats.0.url);
+    tokio::time::timeout(cluster.timeout, opts.name("islb cli").connect(addrs))
         .await
         .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within {:?}", cluster.timeout))?
         .with_context(|| format!("cannot connect to NATS at {url}"))

@@ -115,9 +115,9 @@ pub(crate) struct ServeArgs {
 /// Where a client subcommand finds the cluster.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ClusterArgs {
-    /// NATS server URL(s) of the cluster
-    #[arg(long, env = "ISLB_NATS_URL", value_name = "URL", default_value = islb_server::config::DEFAULT_NATS_URL)]
-    pub(crate) nats_url: String,
+    /// NATS URLs, credentials and TLS files: `islb serve`'s options of the same names
+    #[command(flatten)]
+    pub(crate) nats: islb_server::config::NatsConn,
     /// How long to wait for the cluster
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub(crate) timeout: Duration,

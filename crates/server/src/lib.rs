@@ -298,7 +298,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let tasks_stop = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let watched = selfreg::WatchedView::default();
-    let me = selfreg::self_node(&cfg.dc, &cfg.nid, &cfg.nats_url);
+    // Published to every node: the URLs without credentials.
+    let me = selfreg::self_node(&cfg.dc, &cfg.nid, &cfg.nats_access().public_url());
 
     let health = Health::default();
     // Two groups, stopped in turn at shutdown: the request loop first, the timers after

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Config, mask_url};
+use crate::config::access::Credentials;
+use crate::config::{Config, ConfigError, NatsAccess, mask_url};
 
 /// Could not reach NATS within the configured time.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum NatsError {
         /// Why.
         why: String,
     },
+    /// The credentials or TLS files cannot be used.
+    #[error(transparent)]
+    Access(#[from] ConfigError),
     /// Every attempt failed until the timeout.
     #[error("NATS at {url} not reachable after {attempts} attempts in {waited}: {last}")]
     Unreachable {
@@ -44,6 +48,33 @@ pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
         .collect()
 }
 
+/// The servers and the options that authenticate to them and set up TLS, as `access`
+/// says: credentials from the options or, as nats.go does, from the URLs; a CA and a
+/// client certificate (either makes TLS required).
+pub fn connect_options(access: &NatsAccess) -> Result<(Vec<ServerAddr>, ConnectOptions), NatsError> {
+    let addrs = parse_urls(&access.url)?;
+    let mut opts = ConnectOptions::new();
+    opts = match access.credentials()? {
+        Credentials::None => opts,
+        Credentials::UserPassword(user, password) => opts.user_and_password(user, password),
+        Credentials::Token(token) => opts.token(token),
+        Credentials::Nkey(seed) => opts.nkey(seed),
+        Credentials::Creds(text) => opts.credentials(&text).map_err(|e| {
+            NatsError::Access(ConfigError::Invalid {
+                key: "nats-creds".into(),
+                why: format!("not a credentials file: {e}"),
+            })
+        })?,
+    };
+    if let Some(ca) = &access.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&access.tls_cert, &access.tls_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+    }
+    Ok((addrs, opts))
+}
+
 /// Whether the connection is up, as its events tell (true from the first connection).
 pub type Link = watch::Receiver<bool>;
 
@@ -51,7 +82,8 @@ pub type Link = watch::Receiver<bool>;
 /// `cfg.nats_connect_timeout`, logging each failed attempt. The client then reconnects
 /// by itself forever (resubscribing); the [`Link`] follows the connection.
 pub async fn connect(cfg: &Config, name: &str) -> Result<(Client, Link), NatsError> {
-    let addrs = parse_urls(&cfg.nats_url)?;
+    let access = cfg.nats_access();
+    connect_options(&access)?; // the options are usable, before any attempt
     let masked = mask_url(&cfg.nats_url);
     let start = Instant::now();
     let deadline = start + cfg.nats_connect_timeout;
@@ -63,7 +95,8 @@ pub async fn connect(cfg: &Config, name: &str) -> Result<(Client, Link), NatsErr
         let left = deadline.saturating_duration_since(Instant::now());
         let url_for_events = masked.clone();
         let link_tx = link_tx.clone();
-        let opts = ConnectOptions::new()
+        let (addrs, opts) = connect_options(&access)?;
+        let opts = opts
             .name(name)
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
@@ -77,13 +110,20 @@ pub async fn connect(cfg: &Config, name: &str) -> Result<(Client, Link), NatsErr
                 let url = url_for_events.clone();
                 async move { log_event(&url, event) }
             });
-        match opts.connect(addrs.clone()).await {
+        match opts.connect(addrs).await {
             Ok(client) => {
                 info!(url = %masked, attempts = attempt, "connected to NATS");
                 return Ok((client, link));
             }
             Err(e) => {
-                if Instant::now() + delay >= deadline {
+                // Refused credentials or unusable TLS files do not get better by waiting.
+                let permanent = matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication
+                        | async_nats::ConnectErrorKind::Tls
+                );
+                if permanent || Instant::now() + delay >= deadline {
                     return Err(NatsError::Unreachable {
                         url: masked,
                         attempts: attempt,

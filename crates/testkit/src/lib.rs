@@ -124,6 +124,8 @@ pub struct NatsServer {
     dir: TempDir,
     port: u16,
     cluster: Option<Cluster>,
+    /// A configuration file given to the server (`-c`).
+    conf: Option<PathBuf>,
 }
 
 /// A server's place in a cluster: its route port and the other servers' route ports.
@@ -138,9 +140,44 @@ impl NatsServer {
     /// accepts connections.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
-        let mut server = NatsServer { child: None, dir, port: 0, cluster: None };
+        let mut server = NatsServer { child: None, dir, port: 0, cluster: None, conf: None };
         server.spawn(None);
         server
+    }
+
+    /// Starts a server with `conf` as its configuration file (authorization, accounts,
+    /// TLS blocks...; the port, log and ports file still come from the command line).
+    /// `{dir}` in `conf` stands for the server's own directory (see
+    /// [`NatsServer::file`]).
+    pub fn start_with_config(conf: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
+        Self::with_config_in(dir, conf)
+    }
+
+    fn with_config_in(dir: TempDir, conf: &str) -> Self {
+        let path = dir.path().join("nats.conf");
+        fs::write(&path, conf.replace("{dir}", &dir.path().display().to_string())).expect("nats.conf");
+        let mut server = NatsServer { child: None, dir, port: 0, cluster: None, conf: Some(path) };
+        server.spawn(None);
+        server
+    }
+
+    /// Starts a server that requires TLS, with a certificate for 127.0.0.1 from a private CA
+    /// ([`make_certs`]: `ca.crt`, `client.crt` and `client.key` are in [`NatsServer::file`]);
+    /// with `verify_clients`, clients must present a certificate from that CA too. `extra`
+    /// is added to its configuration.
+    pub fn start_tls(verify_clients: bool, extra: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-nats-tls-").tempdir().expect("temp dir");
+        make_certs(dir.path());
+        let conf = format!(
+            "tls {{\n  cert_file: \"{{dir}}/server.crt\"\n  key_file: \"{{dir}}/server.key\"\n  ca_file: \"{{dir}}/ca.crt\"\n  verify: {verify_clients}\n}}\n{extra}"
+        );
+        Self::with_config_in(dir, &conf)
+    }
+
+    /// A file in the server's directory (its certificates, for one).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Starts `n` servers routed to each other (a NATS cluster on loopback, every port
@@ -151,7 +188,8 @@ impl NatsServer {
         for _ in 0..n {
             let dir = tempfile::Builder::new().prefix("islb-nats-").tempdir().expect("temp dir");
             let routes = servers.iter().filter_map(|s| s.cluster.as_ref().map(|c| c.port)).collect();
-            let mut server = NatsServer { child: None, dir, port: 0, cluster: Some(Cluster { port: 0, routes }) };
+            let mut server =
+                NatsServer { child: None, dir, port: 0, cluster: Some(Cluster { port: 0, routes }), conf: None };
             server.spawn(None);
             servers.push(server);
         }
@@ -197,6 +235,9 @@ impl NatsServer {
             .arg(&ports_dir)
             .arg("-l")
             .arg(&log);
+        if let Some(conf) = &self.conf {
+            cmd.arg("-c").arg(conf);
+        }
         if let Some(c) = &self.cluster {
             let listen = if c.port == 0 { "-1".to_owned() } else { c.port.to_string() };
             cmd.args(["--cluster_name", "islb-test", "--cluster", &format!("nats://127.0.0.1:{listen}")]);
@@ -294,6 +335,93 @@ fn read_ports_file(dir: &Path, kind: &str) -> Option<u16> {
     url.rsplit(':').next()?.parse().ok()
 }
 
+/// Test certificates in `dir` (openssl): a CA (`ca.crt`, `ca.key`), a server certificate
+/// for 127.0.0.1 (`server.crt`, `server.key`) and a client certificate (`client.crt`,
+/// `client.key`), both signed by the CA.
+pub fn make_certs(dir: &Path) {
+    let openssl = require_binary("openssl", "install it with `apt-get install openssl`");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl).args(args).current_dir(dir).output().expect("running openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=islb test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    // An X.509 v3 certificate (rustls refuses v1) for client authentication.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=islb test client",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.crt",
+    ]);
+}
+
 /// A real `redis-server` for one test, on a free loopback port, keeping nothing on disk.
 pub struct RedisServer {
     child: Option<Child>,
@@ -321,56 +449,7 @@ impl RedisServer {
     /// fresh CA ([`RedisServer::ca_file`]); made with the `openssl` command.
     pub fn start_tls() -> Self {
         let dir = tempfile::Builder::new().prefix("islb-redis-tls-").tempdir().expect("temp dir");
-        let openssl = require_binary("openssl", "install it with `apt-get install openssl`");
-        let run = |args: &[&str]| {
-            let out = Command::new(&openssl).args(args).current_dir(dir.path()).output().expect("running openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=islb test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ]);
+        make_certs(dir.path());
         let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true };
         server.start_on_a_free_port();
         server

@@ -22,21 +22,21 @@ impl Islb {
     /// Starts `islb serve` on `nats` with JSON logs, a free admin port, and `extra` args;
     /// waits until it is ready.
     pub(crate) fn start(nats: &NatsServer, extra: &[&str]) -> Islb {
-        let nid = format!("islb-t{}", std::process::id() % 100_000 + rand_suffix());
+        Islb::start_url(&nats.url(), extra)
+    }
+
+    /// [`Islb::start`] with `url` as its `--nats-url`.
+    /// A `--nid` in `extra` is taken as it is; otherwise one is made up.
+    pub(crate) fn start_url(url: &str, extra: &[&str]) -> Islb {
+        let given = extra.iter().position(|a| *a == "--nid").and_then(|i| extra.get(i + 1));
+        let nid = given
+            .map_or_else(|| format!("islb-t{}", std::process::id() % 100_000 + rand_suffix()), |n| (*n).to_owned());
         let mut cmd = Command::new(ISLB);
-        cmd.args([
-            "serve",
-            "--nats-url",
-            &nats.url(),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--nid",
-            &nid,
-        ])
-        .args(extra)
-        .env_remove("ISLB_CONFIG");
+        cmd.args(["serve", "--nats-url", url, "--http-addr", "127.0.0.1:0", "--log-format", "json"]);
+        if given.is_none() {
+            cmd.args(["--nid", &nid]);
+        }
+        cmd.args(extra).env_remove("ISLB_CONFIG");
         let mut proc = Proc::spawn("islb", cmd);
         proc.wait_for("\"islb ready\"", Duration::from_secs(30));
         let line = proc.wait_for("admin HTTP listening", Duration::from_secs(1));

@@ -7,4 +7,5 @@ mod nats;
 mod placement;
 mod registry;
 mod rpc;
+mod security;
 mod storage;

@@ -10,6 +10,7 @@
 //! over each other, checks the result and gives a typed [`Config`], or a [`ConfigError`]
 //! whose one line says what is wrong and where.
 
+pub mod access;
 pub mod ion;
 mod values;
 
@@ -22,6 +23,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
+pub use access::{NatsAccess, NatsConn};
 pub use ion::IonRedis;
 pub use values::{LogFormat, ServiceList, StoreSpec, mask_url, parse_duration, random_nid};
 
@@ -37,6 +39,36 @@ pub struct Settings {
     /// NATS server URL(s), comma-separated
     #[arg(long, env = "ISLB_NATS_URL", value_name = "URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: Option<String>,
+    /// NATS user (with nats-password; a user:password@ in the URL does the same)
+    #[arg(long, env = "ISLB_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer nats-password-file)
+    #[arg(long, env = "ISLB_NATS_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// File holding the NATS password
+    #[arg(long, env = "ISLB_NATS_PASSWORD_FILE", value_name = "FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// NATS token (prefer nats-token-file; a token@ in the URL does the same)
+    #[arg(long, env = "ISLB_NATS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// File holding the NATS token
+    #[arg(long, env = "ISLB_NATS_TOKEN_FILE", value_name = "FILE")]
+    pub nats_token_file: Option<PathBuf>,
+    /// NATS nkey seed file (an SU... seed)
+    #[arg(long, env = "ISLB_NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS credentials file (user JWT and seed, as nsc writes it)
+    #[arg(long, env = "ISLB_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the NATS servers' certificates; system roots otherwise
+    #[arg(long, env = "ISLB_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients (with nats-tls-key)
+    #[arg(long, env = "ISLB_NATS_TLS_CERT", value_name = "FILE")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of nats-tls-cert
+    #[arg(long, env = "ISLB_NATS_TLS_KEY", value_name = "FILE")]
+    pub nats_tls_key: Option<PathBuf>,
     /// Data centre of this islb
     #[arg(long, env = "ISLB_DC", value_name = "DC", default_value = "dc1")]
     pub dc: Option<String>,
@@ -136,7 +168,7 @@ pub struct Settings {
 }
 
 /// Options whose value `config check` and the logs never show.
-const SECRETS: &[&str] = &["jwt-key"];
+const SECRETS: &[&str] = &["jwt-key", "nats-password", "nats-token"];
 
 impl Settings {
     /// The options' clap definitions (for the reference and for reading sources).
@@ -170,12 +202,43 @@ impl Settings {
     }
 }
 
-/// The validated configuration of `islb serve`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The validated configuration of `islb serve` (its `Debug` masks secrets, as
+/// [`Config::describe`] does).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
     /// NATS server URL(s), comma-separated.
     pub nats_url: String,
+    /// NATS user.
+    #[serde(default)]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[serde(default)]
+    pub nats_password: Option<String>,
+    /// File holding the NATS password.
+    #[serde(default)]
+    pub nats_password_file: Option<PathBuf>,
+    /// NATS token.
+    #[serde(default)]
+    pub nats_token: Option<String>,
+    /// File holding the NATS token.
+    #[serde(default)]
+    pub nats_token_file: Option<PathBuf>,
+    /// NATS nkey seed file.
+    #[serde(default)]
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS credentials file.
+    #[serde(default)]
+    pub nats_creds: Option<PathBuf>,
+    /// CA of the NATS servers.
+    #[serde(default)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for NATS.
+    #[serde(default)]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub nats_tls_key: Option<PathBuf>,
     /// Data centre of this islb.
     pub dc: String,
     /// Node id of this islb.
@@ -237,6 +300,12 @@ pub struct Config {
     pub ion_redis: Option<IonRedis>,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.describe()).finish()
+    }
+}
+
 /// Lays `layers` over each other, lowest first: a later layer's option wins where it is set.
 fn merge(layers: &[&Settings]) -> serde_json::Value {
     let mut merged = serde_json::Map::new();
@@ -272,6 +341,8 @@ impl Config {
         let mut cfg: Config = serde_json::from_value(merged)
             .map_err(|e| ConfigError::Invalid { key: "configuration".into(), why: e.to_string() })?;
         cfg.jwt_key = cfg.jwt_key.filter(|k| !k.is_empty());
+        cfg.nats_password = cfg.nats_password.filter(|k| !k.is_empty());
+        cfg.nats_token = cfg.nats_token.filter(|k| !k.is_empty());
         cfg.ion_redis = ion_redis;
         cfg.validate()?;
         Ok(cfg)
@@ -290,6 +361,7 @@ impl Config {
         if self.nats_url.trim().is_empty() {
             return bad("nats-url", "must not be empty".into());
         }
+        self.nats_access().check()?;
         if self.expire < Duration::from_millis(100) {
             return bad("expire", format!("{} is too short (minimum 100ms)", humantime::format_duration(self.expire)));
         }
@@ -335,6 +407,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How to reach NATS: the URLs, credentials and TLS files.
+    pub fn nats_access(&self) -> NatsAccess {
+        NatsAccess {
+            url: self.nats_url.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            password_file: self.nats_password_file.clone(),
+            token: self.nats_token.clone(),
+            token_file: self.nats_token_file.clone(),
+            nkey: self.nats_nkey.clone(),
+            creds: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+        }
     }
 
     /// The effective configuration as `key = value` lines in the options' order, secrets
@@ -641,11 +730,15 @@ db = 0
         let over = Settings {
             store: Some("redis://:hunter2@h:6379".parse().unwrap()),
             jwt_key: Some("topsecret".into()),
+            nats_url: Some("nats://ion:urlpass@h:4222".into()),
+            nats_token: Some("tokensecret".into()),
             ..Settings::default()
         };
         let c = Config::load(None, &over).unwrap();
-        let described = format!("{:?}", c.describe());
-        assert!(!described.contains("hunter2") && !described.contains("topsecret"), "{described}");
+        let described = format!("{:?} {:?}", c.describe(), c);
+        for secret in ["hunter2", "topsecret", "urlpass", "tokensecret"] {
+            assert!(!described.contains(secret), "{secret} shown: {described}");
+        }
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Secured NATS: islb and its CLI against nats-servers that require credentials or TLS,
+//! with the credentials in the URL (as ion's Go nodes give them), in options, or in files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use islb_testkit::{NatsServer, ionpeer_run};
+
+use crate::harness::{Islb, Peer, ion_node, run_islb};
+
+/// `islb nodes` with `args` (its connection options) lists the islb `nid`.
+fn cli_lists(args: &[&str], nid: &str) {
+    let out = run_islb(&[&["nodes", "--timeout", "10s"], args].concat(), &[]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "islb nodes {args:?}: {stderr}");
+    assert!(stdout.contains(nid), "islb nodes {args:?} does not list {nid}:\n{stdout}");
+}
+
+/// ionpeer (Go's nats.go, which reads credentials in the URL) passes its conformance
+/// battery through islb at `url`.
+fn go_node_served(url: &str) {
+    let out = ionpeer_run(&["conform", "-url", url], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("15 passed, 0 failed"), "ionpeer conform:\n{text}");
+}
+
+/// A Rust node with `opts` registers and is listed.
+async fn node_served(url: &str, opts: async_nats::ConnectOptions) {
+    let peer = Peer { client: opts.connect(url).await.expect("the node connects") };
+    assert!(peer.send("save", &ion_node("signal", "secured-node")).await.success);
+    assert!(peer.get("signal", &[]).await.iter().any(|n| n.nid == "secured-node"));
+}
+
+fn secret_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{text}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// No secret in anything islb logged.
+fn never_logged(islb: &Islb, secrets: &[&str]) {
+    let log = islb.proc.output();
+    for s in secrets {
+        assert!(!log.contains(s), "a secret is in islb's log");
+    }
+}
+
+#[tokio::test]
+async fn user_and_password_in_the_url_or_as_options() {
+    let nats = NatsServer::start_with_config("authorization { user: ion, password: \"pw-s3cret\" }\n");
+    let dir = tempfile::tempdir().unwrap();
+    let with_creds = format!("nats://ion:pw-s3cret@127.0.0.1:{}", nats.port());
+    // In the URL, as ion's Go nodes connect.
+    let islb = Islb::start_url(&with_creds, &[]);
+    go_node_served(&with_creds);
+    cli_lists(&["--nats-url", &with_creds], &islb.nid);
+    never_logged(&islb, &["pw-s3cret"]);
+    drop(islb);
+    // As options, the password from a file.
+    let pw = secret_file(dir.path(), "pw", "pw-s3cret");
+    let islb = Islb::start_url(&nats.url(), &["--nats-user", "ion", "--nats-password-file", &pw]);
+    cli_lists(&["--nats-url", &nats.url(), "--nats-user", "ion", "--nats-password", "pw-s3cret"], &islb.nid);
+    never_logged(&islb, &["pw-s3cret"]);
+    // The node islb registers for itself carries the URL without the credentials.
+    let out = run_islb(&["nodes", "--json", "--nats-url", &with_creds], &[]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pw-s3cret"));
+    // A wrong password: refused at once (exit 69), the password not shown.
+    let out = run_islb(
+        &[
+            "serve",
+            "--nats-url",
+            &nats.url(),
+            "--nats-user",
+            "ion",
+            "--nats-password",
+            "wrong-pw",
+            "--nats-connect-timeout",
+            "1s",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(!err.contains("wrong-pw"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_in_the_url_or_from_a_file() {
+    let nats = NatsServer::start_with_config("authorization { token: \"t0ken-s3cret\" }\n");
+    let dir = tempfile::tempdir().unwrap();
+    let with_token = format!("nats://t0ken-s3cret@127.0.0.1:{}", nats.port());
+    let islb = Islb::start_url(&with_token, &[]);
+    go_node_served(&with_token);
+    cli_lists(&["--nats-url", &with_token], &islb.nid);
+    never_logged(&islb, &["t0ken-s3cret"]);
+    drop(islb);
+    let token = secret_file(dir.path(), "token", "t0ken-s3cret");
+    let islb = Islb::start_url(&nats.url(), &["--nats-token-file", &token]);
+    cli_lists(&["--nats-url", &nats.url(), "--nats-token", "t0ken-s3cret"], &islb.nid);
+    node_served(&nats.url(), async_nats::ConnectOptions::with_token("t0ken-s3cret".into())).await;
+    never_logged(&islb, &["t0ken-s3cret"]);
+}
+
+#[tokio::test]
+async fn an_nkey_user() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let nats =
+        NatsServer::start_with_config(&format!("authorization {{ users: [ {{ nkey: {} }} ] }}\n", user.public_key()));
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = secret_file(dir.path(), "user.nk", &seed);
+    let islb = Islb::start_url(&nats.url(), &["--nats-nkey", &seed_file]);
+    cli_lists(&["--nats-url", &nats.url(), "--nats-nkey", &seed_file], &islb.nid);
+    node_served(&nats.url(), async_nats::ConnectOptions::with_nkey(seed.clone())).await;
+    never_logged(&islb, &[&seed]);
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_and_mutual_tls() {
+    // Server certificate from a private CA.
+    let nats = NatsServer::start_tls(false, "");
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let ca = nats.file("ca.crt").display().to_string();
+    let islb = Islb::start_url(&url, &["--nats-tls-ca", &ca]);
+    cli_lists(&["--nats-url", &url, "--nats-tls-ca", &ca], &islb.nid);
+    node_served(&url, async_nats::ConnectOptions::new().add_root_certificates(ca.clone().into())).await;
+    drop(islb);
+    // Clients must present a certificate: without one islb cannot connect.
+    let nats = NatsServer::start_tls(true, "");
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let (ca, cert, key) = (nats.file("ca.crt"), nats.file("client.crt"), nats.file("client.key"));
+    let (ca, cert, key) = (ca.display().to_string(), cert.display().to_string(), key.display().to_string());
+    let tls = ["--nats-tls-ca", &ca, "--nats-tls-cert", &cert, "--nats-tls-key", &key];
+    let islb = Islb::start_url(&url, &tls);
+    cli_lists(&[&["--nats-url", &url][..], &tls].concat(), &islb.nid);
+    let opts = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone().into())
+        .add_client_certificate(cert.clone().into(), key.clone().into());
+    node_served(&url, opts).await;
+    let out = run_islb(&["nodes", "--nats-url", &url, "--nats-tls-ca", &ca, "--timeout", "3s"], &[]);
+    assert!(!out.status.success(), "no client certificate, no connection");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// The permission blocks of docs/SECURITY.md, for islb's user and an operator's.
+fn permissions_from_the_docs() -> (String, String) {
+    let doc = std::fs::read_to_string(islb_testkit::workspace_root().join("docs/SECURITY.md")).unwrap();
+    let blocks: Vec<&str> = doc.split("```").skip(1).step_by(2).collect();
+    assert!(blocks.len() >= 2, "two permission blocks in docs/SECURITY.md");
+    let strip = |b: &str| b.lines().map(|l| l.split('#').next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    (strip(blocks[0]), strip(blocks[1]))
+}
+
+#[tokio::test]
+async fn islb_and_the_cli_work_under_exactly_these_permissions() {
+    let (islb_perms, ops_perms) = permissions_from_the_docs();
+    let nid = "islb-perm";
+    let conf = format!(
+        "authorization {{ users: [\n  {{ user: islb, password: islbpw, {} }}\n  {{ user: ops, password: opspw, {} }}\n  {{ user: node, password: nodepw }}\n] }}\n",
+        islb_perms.replace("<nid>", nid),
+        ops_perms
+    );
+    let nats = NatsServer::start_with_config(&conf);
+    let at = |who: &str| format!("nats://{who}@127.0.0.1:{}", nats.port());
+    let islb = Islb::start_url(&at("islb:islbpw"), &["--nid", nid]);
+    // ion's nodes (Go) register, keep alive, look up and watch through islb.
+    go_node_served(&at("node:nodepw"));
+    // The operator lists, asks islb.Admin, and watches.
+    cli_lists(&["--nats-url", &at("ops:opspw")], nid);
+    let out = run_islb(&["status", "--nats-url", &at("ops:opspw"), "--islb", nid], &[]);
+    assert!(out.status.success(), "islb status: {}", String::from_utf8_lossy(&out.stderr));
+    // ...but cannot register a node.
+    let ops = async_nats::ConnectOptions::with_user_and_password("ops".into(), "opspw".into());
+    let peer = Peer { client: ops.connect(nats.url()).await.unwrap() };
+    let denied =
+        tokio::time::timeout(Duration::from_secs(2), peer.client.request("node.publish.signal.dc1.fake", "x".into()))
+            .await;
+    assert!(!matches!(denied, Ok(Ok(_))), "the operator's user registered a node");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::read_to_string(nats.log_path()).unwrap();
+    let violations: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Permissions Violation") && !l.contains("node.publish.signal.dc1.fake"))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+    drop(islb);
+}
