@@ -15,6 +15,7 @@
 //!   path, what a store answer means, reconciling with the store, claims, recovery.
 //! - [`sessions`]: the session table (sid -> node with a fencing version), drain marks,
 //!   and [`sessions::decide`], the decision for one lookup.
+//! - [`subject`]: per-session subjects, the sid as one token, one-to-one.
 
 pub mod command;
 pub mod placement;
@@ -22,6 +23,7 @@ pub mod registry;
 pub mod replica;
 pub mod session_key;
 pub mod sessions;
+pub mod subject;
 pub mod time;
 
 pub use command::{Command, Lookup, Rejection, WriteAction};

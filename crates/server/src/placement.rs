@@ -85,12 +85,7 @@ fn nid_of(key: &str) -> String {
     key.split_once('.').map_or(key, |(_, nid)| nid).to_owned()
 }
 
-/// The subject of a session's events: `islb.session.<sid>` (characters that cannot be in
-/// a subject token become `_`).
-pub fn session_subject(sid: &str) -> String {
-    let clean: String = sid.chars().map(|c| if c.is_whitespace() || c == '*' || c == '>' { '_' } else { c }).collect();
-    format!("islb.session.{clean}")
-}
+pub use islb_core::subject::session_subject;
 
 fn random() -> u64 {
     rand::random()

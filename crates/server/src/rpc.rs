@@ -37,11 +37,14 @@ pub fn ion_node(n: &islb_gob::Node) -> ion::Node {
     }
 }
 
-/// The subject stream events of session `sid` travel on between replicas.
-pub fn stream_event_subject(sid: &str) -> String {
-    let clean: String =
-        sid.chars().map(|c| if c.is_whitespace() || c == '*' || c == '>' || c == '.' { '_' } else { c }).collect();
-    format!("islb.stream-event.{clean}")
+pub use islb_core::subject::stream_event_subject;
+
+/// The sid of a stream event as posted (`ISLBEvent{stream}`).
+fn event_sid(payload: &[u8]) -> Option<String> {
+    match pb::IslbEvent::decode(payload).ok()?.payload? {
+        pb::islb_event::Payload::Stream(s) => Some(s.sid),
+        pb::islb_event::Payload::Session(s) => Some(s.sid),
+    }
 }
 
 /// A JSON string as Go's `encoding/json` writes it (HTML characters escaped).
@@ -160,7 +163,13 @@ impl IslbService {
                     }
                     None => return Ok(()),
                 },
-                Some(msg) = subs.next(), if !subs.is_empty() => out.send(msg.payload).await?,
+                // Only events of a session asked for (each subject is one session's;
+                // this holds even if a publisher got the subject wrong).
+                Some(msg) = subs.next(), if !subs.is_empty() => {
+                    if event_sid(&msg.payload).is_some_and(|sid| watching.contains(&sid)) {
+                        out.send(msg.payload).await?;
+                    }
+                }
             }
         }
     }
@@ -385,6 +394,6 @@ mod tests {
     #[test]
     fn stream_event_subjects_are_one_token_per_session() {
         assert_eq!(stream_event_subject("room-1"), "islb.stream-event.room-1");
-        assert_eq!(stream_event_subject("a.b c*"), "islb.stream-event.a_b_c_");
+        assert_eq!(stream_event_subject("a.b c*"), "islb.stream-event._YS5iIGMq");
     }
 }

@@ -17,7 +17,7 @@ async fn session_events(nats: &NatsServer) -> (Arc<Mutex<Vec<serde_json::Value>>
     let e = events.clone();
     let task = follow(nats, "islb.session.>", "islb.session.islb-test-probe", move |msg| {
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).expect("session events are JSON");
-        assert_eq!(msg.subject.as_str(), format!("islb.session.{}", v["sid"].as_str().unwrap()));
+        assert_eq!(msg.subject.as_str(), islb_core::subject::session_subject(v["sid"].as_str().unwrap()));
         e.lock().unwrap().push(v);
     })
     .await;

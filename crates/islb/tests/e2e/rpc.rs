@@ -353,3 +353,54 @@ async fn a_client_holding_half_open_calls_never_shuts_out_find_node() {
     assert_eq!(refused("first_message_timeout").unwrap_or(0.0) + evicted, 3_500.0);
     drop(ka);
 }
+
+/// Rooms whose sids differ only in `.`, `_`, a space or `*` shared one subject before:
+/// each watcher must see only its own room's stream events and session notices.
+#[tokio::test]
+async fn rooms_differing_only_in_dots_underscores_spaces_or_stars_never_share_events() {
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &["--expire", "1s"]);
+    let rooms = ["a.b", "a_b", "a b", "a*b"];
+    let conn = async_nats::connect(nats.url()).await.unwrap();
+    // Stream events through WatchISLBEvent, one watcher per room.
+    let client = Client::new(conn.clone(), islb.nid.clone(), "watcher");
+    let mut watchers = Vec::new();
+    for room in rooms {
+        let w = client.open("/islb.ISLB/WatchISLBEvent", &Metadata::new()).await.unwrap();
+        w.send_message(&pb::WatchRequest { nid: "watcher".into(), sid: room.into() }).await.unwrap();
+        watchers.push(w);
+    }
+    // Session notices, subscribed as an outside subscriber would (one subject per room).
+    let mut notices = Vec::new();
+    for room in rooms {
+        notices.push(conn.subscribe(islb_core::subject::session_subject(room)).await.unwrap());
+    }
+    islb_nrpc::barrier(&conn, T).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // every watch subscribed
+    let poster = Client::new(conn.clone(), islb.nid.clone(), "sfu-1");
+    for room in rooms {
+        post(&poster, &stream_event(ion::stream_event::State::Add, room, &format!("user-in-{room}"))).await;
+    }
+    for (room, w) in rooms.iter().zip(&mut watchers) {
+        let m: pb::IslbEvent = w.recv_message(T).await.unwrap().unwrap();
+        let Some(pb::islb_event::Payload::Stream(s)) = m.payload else { panic!("{m:?}") };
+        assert_eq!((s.sid.as_str(), s.uid.as_str()), (*room, format!("user-in-{room}").as_str()));
+        let more = tokio::time::timeout(Duration::from_millis(300), w.recv_message::<pb::IslbEvent>(T)).await;
+        assert!(more.is_err(), "{room}'s watcher got another room's event: {more:?}");
+    }
+    // Place the rooms on one SFU, then let it die: each room's move notice on its subject.
+    let peer = Peer::connect(&nats).await;
+    let ka = KeepAlive::start(&nats, &sfus(1), Duration::from_millis(300)).await;
+    for room in rooms {
+        assert_eq!(crate::harness::lookup(&peer, room).await, ["sfu-0"]);
+    }
+    drop(ka);
+    for (room, sub) in rooms.iter().zip(&mut notices) {
+        use futures::StreamExt;
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("a notice").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["sid"], *room);
+        let more = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+        assert!(more.is_err(), "{room}'s subject carried another notice");
+    }
+}
