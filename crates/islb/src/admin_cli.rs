@@ -69,6 +69,16 @@ pub(crate) async fn registry_get(
 pub(crate) struct Admin {
     client: Client,
     timeout: Duration,
+    md: Metadata,
+}
+
+/// The call metadata carrying the admin token, if one is configured.
+pub(crate) fn admin_metadata(cluster: &ClusterArgs) -> anyhow::Result<Metadata> {
+    let mut md = Metadata::new();
+    if let Some(token) = cluster.nats.admin_token()? {
+        md.insert("authorization".into(), vec![format!("Bearer {token}")]);
+    }
+    Ok(md)
 }
 
 impl Admin {
@@ -79,7 +89,8 @@ impl Admin {
     /// An admin client on an open NATS connection.
     pub(crate) async fn on(nats: async_nats::Client, args: &AdminArgs) -> anyhow::Result<Admin> {
         let timeout = args.cluster.timeout;
-        Ok(Admin { client: islb_client(nats, args.islb.as_deref(), timeout).await?, timeout })
+        let md = admin_metadata(&args.cluster)?;
+        Ok(Admin { client: islb_client(nats, args.islb.as_deref(), timeout).await?, timeout, md })
     }
 
     pub(crate) async fn call<Req: prost::Message, Resp: prost::Message + Default>(
@@ -89,7 +100,7 @@ impl Admin {
     ) -> anyhow::Result<Resp> {
         let path = format!("/islb.Admin/{method}");
         self.client
-            .call(&path, req, &Metadata::new(), self.timeout)
+            .call(&path, req, &self.md, self.timeout)
             .await
             .map_err(|s| anyhow::anyhow!("islb {} refused {method}: {s}", self.client.target()))
     }

@@ -90,7 +90,9 @@ async fn rpc(cmd: cli::RpcCommand) -> anyhow::Result<()> {
     match &cmd {
         RpcCommand::List { cluster, .. } => rpc_cli::list(&client, cluster.timeout).await,
         RpcCommand::Describe { cluster, symbol, .. } => rpc_cli::describe(&client, symbol, cluster.timeout).await,
-        RpcCommand::Call { cluster, method, json, .. } => rpc_cli::call(&client, method, json, cluster.timeout).await,
+        RpcCommand::Call { cluster, method, json, .. } => {
+            rpc_cli::call(&client, method, json, &admin_cli::admin_metadata(cluster)?, cluster.timeout).await
+        }
     }
 }
 

@@ -191,7 +191,13 @@ fn requests(m: &prost_reflect::MethodDescriptor, json: &str) -> anyhow::Result<V
 
 /// `islb rpc call NID /pkg.Service/Method JSON...`: the request(s) from JSON, each response
 /// as JSON (one after another for a server stream).
-pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn call(
+    client: &Client,
+    path: &str,
+    json: &str,
+    md: &Metadata,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let (service, method) =
         islb_nrpc::subject::split_path(path).context("the method must look like /package.Service/Method")?;
     let pool = Reflector::pool(client, service, timeout).await?;
@@ -207,13 +213,13 @@ pub(crate) async fn call(client: &Client, path: &str, json: &str, timeout: Durat
     };
     match (m.is_client_streaming(), m.is_server_streaming()) {
         (false, false) => {
-            let reply = client.unary(path, messages.remove(0).into(), &Metadata::new(), timeout).await?;
+            let reply = client.unary(path, messages.remove(0).into(), md, timeout).await?;
             print(reply)
         }
         (client_streaming, _) => {
             // Streams: the request(s), then every response until the server ends the call
             // (a bidi stream such as WatchISLBEvent stays open until Ctrl-C).
-            let mut s = client.open(path, &Metadata::new()).await?;
+            let mut s = client.open(path, md).await?;
             for message in messages {
                 s.send(message.into()).await?;
             }

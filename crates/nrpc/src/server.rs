@@ -66,6 +66,8 @@ pub struct CallInfo {
     pub metadata: Metadata,
     /// The caller's node id (`Call.nid`; Go sets it on streams only).
     pub peer_nid: String,
+    /// Who the call counts against: its nid, else its reply inbox's prefix (for logs).
+    pub caller: String,
 }
 
 /// The request messages of a call, in arrival order; `None` after the client half-closed.
@@ -466,6 +468,7 @@ impl Loop {
         // Exempt calls are still ended when the server knows no live peers (no `live_peers`).
         let idle_exempt = !call.nid.is_empty() && self.service.idle_exempt(method);
         let peer = peer_key(&call.nid, reply.as_str());
+        let caller = peer.clone();
         let metadata = call.metadata.as_ref().map_or(0, |m| m.encoded_len());
         let limits = self.config.limits();
         let (admission, evicted) = {
@@ -516,6 +519,7 @@ impl Loop {
             method: method.to_owned(),
             metadata: frame::from_proto(call.metadata.as_ref()),
             peer_nid: call.nid,
+            caller,
         };
         debug!(service = %info.service, method = %info.method, peer = %info.peer_nid, "nrpc call");
         let service = self.service.clone();

@@ -98,6 +98,7 @@ impl Status {
         unimplemented => Unimplemented,
         internal => Internal,
         unavailable => Unavailable,
+        unauthenticated => Unauthenticated,
     }
 
     /// As carried in `End.status`.

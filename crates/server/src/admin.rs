@@ -18,14 +18,22 @@
 //! | `POST /v1/release?sid=SID` | releases a session (its next lookup places it afresh) |
 //!
 //! `NID` may be a bare NID (when one node has it) or `DC.NID`.
+//!
+//! Access ([`Guard`]): `/healthz`, `/readyz` and `/metrics` are open. With an admin token,
+//! every `/v1` request must carry `Authorization: Bearer <token>` (compared in constant
+//! time; 401 otherwise). Without one, the `/v1` changes (`POST`) answer loopback peers
+//! only (403 otherwise), so a page in a browser elsewhere cannot drain a node. Every
+//! change is logged with the peer that asked.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use islb_core::{NodeKey, Session, Timestamp};
@@ -98,18 +106,104 @@ pub trait Control: Send + Sync + 'static {
     async fn release(&self, sid: &str) -> Option<Session>;
 }
 
-/// The admin router over `control`.
-pub fn router(control: Arc<dyn Control>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+/// Who may use the `/v1` API.
+#[derive(Clone, Default)]
+pub struct Guard {
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").field("token", &self.token.as_ref().map(|_| "***")).finish()
+    }
+}
+
+/// What the guard says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Serve it.
+    Allow,
+    /// 401: the token is missing or wrong.
+    Unauthorized,
+    /// 403: a change from a peer that is not on this machine, with no token configured.
+    Forbidden,
+}
+
+/// Whether `presented` is `expected`, in time that does not depend on where they differ.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl Guard {
+    /// A guard requiring `token` on `/v1` (none: changes from loopback peers only).
+    pub fn new(token: Option<String>) -> Self {
+        Guard { token: token.map(Into::into) }
+    }
+
+    /// The decision for a `/v1` request: `changes` (a `POST`), the `Authorization` header,
+    /// and the peer's address (`None`: unknown, taken as not local).
+    pub fn decide(&self, changes: bool, authorization: Option<&str>, peer: Option<IpAddr>) -> Access {
+        match &self.token {
+            Some(token) => match authorization.and_then(bearer) {
+                Some(presented) if token_matches(presented, token) => Access::Allow,
+                _ => Access::Unauthorized,
+            },
+            None if changes && !peer.is_some_and(|p| p.is_loopback()) => Access::Forbidden,
+            None => Access::Allow,
+        }
+    }
+}
+
+async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let changes = req.method() == Method::POST;
+    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let what = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let peer_text = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    match guard.decide(changes, authorization, peer.map(|p| p.ip())) {
+        Access::Allow => {
+            if changes {
+                tracing::info!(peer = %peer_text, request = %what, "admin change");
+            }
+            next.run(req).await
+        }
+        Access::Unauthorized => {
+            metrics::counter!("islb_admin_refused_total", "reason" => "token").increment(1);
+            tracing::warn!(peer = %peer_text, request = %what, "admin request without the right token refused");
+            let body = Json(json!({ "error": "an admin token is required: Authorization: Bearer <token>" }));
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        }
+        Access::Forbidden => {
+            metrics::counter!("islb_admin_refused_total", "reason" => "not_local").increment(1);
+            tracing::warn!(peer = %peer_text, request = %what, "admin change from a non-loopback peer refused (no admin token configured)");
+            let body = Json(json!({ "error": "without an admin token, changes are accepted from this machine only" }));
+            (StatusCode::FORBIDDEN, body).into_response()
+        }
+    }
+}
+
+/// The admin router over `control`, its `/v1` API behind `guard`.
+pub fn router(control: Arc<dyn Control>, guard_by: Guard) -> Router {
+    let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/nodes", get(nodes))
         .route("/v1/sessions", get(sessions))
         .route("/v1/drain", axum::routing::post(drain))
         .route("/v1/undrain", axum::routing::post(undrain))
         .route("/v1/release", axum::routing::post(release))
+        .route_layer(axum::middleware::from_fn_with_state(guard_by, guard));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
         .with_state(control)
 }
 
@@ -236,5 +330,48 @@ async fn release(State(c): Ctl, Query(q): Query<SidQuery>) -> Response {
     match c.release(&q.sid).await {
         Some(released) => Json(json!({ "released": session_json(&released) })).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no session {:?}", q.sid) }))).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    const ELSEWHERE: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)));
+
+    #[test]
+    fn with_a_token_every_v1_request_needs_it() {
+        let g = Guard::new(Some("t0k".into()));
+        for changes in [false, true] {
+            for peer in [HERE, ELSEWHERE, None] {
+                assert_eq!(g.decide(changes, Some("Bearer t0k"), peer), Access::Allow);
+                assert_eq!(g.decide(changes, Some("bearer  t0k "), peer), Access::Allow);
+                assert_eq!(g.decide(changes, None, peer), Access::Unauthorized);
+                assert_eq!(g.decide(changes, Some("Bearer t0"), peer), Access::Unauthorized);
+                assert_eq!(g.decide(changes, Some("Bearer t0kk"), peer), Access::Unauthorized);
+                assert_eq!(g.decide(changes, Some("Basic t0k"), peer), Access::Unauthorized);
+                assert_eq!(g.decide(changes, Some("t0k"), peer), Access::Unauthorized);
+            }
+        }
+        assert!(!format!("{g:?}").contains("t0k"));
+    }
+
+    #[test]
+    fn without_a_token_changes_answer_loopback_peers_only() {
+        let g = Guard::default();
+        assert_eq!(g.decide(false, None, ELSEWHERE), Access::Allow, "reading is open");
+        assert_eq!(g.decide(true, None, HERE), Access::Allow);
+        assert_eq!(g.decide(true, None, Some("::1".parse().unwrap())), Access::Allow);
+        assert_eq!(g.decide(true, None, ELSEWHERE), Access::Forbidden);
+        assert_eq!(g.decide(true, None, None), Access::Forbidden, "an unknown peer is not local");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abc", "abd") && !token_matches("ab", "abc") && !token_matches("", "abc"));
+        assert_eq!(bearer("Bearer x y"), Some("x y"));
+        assert_eq!(bearer("Bearer"), None);
     }
 }

@@ -111,6 +111,9 @@ pub enum StartError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A file the configuration names cannot be used (the admin token file).
+    #[error(transparent)]
+    Config(config::ConfigError),
     /// The built-in protobuf descriptor set does not decode (a build defect).
     #[error("the built-in descriptor set does not decode")]
     Descriptors(#[source] prost_reflect::DescriptorError),
@@ -248,6 +251,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let listener = tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(listen_error)?;
     let http_addr = listener.local_addr().map_err(listen_error)?;
 
+    let admin_token = cfg.admin_token().map_err(StartError::Config)?;
     let (client, link) = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
     let (store, unreachable) = open_store(&cfg).await?;
     info!(store = %cfg.store, kind = store.kind(), "store open");
@@ -332,6 +336,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     );
     rpc_server.add(Arc::new(rpc::IslbService { discovery: discovery.clone(), client: client.clone() }));
     rpc_server.add(Arc::new(rpc::AdminService {
+        token: admin_token.clone(),
         discovery: discovery.clone(),
         client: client.clone(),
         nid: cfg.nid.clone(),
@@ -356,19 +361,26 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     );
 
     let http_stop = CancellationToken::new();
-    let app = admin::router(Arc::new(control::Live {
-        discovery: discovery.clone(),
-        client: client.clone(),
-        shutting_down: shutting_down.clone(),
-        health: health.clone(),
-        metrics,
-        watched,
-        nid: cfg.nid.clone(),
-        dc: cfg.dc.clone(),
-        started,
-    }));
+    let app = admin::router(
+        Arc::new(control::Live {
+            discovery: discovery.clone(),
+            client: client.clone(),
+            shutting_down: shutting_down.clone(),
+            health: health.clone(),
+            metrics,
+            watched,
+            nid: cfg.nid.clone(),
+            dc: cfg.dc.clone(),
+            started,
+        }),
+        admin::Guard::new(admin_token.clone()),
+    );
+    if admin_token.is_none() && !http_addr.ip().is_loopback() {
+        warn!(addr = %http_addr, "the admin HTTP API listens beyond this machine without an admin token: anyone who reaches it can read the registry (changes are refused to them); set admin-token-file");
+    }
     let http = {
         let http_stop = http_stop.clone();
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(
             async move { axum::serve(listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).await },
         )

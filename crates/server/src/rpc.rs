@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use islb_nrpc::{CallInfo, Incoming, Outgoing, Service, Status};
+
+use crate::admin::{bearer, token_matches};
 use islb_proto::{ion, islb as pb};
 use islb_store::StreamKey;
 use prost::Message;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::discovery::Discovery;
 
@@ -202,6 +204,8 @@ impl Service for IslbService {
 
 /// `islb.Admin`.
 pub struct AdminService {
+    /// The admin token every call must carry (`authorization: Bearer <token>` metadata).
+    pub token: Option<String>,
     /// The registry.
     pub discovery: Arc<Discovery>,
     /// NATS (for its connection state).
@@ -332,6 +336,17 @@ impl Service for AdminService {
     }
 
     async fn call(&self, info: CallInfo, mut incoming: Incoming, out: Outgoing) -> Result<(), Status> {
+        if let Some(token) = &self.token {
+            let presented = info.metadata.get("authorization").and_then(|v| v.first()).and_then(|v| bearer(v));
+            if !presented.is_some_and(|p| token_matches(p, token)) {
+                metrics::counter!("islb_admin_refused_total", "reason" => "token").increment(1);
+                warn!(method = %info.method, caller = %info.caller, "islb.Admin call without the right token refused");
+                return Err(Status::unauthenticated("an admin token is required: authorization: Bearer <token>"));
+            }
+        }
+        if matches!(info.method.as_str(), "ReleaseSession" | "Drain" | "Undrain") {
+            info!(method = %info.method, caller = %info.caller, peer = %info.peer_nid, "admin change over nrpc");
+        }
         match info.method.as_str() {
             "ListNodes" => out.send_message(&self.list_nodes(incoming.single().await?)).await,
             "ListSessions" => out.send_message(&self.list_sessions(incoming.single().await?)?).await,

@@ -26,13 +26,17 @@ impl Islb {
     }
 
     /// [`Islb::start`] with `url` as its `--nats-url`.
-    /// A `--nid` in `extra` is taken as it is; otherwise one is made up.
+    /// A `--nid` or `--http-addr` in `extra` is taken as it is; otherwise a NID is made up
+    /// and the admin HTTP server listens on a free loopback port.
     pub(crate) fn start_url(url: &str, extra: &[&str]) -> Islb {
         let given = extra.iter().position(|a| *a == "--nid").and_then(|i| extra.get(i + 1));
         let nid = given
             .map_or_else(|| format!("islb-t{}", std::process::id() % 100_000 + rand_suffix()), |n| (*n).to_owned());
         let mut cmd = Command::new(ISLB);
-        cmd.args(["serve", "--nats-url", url, "--http-addr", "127.0.0.1:0", "--log-format", "json"]);
+        cmd.args(["serve", "--nats-url", url, "--log-format", "json"]);
+        if !extra.contains(&"--http-addr") {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
         if given.is_none() {
             cmd.args(["--nid", &nid]);
         }
@@ -82,9 +86,15 @@ fn rand_suffix() -> u32 {
 
 /// A minimal HTTP/1.1 request without a body.
 pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, "")
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+pub(crate) fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("admin HTTP reachable");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");

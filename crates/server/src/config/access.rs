@@ -85,7 +85,7 @@ fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
 }
 
 /// A secret file's contents, without the line end editors leave.
-fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     let text = text.trim_end_matches(['\n', '\r']).to_owned();
@@ -214,12 +214,21 @@ const CONN_OPTIONS: &[&str] = &[
     "nats-tls-ca",
     "nats-tls-cert",
     "nats-tls-key",
+    "admin-token-file",
 ];
 
-/// `islb serve`'s NATS connection options for the client subcommands: the same flags,
-/// environment variables and help, taken from their one definition in [`Settings`].
+/// `islb serve`'s NATS connection options (and its admin token file) for the client
+/// subcommands: the same flags, environment variables and help, taken from their one
+/// definition in [`Settings`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NatsConn(pub NatsAccess);
+pub struct NatsConn(pub NatsAccess, pub Option<PathBuf>);
+
+impl NatsConn {
+    /// The admin token to present, read from `admin-token-file`.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        self.1.as_deref().map(|f| read_secret("admin-token-file", f)).transpose()
+    }
+}
 
 impl Args for NatsConn {
     fn augment_args(cmd: Command) -> Command {
@@ -237,19 +246,22 @@ impl FromArgMatches for NatsConn {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let text = |id: &str| m.get_one::<String>(id).cloned();
         let path = |id: &str| m.get_one::<PathBuf>(id).cloned();
-        Ok(NatsConn(NatsAccess {
-            url: text("nats_url").unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
-            user: text("nats_user"),
-            password: text("nats_password").filter(|s| !s.is_empty()),
-            password_file: path("nats_password_file"),
-            token: text("nats_token").filter(|s| !s.is_empty()),
-            token_file: path("nats_token_file"),
-            nkey: path("nats_nkey"),
-            creds: path("nats_creds"),
-            tls_ca: path("nats_tls_ca"),
-            tls_cert: path("nats_tls_cert"),
-            tls_key: path("nats_tls_key"),
-        }))
+        Ok(NatsConn(
+            NatsAccess {
+                url: text("nats_url").unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+                user: text("nats_user"),
+                password: text("nats_password").filter(|s| !s.is_empty()),
+                password_file: path("nats_password_file"),
+                token: text("nats_token").filter(|s| !s.is_empty()),
+                token_file: path("nats_token_file"),
+                nkey: path("nats_nkey"),
+                creds: path("nats_creds"),
+                tls_ca: path("nats_tls_ca"),
+                tls_cert: path("nats_tls_cert"),
+                tls_key: path("nats_tls_key"),
+            },
+            path("admin_token_file"),
+        ))
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {

@@ -92,6 +92,9 @@ pub struct Settings {
     #[arg(long, env = "ISLB_EXPIRE", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     #[serde(default, with = "values::opt_duration")]
     pub expire: Option<Duration>,
+    /// File holding the token every /v1 request and islb.Admin call must present (Authorization: Bearer); without one, /v1 changes answer loopback peers only
+    #[arg(long, env = "ISLB_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free port
     #[arg(long, env = "ISLB_HTTP_ADDR", value_name = "ADDR", default_value = "127.0.0.1:8088")]
     pub http_addr: Option<SocketAddr>,
@@ -257,6 +260,9 @@ pub struct Config {
     /// How long a silent node lives.
     #[serde(with = "values::duration")]
     pub expire: Duration,
+    /// File holding the admin token.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Admin HTTP listen address (port 0: any free port).
     pub http_addr: SocketAddr,
     /// Log filter (`info`, `debug`, `info,islb_server=debug`...).
@@ -362,6 +368,7 @@ impl Config {
             return bad("nats-url", "must not be empty".into());
         }
         self.nats_access().check()?;
+        self.admin_token()?;
         if self.expire < Duration::from_millis(100) {
             return bad("expire", format!("{} is too short (minimum 100ms)", humantime::format_duration(self.expire)));
         }
@@ -407,6 +414,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The admin token, read from `admin-token-file` (none without one).
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        self.admin_token_file.as_deref().map(|f| access::read_secret("admin-token-file", f)).transpose()
     }
 
     /// How to reach NATS: the URLs, credentials and TLS files.

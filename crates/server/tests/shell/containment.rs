@@ -75,17 +75,20 @@ async fn a_dead_supervised_task_makes_readyz_fail_with_its_name() {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let health = Health::default();
-    let app = router(Arc::new(Live {
-        discovery: replica(&client),
-        client: client.clone(),
-        shutting_down: Arc::new(AtomicBool::new(false)),
-        health: health.clone(),
-        metrics: metrics_handle(),
-        watched: WatchedView::default(),
-        nid: "islb-test".into(),
-        dc: "dc1".into(),
-        started: Instant::now(),
-    }));
+    let app = router(
+        Arc::new(Live {
+            discovery: replica(&client),
+            client: client.clone(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            health: health.clone(),
+            metrics: metrics_handle(),
+            watched: WatchedView::default(),
+            nid: "islb-test".into(),
+            dc: "dc1".into(),
+            started: Instant::now(),
+        }),
+        islb_server::admin::Guard::default(),
+    );
     let readyz = |app: axum::Router| async move {
         let res = app.oneshot(HttpRequest::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
         let status = res.status();
