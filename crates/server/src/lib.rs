@@ -175,6 +175,7 @@ async fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<islb_store::
                 prefix: cfg.store_prefix.clone(),
                 timeout: cfg.store_timeout,
                 ca_file: cfg.store_ca_file.clone(),
+                client_cert: cfg.store_tls_cert.clone().zip(cfg.store_tls_key.clone()),
             };
             let (store, unreachable) = islb_store_redis::RedisStore::connect_or_later(&redis).await.map_err(fail)?;
             (Arc::new(store), unreachable)

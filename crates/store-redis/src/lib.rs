@@ -214,6 +214,8 @@ pub struct RedisConfig {
     /// PEM file of the CA that signed the server's certificate (`rediss://` with a private
     /// CA); system roots otherwise.
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and its key, for a Redis that verifies clients (mutual TLS).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 struct Keys {
@@ -344,15 +346,18 @@ impl RedisStore {
 
     /// The store, not connected yet (only the URL and CA file are checked).
     fn lazy(cfg: &RedisConfig) -> Result<Self, StoreError> {
-        let client = match &cfg.ca_file {
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).map_err(|e| StoreError::unavailable(ca.display().to_string(), e))?;
-                redis::Client::build_with_tls(
-                    cfg.url.as_str(),
-                    redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
-                )
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| StoreError::unavailable(p.display().to_string(), e));
+        let client = match (&cfg.ca_file, &cfg.client_cert) {
+            (None, None) => redis::Client::open(cfg.url.as_str()),
+            (ca, cert) => {
+                let root_cert = ca.as_deref().map(read).transpose()?;
+                let client_tls = match cert {
+                    Some((c, k)) => Some(redis::ClientTlsConfig { client_cert: read(c)?, client_key: read(k)? }),
+                    None => None,
+                };
+                redis::Client::build_with_tls(cfg.url.as_str(), redis::TlsCertificates { client_tls, root_cert })
             }
-            None => redis::Client::open(cfg.url.as_str()),
         }
         .map_err(|e| StoreError::unavailable("invalid Redis URL", e))?;
         let config = ConnectionManagerConfig::new()
@@ -854,7 +859,13 @@ mod tests {
     use islb_testkit::RedisServer;
 
     fn config(redis: &RedisServer, prefix: &str) -> RedisConfig {
-        RedisConfig { url: redis.url(), prefix: prefix.into(), timeout: Duration::from_secs(5), ca_file: None }
+        RedisConfig {
+            url: redis.url(),
+            prefix: prefix.into(),
+            timeout: Duration::from_secs(5),
+            ca_file: None,
+            client_cert: None,
+        }
     }
 
     #[tokio::test]
@@ -985,6 +996,18 @@ mod tests {
         let n = Arc::new(Node { dc: "dc1".into(), service: "rtc".into(), nid: "tls".into(), ..Node::default() });
         assert_eq!(s.put_node(n, Timestamp::from_ms(1)).await.unwrap(), Verdict::Created);
         s.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_needs_the_client_certificate() {
+        let redis = RedisServer::start_mutual_tls();
+        let mut cfg = config(&redis, "islb");
+        cfg.ca_file = Some(redis.ca_file());
+        assert!(RedisStore::connect(&cfg).await.is_err(), "no client certificate, no connection");
+        cfg.client_cert = Some((redis.file("client.crt"), redis.file("client.key")));
+        let s = RedisStore::connect(&cfg).await.expect("mutual TLS with the client certificate");
+        let n = Arc::new(Node { dc: "dc1".into(), service: "rtc".into(), nid: "mtls".into(), ..Node::default() });
+        assert_eq!(s.put_node(n, Timestamp::from_ms(1)).await.unwrap(), Verdict::Created);
     }
 
     #[tokio::test]

@@ -429,6 +429,8 @@ pub struct RedisServer {
     port: u16,
     password: Option<String>,
     tls: bool,
+    /// With TLS: clients must present a certificate from the test CA.
+    verify_clients: bool,
 }
 
 impl RedisServer {
@@ -440,7 +442,14 @@ impl RedisServer {
     /// Starts a server that requires `AUTH <password>` when `password` is given.
     pub fn start_with_password(password: Option<&str>) -> Self {
         let dir = tempfile::Builder::new().prefix("islb-redis-").tempdir().expect("temp dir");
-        let mut server = RedisServer { child: None, dir, port: 0, password: password.map(str::to_owned), tls: false };
+        let mut server = RedisServer {
+            child: None,
+            dir,
+            port: 0,
+            password: password.map(str::to_owned),
+            tls: false,
+            verify_clients: false,
+        };
         server.start_on_a_free_port();
         server
     }
@@ -450,9 +459,24 @@ impl RedisServer {
     pub fn start_tls() -> Self {
         let dir = tempfile::Builder::new().prefix("islb-redis-tls-").tempdir().expect("temp dir");
         make_certs(dir.path());
-        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true };
+        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true, verify_clients: false };
         server.start_on_a_free_port();
         server
+    }
+
+    /// [`RedisServer::start_tls`] whose clients must present a certificate from the test
+    /// CA (`client.crt` and `client.key`, see [`RedisServer::file`]).
+    pub fn start_mutual_tls() -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-redis-mtls-").tempdir().expect("temp dir");
+        make_certs(dir.path());
+        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true, verify_clients: true };
+        server.start_on_a_free_port();
+        server
+    }
+
+    /// A file in the server's directory (its certificates, for one).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// The CA certificate (PEM) of a TLS server.
@@ -480,7 +504,8 @@ impl RedisServer {
         let mut cmd = Command::new(bin);
         if self.tls {
             let d = self.dir.path();
-            cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            let verify = if self.verify_clients { "yes" } else { "no" };
+            cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", verify])
                 .arg("--tls-cert-file")
                 .arg(d.join("server.crt"))
                 .arg("--tls-key-file")

@@ -88,6 +88,12 @@ pub struct Settings {
     /// CA certificate (PEM) that signed a rediss:// server's certificate; system roots otherwise
     #[arg(long, env = "ISLB_STORE_CA_FILE", value_name = "FILE")]
     pub store_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a rediss:// server that verifies clients (with store-tls-key)
+    #[arg(long, env = "ISLB_STORE_TLS_CERT", value_name = "FILE")]
+    pub store_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of store-tls-cert
+    #[arg(long, env = "ISLB_STORE_TLS_KEY", value_name = "FILE")]
+    pub store_tls_key: Option<PathBuf>,
     /// How long a node lives after its last keep-alive
     #[arg(long, env = "ISLB_EXPIRE", value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     #[serde(default, with = "values::opt_duration")]
@@ -257,6 +263,12 @@ pub struct Config {
     /// CA certificate (PEM) for `rediss://` with a private CA.
     #[serde(default)]
     pub store_ca_file: Option<PathBuf>,
+    /// Client certificate for `rediss://` with mutual TLS.
+    #[serde(default)]
+    pub store_tls_cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub store_tls_key: Option<PathBuf>,
     /// How long a silent node lives.
     #[serde(with = "values::duration")]
     pub expire: Duration,
@@ -369,6 +381,9 @@ impl Config {
         }
         self.nats_access().check()?;
         self.admin_token()?;
+        if self.store_tls_cert.is_some() != self.store_tls_key.is_some() {
+            return bad("store-tls-cert", "store-tls-cert and store-tls-key go together".into());
+        }
         if self.expire < Duration::from_millis(100) {
             return bad("expire", format!("{} is too short (minimum 100ms)", humantime::format_duration(self.expire)));
         }

@@ -24,6 +24,7 @@ fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConf
         prefix: "islb".into(),
         timeout: Duration::from_secs(5),
         ca_file: None,
+        client_cert: None,
     }
 }
 
