@@ -359,67 +359,32 @@ pub fn make_certs(dir: &Path) {
         "-out",
         "ca.crt",
     ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.crt",
-    ]);
-    // An X.509 v3 certificate (rustls refuses v1) for client authentication.
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=islb test client",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-        "-out",
-        "client.crt",
-    ]);
+    // Each an X.509 v3 certificate (rustls refuses v1) signed by the CA.
+    let issue = |name: &str, subject: &str, extensions: &str| {
+        let (key, csr, crt, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        std::fs::write(dir.join(&ext), extensions).expect("extensions file");
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+    };
+    issue("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\n");
+    issue("client", "/CN=islb test client", "extendedKeyUsage=clientAuth\n");
 }
 
 /// A real `redis-server` for one test, on a free loopback port, keeping nothing on disk.
@@ -457,19 +422,19 @@ impl RedisServer {
     /// Starts a server that only speaks TLS, with a certificate for 127.0.0.1 signed by a
     /// fresh CA ([`RedisServer::ca_file`]); made with the `openssl` command.
     pub fn start_tls() -> Self {
-        let dir = tempfile::Builder::new().prefix("islb-redis-tls-").tempdir().expect("temp dir");
-        make_certs(dir.path());
-        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true, verify_clients: false };
-        server.start_on_a_free_port();
-        server
+        Self::start_tls_with(false)
     }
 
     /// [`RedisServer::start_tls`] whose clients must present a certificate from the test
     /// CA (`client.crt` and `client.key`, see [`RedisServer::file`]).
     pub fn start_mutual_tls() -> Self {
-        let dir = tempfile::Builder::new().prefix("islb-redis-mtls-").tempdir().expect("temp dir");
+        Self::start_tls_with(true)
+    }
+
+    fn start_tls_with(verify_clients: bool) -> Self {
+        let dir = tempfile::Builder::new().prefix("islb-redis-tls-").tempdir().expect("temp dir");
         make_certs(dir.path());
-        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true, verify_clients: true };
+        let mut server = RedisServer { child: None, dir, port: 0, password: None, tls: true, verify_clients };
         server.start_on_a_free_port();
         server
     }
