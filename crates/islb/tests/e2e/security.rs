@@ -253,3 +253,56 @@ fn other_local_address() -> Option<std::net::IpAddr> {
     s.connect("192.0.2.1:9").ok()?;
     Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
 }
+
+/// A NATS JWT (`ed25519-nkey`) with `claims`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64.encode(claims.to_string());
+    let signed = format!("{header}.{body}");
+    format!("{signed}.{}", b64.encode(issuer.sign(signed.as_bytes()).unwrap()))
+}
+
+/// Operator mode: an operator, an account preloaded in a memory resolver, and a user whose
+/// JWT and seed make the creds file, all generated here.
+#[tokio::test]
+async fn operator_mode_with_a_creds_file() {
+    let (operator, account, user) =
+        (nkeys::KeyPair::new_operator(), nkeys::KeyPair::new_account(), nkeys::KeyPair::new_user());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = |iss: &nkeys::KeyPair, sub: &nkeys::KeyPair, name: &str, nats: serde_json::Value| serde_json::json!({ "jti": format!("JTI{name}{now}"), "iat": now, "iss": iss.public_key(), "name": name, "sub": sub.public_key(), "nats": nats });
+    let op_jwt = nats_jwt(
+        &operator,
+        claims(&operator, &operator, "test-operator", serde_json::json!({"type": "operator", "version": 2})),
+    );
+    let limits = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+    let acc_jwt = nats_jwt(
+        &operator,
+        claims(&operator, &account, "ion", serde_json::json!({"type": "account", "version": 2, "limits": limits})),
+    );
+    let user_nats =
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1});
+    let user_jwt = nats_jwt(&account, claims(&account, &user, "islb", user_nats));
+    let conf = format!(
+        "operator: \"{op_jwt}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{acc_jwt}\"\n}}\n",
+        account.public_key()
+    );
+    let nats = NatsServer::start_with_config(&conf);
+    let dir = tempfile::tempdir().unwrap();
+    let seed = user.seed().unwrap();
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    );
+    let creds_file = secret_file(dir.path(), "islb.creds", &creds);
+    // Without credentials the server refuses; with the creds file islb and the CLI are in.
+    let out = run_islb(&["nodes", "--nats-url", &nats.url(), "--timeout", "3s"], &[]);
+    assert!(!out.status.success(), "operator mode refuses anonymous clients");
+    let islb = Islb::start_url(&nats.url(), &["--nats-creds", &creds_file]);
+    cli_lists(&["--nats-url", &nats.url(), "--nats-creds", &creds_file], &islb.nid);
+    let node = async_nats::ConnectOptions::with_credentials(&creds).unwrap();
+    node_served(&nats.url(), node).await;
+    never_logged(&islb, &[&seed]);
+}

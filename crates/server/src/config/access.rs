@@ -179,7 +179,9 @@ impl NatsAccess {
             return Ok(Credentials::Nkey(read_secret("nats-nkey", f)?.trim().to_owned()));
         }
         if let Some(f) = &self.creds {
-            return Ok(Credentials::Creds(read_secret("nats-creds", f)?));
+            // As written: its blocks end with line ends the parser needs.
+            let text = read_secret("nats-creds", f)?;
+            return Ok(Credentials::Creds(format!("{text}\n")));
         }
         Ok(url_credentials(&self.url).unwrap_or(Credentials::None))
     }
