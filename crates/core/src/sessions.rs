@@ -614,15 +614,7 @@ mod tests {
         }
         let mut hits_n7 = 0;
         for seed in 0..400u64 {
-            let a = Ask {
-                service: "rtc",
-                sid: "x",
-                prefer_dc: "dc1",
-                default_capacity: 0,
-                now: T0,
-                random: seed,
-                unconfirmed: None,
-            };
+            let a = Ask { random: seed, ..ask("x", 0, T0) };
             let Decision::Place { node, .. } = decide(&r, &mut s, &a) else { panic!() };
             hits_n7 += usize::from(node.nid == "n7");
         }
@@ -641,15 +633,7 @@ mod tests {
                 s.drain(format!("dc1.n{i}").into(), None);
             }
         }
-        let a = Ask {
-            service: "rtc",
-            sid: "x",
-            prefer_dc: "dc1",
-            default_capacity: 0,
-            now: T0,
-            random: 1,
-            unconfirmed: None,
-        };
+        let a = Ask { random: 1, ..ask("x", 0, T0) };
         let Decision::Place { node, .. } = decide(&r, &mut s, &a) else { panic!() };
         assert_eq!(node.nid, "n42", "the one node left is found");
     }

@@ -374,13 +374,13 @@ impl Discovery {
     /// ([`Replica::learn_announced`](islb_core::replica::Replica::learn_announced)).
     pub fn learn(&self, event: Request) {
         let now = self.shared.now();
-        let (action, key) = (event.action.clone(), event.node.id());
+        let key = event.node.id();
         let learned = self.shared.with(|s| match event.action.as_str() {
             "save" | "update" => s.replica.learn_announced(Arc::new(event.node), now),
-            "delete" => s.replica.learn_departed(&event.node.id()),
+            "delete" => s.replica.learn_departed(&key),
             _ => false,
         });
-        debug!(%action, node = %key, learned, "node event");
+        debug!(action = %event.action, node = %key, learned, "node event");
         if learned {
             metrics::counter!("islb_nodes_learned_total").increment(1);
         }

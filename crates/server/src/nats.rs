@@ -52,9 +52,14 @@ pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
 /// says: credentials from the options or, as nats.go does, from the URLs; a CA and a
 /// client certificate (either makes TLS required).
 pub fn connect_options(access: &NatsAccess) -> Result<(Vec<ServerAddr>, ConnectOptions), NatsError> {
+    options_with(access, access.credentials()?)
+}
+
+/// [`connect_options`] with the credentials already read.
+fn options_with(access: &NatsAccess, credentials: Credentials) -> Result<(Vec<ServerAddr>, ConnectOptions), NatsError> {
     let addrs = parse_urls(&access.url)?;
     let mut opts = ConnectOptions::new();
-    opts = match access.credentials()? {
+    opts = match credentials {
         Credentials::None => opts,
         Credentials::UserPassword(user, password) => opts.user_and_password(user, password),
         Credentials::Token(token) => opts.token(token),
@@ -83,7 +88,9 @@ pub type Link = watch::Receiver<bool>;
 /// by itself forever (resubscribing); the [`Link`] follows the connection.
 pub async fn connect(cfg: &Config, name: &str) -> Result<(Client, Link), NatsError> {
     let access = cfg.nats_access();
-    connect_options(&access)?; // the options are usable, before any attempt
+    // Read once (secret files included), and checked before any attempt.
+    let credentials = access.credentials()?;
+    options_with(&access, credentials.clone())?;
     let masked = mask_url(&cfg.nats_url);
     let start = Instant::now();
     let deadline = start + cfg.nats_connect_timeout;
@@ -95,7 +102,7 @@ pub async fn connect(cfg: &Config, name: &str) -> Result<(Client, Link), NatsErr
         let left = deadline.saturating_duration_since(Instant::now());
         let url_for_events = masked.clone();
         let link_tx = link_tx.clone();
-        let (addrs, opts) = connect_options(&access)?;
+        let (addrs, opts) = options_with(&access, credentials.clone())?;
         let opts = opts
             .name(name)
             .max_reconnects(None)

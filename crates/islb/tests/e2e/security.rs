@@ -45,17 +45,22 @@ fn never_logged(islb: &Islb, secrets: &[&str]) {
     }
 }
 
+/// islb, a Go node and the CLI, each with `url` (which holds the credentials `secret`),
+/// as ion's nodes give them.
+fn served_with_credentials_in_the_url(url: &str, secret: &str) {
+    let islb = Islb::start_url(url, &[]);
+    go_node_served(url);
+    cli_lists(&["--nats-url", url], &islb.nid);
+    never_logged(&islb, &[secret]);
+}
+
 #[tokio::test]
 async fn user_and_password_in_the_url_or_as_options() {
     let nats = NatsServer::start_with_config("authorization { user: ion, password: \"pw-s3cret\" }\n");
     let dir = tempfile::tempdir().unwrap();
     let with_creds = format!("nats://ion:pw-s3cret@127.0.0.1:{}", nats.port());
     // In the URL, as ion's Go nodes connect.
-    let islb = Islb::start_url(&with_creds, &[]);
-    go_node_served(&with_creds);
-    cli_lists(&["--nats-url", &with_creds], &islb.nid);
-    never_logged(&islb, &["pw-s3cret"]);
-    drop(islb);
+    served_with_credentials_in_the_url(&with_creds, "pw-s3cret");
     // As options, the password from a file.
     let pw = secret_file(dir.path(), "pw", "pw-s3cret");
     let islb = Islb::start_url(&nats.url(), &["--nats-user", "ion", "--nats-password-file", &pw]);
@@ -91,11 +96,7 @@ async fn a_token_in_the_url_or_from_a_file() {
     let nats = NatsServer::start_with_config("authorization { token: \"t0ken-s3cret\" }\n");
     let dir = tempfile::tempdir().unwrap();
     let with_token = format!("nats://t0ken-s3cret@127.0.0.1:{}", nats.port());
-    let islb = Islb::start_url(&with_token, &[]);
-    go_node_served(&with_token);
-    cli_lists(&["--nats-url", &with_token], &islb.nid);
-    never_logged(&islb, &["t0ken-s3cret"]);
-    drop(islb);
+    served_with_credentials_in_the_url(&with_token, "t0ken-s3cret");
     let token = secret_file(dir.path(), "token", "t0ken-s3cret");
     let islb = Islb::start_url(&nats.url(), &["--nats-token-file", &token]);
     cli_lists(&["--nats-url", &nats.url(), "--nats-token", "t0ken-s3cret"], &islb.nid);

@@ -108,10 +108,9 @@ fn url_credentials(urls: &str) -> Option<Credentials> {
     })
 }
 
+/// A URL's user or password as written before percent-encoding (`+` stays `+`).
 fn percent(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map_or_else(|| s.to_owned(), |(_, v)| v.into_owned())
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 impl NatsAccess {
@@ -285,6 +284,11 @@ mod tests {
         assert_eq!(
             access("nats://ion:s%40cret@a:4222").credentials().unwrap(),
             Credentials::UserPassword("ion".into(), "s@cret".into())
+        );
+        assert_eq!(
+            access("nats://ion:p+w@a:4222").credentials().unwrap(),
+            Credentials::UserPassword("ion".into(), "p+w".into()),
+            "a + in a password is a +, as nats.go reads it"
         );
         assert_eq!(access("nats://a:4222, nats://tok@b:4222").credentials().unwrap(), Credentials::Token("tok".into()));
         assert_eq!(access("nats://a:4222").credentials().unwrap(), Credentials::None);
