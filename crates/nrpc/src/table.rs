@@ -114,7 +114,8 @@ pub(crate) fn peer_key(nid: &str, reply: &str) -> String {
     }
     match reply.rsplit_once('.') {
         Some((head, _)) if head.contains('.') => format!("inbox:{head}"),
-        Some((head, nuid)) if nuid.len() == 22 => format!("inbox:{head}.{}", &nuid[..12]),
+        // `get`: a hostile inbox may put a multi-byte character across byte 12.
+        Some((head, nuid)) if nuid.len() == 22 => format!("inbox:{head}.{}", nuid.get(..12).unwrap_or(nuid)),
         _ => format!("inbox:{reply}"),
     }
 }
@@ -272,6 +273,9 @@ mod tests {
         assert_eq!(peer_key("", "_INBOX.conn1.17"), "inbox:_INBOX.conn1");
         assert_eq!(peer_key("", "odd"), "inbox:odd");
         assert_eq!(peer_key("", "_INBOX.short"), "inbox:_INBOX.short");
+        // 22 bytes with a two-byte character across byte 12: no panic, the whole token.
+        let odd = format!("_INBOX.{}é{}", "a".repeat(11), "b".repeat(9));
+        assert_eq!(peer_key("", &odd), format!("inbox:{odd}"));
     }
 
     #[test]
