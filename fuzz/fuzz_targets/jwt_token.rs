@@ -1,4 +1,4 @@
-//! Reads arbitrary bytes as a lookup's `authorization` JWT, without and with a key. Fails
+//! Reads arbitrary bytes as a session token (jsonwebtoken), without and with a key. Fails
 //! on a panic or on a token accepted whose signature does not verify.
 //!
 //! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run jwt_token -- -max_total_time=60`
@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    islb_core::session_key::fuzz_logic::token(data);
+    islb_server::tokens::fuzz_logic::token(data);
 });

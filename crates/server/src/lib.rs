@@ -33,6 +33,7 @@ pub mod state;
 pub mod sync;
 pub mod telemetry;
 mod throttle;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -253,6 +254,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let http_addr = listener.local_addr().map_err(listen_error)?;
 
     let admin_token = cfg.admin_token().map_err(StartError::Config)?;
+    let tokens = cfg.token_verifier().map_err(StartError::Config)?;
+    if tokens.verifies() {
+        info!(audience = ?cfg.jwt_audience, issuer = ?cfg.jwt_issuer, "session JWTs are verified");
+    }
     let (client, link) = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
     let (store, unreachable) = open_store(&cfg).await?;
     info!(store = %cfg.store, kind = store.kind(), "store open");
@@ -265,7 +270,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         default_capacity: cfg.default_capacity,
         session_ttl: cfg.session_ttl,
         max_sessions: cfg.max_sessions,
-        jwt_key: cfg.jwt_key.as_ref().map(|k| islb_core::session_key::JwtKey::hmac(k.as_bytes())),
+        tokens: Arc::new(tokens),
     };
     let discovery = Arc::new(Discovery::new(
         Arc::new(client.clone()),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use islb_core::placement::Candidate;
-use islb_core::session_key::{JwtKey, KeyError, session_key};
+use islb_core::session_key::{SessionKey, session_key};
 use islb_core::sessions::{Ask, Decision};
 use islb_core::{Event, Lookup, NodeKey, Session, Sessions, Settled, Timestamp, placement};
 use islb_gob::Node;
@@ -26,6 +26,7 @@ use crate::reply;
 use crate::state::Shared;
 use crate::sync::StoreSync;
 use crate::throttle::Throttle;
+use crate::tokens::{TokenError, Verifier};
 
 /// Placement settings.
 #[derive(Debug, Clone)]
@@ -38,8 +39,8 @@ pub struct PlacementConfig {
     pub session_ttl: Duration,
     /// Most sessions held; past it the least recently used are released.
     pub max_sessions: usize,
-    /// Verifies JWT signatures when set.
-    pub jwt_key: Option<JwtKey>,
+    /// Reads (and, with keys, verifies) the session token of a lookup.
+    pub tokens: Arc<Verifier>,
 }
 
 /// Why a session moved (the `reason` of an `islb.session.<sid>` event).
@@ -188,17 +189,11 @@ impl Placement {
     /// A `get` of a placed service.
     pub(crate) async fn lookup(&self, lookup: &Lookup) -> Bytes {
         let prefer_dc = self.prefer_dc(lookup);
-        let sid = match session_key(&lookup.params, self.config.jwt_key.as_ref(), self.shared.now()) {
+        let sid = match self.session_of(lookup) {
             Ok(k) => k,
-            Err(e) => {
+            Err(label) => {
                 metrics::counter!("islb_placements_total", "outcome" => "refused").increment(1);
-                let label = match e {
-                    KeyError::Param(_) => "bad_param",
-                    KeyError::Malformed(_) => "bad_jwt",
-                    KeyError::Refused(_) => "jwt_refused",
-                };
                 metrics::counter!("islb_bad_requests_total", "reason" => label).increment(1);
-                warn!(service = %lookup.service, error = %e, "lookup refused: no node answered");
                 return reply::nodes(&[]);
             }
         };
@@ -208,6 +203,24 @@ impl Placement {
             // An operator's listing: every node, nothing placed or counted.
             None if lookup.operator_listing() => reply::nodes(&self.ranked(&lookup.service, &prefer_dc)),
             None => reply::nodes(&self.place_unnamed(&lookup.service, &prefer_dc)),
+        }
+    }
+
+    /// The sid a lookup names (none if it names none), or the label of why it was refused.
+    fn session_of(&self, lookup: &Lookup) -> Result<Option<String>, &'static str> {
+        let refused = |label: &'static str, error: &dyn std::fmt::Display| {
+            warn!(service = %lookup.service, %error, "lookup refused: no node answered");
+            label
+        };
+        match session_key(&lookup.params) {
+            Ok(None) => Ok(None),
+            Ok(Some(SessionKey::Sid(sid))) => Ok(Some(sid)),
+            Ok(Some(SessionKey::Token(token))) => match self.config.tokens.sid(&token, self.shared.now()) {
+                Ok(sid) => Ok(sid),
+                Err(e @ TokenError::Malformed(_)) => Err(refused("bad_jwt", &e)),
+                Err(e @ TokenError::Refused(_)) => Err(refused("jwt_refused", &e)),
+            },
+            Err(e) => Err(refused("bad_param", &e)),
         }
     }
 

@@ -335,6 +335,31 @@ fn read_ports_file(dir: &Path, kind: &str) -> Option<u16> {
     url.rsplit(':').next()?.parse().ok()
 }
 
+/// Signing key pairs made by openssl in `dir`, as PEM files: (`rsa`, `ec256`, `ec384`,
+/// `ed25519`), each with its private key (PKCS#8) and public key paths.
+pub fn make_signing_keys(dir: &Path) -> Vec<(&'static str, PathBuf, PathBuf)> {
+    let openssl = require_binary("openssl", "install it with `apt-get install openssl`");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl).args(args).current_dir(dir).output().expect("running openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let kinds: [(&str, &[&str]); 4] = [
+        ("rsa", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        ("ec256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        ("ec384", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        ("ed25519", &["-algorithm", "ED25519"]),
+    ];
+    kinds
+        .iter()
+        .map(|(name, how)| {
+            let (private, public) = (format!("{name}.key"), format!("{name}.pub"));
+            run(&[&["genpkey"], *how, &["-out", &private]].concat());
+            run(&["pkey", "-in", &private, "-pubout", "-out", &public]);
+            (*name, dir.join(private), dir.join(public))
+        })
+        .collect()
+}
+
 /// Test certificates in `dir` (openssl): a CA (`ca.crt`, `ca.key`), a server certificate
 /// for 127.0.0.1 (`server.crt`, `server.key`) and a client certificate (`client.crt`,
 /// `client.key`), both signed by the CA.
@@ -780,6 +805,33 @@ impl Drop for Proc {
         kill_and_reap(&mut self.child);
         if std::thread::panicking() {
             eprintln!("--- output of {} ---\n{}\n--- end of {} ---", self.name, self.output(), self.name);
+        } else if self.name.starts_with("islb") {
+            assert_no_secret(&self.name, &self.output());
+        }
+    }
+}
+
+/// The secrets the test registered with [`secret`].
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `value` as a secret (a password, token, seed or key the test gives islb) and
+/// returns it. From then on, everything an islb process of this test prints (a [`Proc`]
+/// whose name starts with `islb`, checked when it is dropped) and whatever is passed to
+/// [`assert_no_secret`] must not contain it.
+pub fn secret(value: impl Into<String>) -> String {
+    let value = value.into();
+    assert!(value.len() >= 6, "a secret short enough to appear by chance: {value:?}");
+    SECRETS.lock().unwrap_or_else(|e| e.into_inner()).push(value.clone());
+    value
+}
+
+/// Fails the test if `text` (the output of `source`) contains a registered [`secret`];
+/// the message names the source and the line, with the secret itself masked.
+pub fn assert_no_secret(source: &str, text: &str) {
+    let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for line in text.lines() {
+        if let Some(s) = secrets.iter().find(|s| line.contains(s.as_str())) {
+            panic!("{source} printed a secret: {}", line.replace(s.as_str(), "<SECRET>"));
         }
     }
 }
@@ -788,6 +840,23 @@ impl Drop for Proc {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn a_registered_secret_in_an_islb_process_output_fails_the_test_without_showing_it() {
+        assert_no_secret("islb", "hunter22 is not registered yet");
+        secret("hunter22");
+        let caught = std::panic::catch_unwind(|| assert_no_secret("islb serve", "ok\nuser pw=hunter22 here\n"));
+        let message = *caught.unwrap_err().downcast::<String>().unwrap();
+        assert_eq!(message, "islb serve printed a secret: user pw=<SECRET> here");
+        // And from a process's output when it is dropped.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo leaking hunter22"]);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut p = Proc::spawn("islb-leak", cmd);
+            p.wait_for("leaking", Duration::from_secs(5));
+        }));
+        assert!(caught.is_err(), "dropping an islb process that printed a secret fails");
+    }
 
     #[test]
     fn nats_server_starts_on_a_free_port_and_stops() {

@@ -322,14 +322,19 @@ pub(crate) async fn eventually(
     }
 }
 
-/// Runs the `islb` binary with `args` and `envs` to completion.
+/// Runs the `islb` binary with `args` and `envs` to completion; what it printed holds no
+/// secret the test registered.
 pub(crate) fn run_islb(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(ISLB);
     cmd.args(args).stdin(std::process::Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().expect("running islb")
+    let out = cmd.output().expect("running islb");
+    let source = format!("islb {}", args.first().unwrap_or(&""));
+    islb_testkit::assert_no_secret(&source, &String::from_utf8_lossy(&out.stdout));
+    islb_testkit::assert_no_secret(&source, &String::from_utf8_lossy(&out.stderr));
+    out
 }
 
 /// An operator command against the cluster on `nats`: (success, stdout, stderr).

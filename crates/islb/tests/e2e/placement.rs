@@ -238,7 +238,7 @@ async fn without_a_session_key_every_node_is_listed_best_first_and_unnamed_calls
 #[tokio::test]
 async fn with_a_jwt_key_a_forged_token_gets_no_node() {
     let nats = NatsServer::start();
-    let _islb = Islb::start(&nats, &["--jwt-key", "s3cret"]);
+    let _islb = Islb::start(&nats, &["--jwt-key", &islb_testkit::secret("s3cret")]);
     let _sfus = KeepAlive::start(&nats, &sfus(1), Duration::from_secs(1)).await;
     let peer = Peer::connect(&nats).await;
     // alg none: no signature to verify, refused when a key is configured.
@@ -250,7 +250,16 @@ async fn with_a_jwt_key_a_forged_token_gets_no_node() {
 #[test]
 fn the_placement_options_are_in_the_effective_config() {
     let out = run_islb(
-        &["config", "check", "--session-ttl", "1h", "--default-capacity", "50", "--jwt-key", "topsecret"],
+        &[
+            "config",
+            "check",
+            "--session-ttl",
+            "1h",
+            "--default-capacity",
+            "50",
+            "--jwt-key",
+            &islb_testkit::secret("topsecret"),
+        ],
         &[],
     );
     let text = String::from_utf8(out.stdout).unwrap();

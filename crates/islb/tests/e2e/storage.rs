@@ -39,7 +39,9 @@ fn nids(nodes: &[islb_gob::Node]) -> BTreeSet<String> {
 #[test]
 fn ions_own_islb_toml_starts_islb_on_redis() {
     let nats = NatsServer::start();
-    // A password with URL characters, as ion accepts it.
+    // A password with URL characters, as ion accepts it (never logged, nor URL-encoded).
+    islb_testkit::secret("p@ss:w/rd#1");
+    islb_testkit::secret("p%40ss%3Aw%2Frd%231");
     let redis = RedisServer::start_with_password(Some("p@ss:w/rd#1"));
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     let toml = format!(

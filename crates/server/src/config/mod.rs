@@ -23,6 +23,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
+use crate::tokens::{TokenSources, Verifier};
+
 pub use access::{NatsAccess, NatsConn};
 pub use ion::IonRedis;
 pub use values::{LogFormat, ServiceList, StoreSpec, mask_url, parse_duration, random_nid};
@@ -151,9 +153,24 @@ pub struct Settings {
     /// Largest gRPC call metadata (encoded), in bytes
     #[arg(long, env = "ISLB_NRPC_MAX_METADATA_SIZE", value_name = "BYTES", default_value = "8192")]
     pub nrpc_max_metadata_size: Option<usize>,
-    /// HMAC secret to verify the JWT in a lookup's authorization (HS256/384/512); unset: claims are only decoded
+    /// HMAC secret to verify the JWT in a lookup's authorization (HS256/384/512; prefer jwt-key-file); with no jwt key at all, claims are only decoded
     #[arg(long, env = "ISLB_JWT_KEY", value_name = "SECRET", hide_env_values = true)]
     pub jwt_key: Option<String>,
+    /// File holding the HMAC secret of jwt-key
+    #[arg(long, env = "ISLB_JWT_KEY_FILE", value_name = "FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+    /// PEM public key verifying session JWTs: RSA (RS*/PS*), EC P-256/P-384 (ES256/ES384) or Ed25519 (EdDSA)
+    #[arg(long, env = "ISLB_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file (an identity provider's keys, chosen by kid) verifying session JWTs; read again when a token names an unknown kid
+    #[arg(long, env = "ISLB_JWT_JWKS", value_name = "FILE")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Audiences a verified session JWT must name in aud (any one, comma-separated); unset: aud is not checked
+    #[arg(long, env = "ISLB_JWT_AUDIENCE", value_name = "LIST")]
+    pub jwt_audience: Option<ServiceList>,
+    /// Issuers a verified session JWT's iss must be one of (comma-separated); unset: iss is not checked
+    #[arg(long, env = "ISLB_JWT_ISSUER", value_name = "LIST")]
+    pub jwt_issuer: Option<ServiceList>,
 
     // The file's sections, folded into the options above by `ion::fold`.
     #[arg(skip)]
@@ -310,9 +327,24 @@ pub struct Config {
     pub nrpc_first_message_timeout: Duration,
     /// Largest nrpc call metadata.
     pub nrpc_max_metadata_size: usize,
-    /// HMAC secret to verify JWTs in `authorization` (none: claims are only decoded).
+    /// HMAC secret to verify JWTs in `authorization`.
     #[serde(default)]
     pub jwt_key: Option<String>,
+    /// File holding that secret.
+    #[serde(default)]
+    pub jwt_key_file: Option<PathBuf>,
+    /// PEM public key verifying JWTs.
+    #[serde(default)]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file verifying JWTs.
+    #[serde(default)]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Accepted `aud` values (empty: not checked).
+    #[serde(default)]
+    pub jwt_audience: Vec<String>,
+    /// Accepted `iss` values (empty: not checked).
+    #[serde(default)]
+    pub jwt_issuer: Vec<String>,
     /// ion's `[redis]` section as read (its URL is the store when `store` is not set).
     #[serde(skip)]
     pub ion_redis: Option<IonRedis>,
@@ -381,6 +413,7 @@ impl Config {
         }
         self.nats_access().check()?;
         self.admin_token()?;
+        self.token_verifier()?;
         if self.store_tls_cert.is_some() != self.store_tls_key.is_some() {
             return bad("store-tls-cert", "store-tls-cert and store-tls-key go together".into());
         }
@@ -434,6 +467,34 @@ impl Config {
     /// The admin token, read from `admin-token-file` (none without one).
     pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
         self.admin_token_file.as_deref().map(|f| access::read_secret("admin-token-file", f)).transpose()
+    }
+
+    /// The verifier of session tokens the `jwt-*` options describe (keys read from their files).
+    pub fn token_verifier(&self) -> Result<Verifier, ConfigError> {
+        if self.jwt_key.is_some() && self.jwt_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "jwt-key".into(),
+                why: "give jwt-key or jwt-key-file, not both".into(),
+            });
+        }
+        let hmac = match (&self.jwt_key, &self.jwt_key_file) {
+            (Some(k), _) => Some(k.clone().into_bytes()),
+            (None, Some(f)) => Some(access::read_secret("jwt-key-file", f)?.into_bytes()),
+            (None, None) => None,
+        };
+        let sources = TokenSources {
+            hmac,
+            public_key: self.jwt_public_key.clone(),
+            jwks: self.jwt_jwks.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        };
+        let key = match (&sources.jwks, &sources.public_key) {
+            (Some(_), _) => "jwt-jwks",
+            (None, Some(_)) => "jwt-public-key",
+            (None, None) => "jwt-audience",
+        };
+        Verifier::load(&sources).map_err(|e| ConfigError::Invalid { key: key.into(), why: e.to_string() })
     }
 
     /// How to reach NATS: the URLs, credentials and TLS files.
@@ -766,6 +827,34 @@ db = 0
         for secret in ["hunter2", "topsecret", "urlpass", "tokensecret"] {
             assert!(!described.contains(secret), "{secret} shown: {described}");
         }
+    }
+
+    #[test]
+    fn session_token_options_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |over: Settings| Config::load(None, &over).unwrap_err().to_string();
+        let secret = dir.path().join("jwt-secret");
+        std::fs::write(&secret, "s3cret-for-hmac\n").unwrap();
+        let both = Settings { jwt_key: Some("x".into()), jwt_key_file: Some(secret.clone()), ..Settings::default() };
+        assert!(err(both).contains("jwt-key: give jwt-key or jwt-key-file, not both"));
+        let missing = Settings { jwt_key_file: Some(dir.path().join("nope")), ..Settings::default() };
+        assert!(err(missing).starts_with("jwt-key-file: cannot read"));
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a key").unwrap();
+        let bad_pem = Settings { jwt_public_key: Some(junk), ..Settings::default() };
+        assert!(err(bad_pem).contains("jwt-public-key: "), "names the option");
+        let aud_alone = Settings { jwt_audience: Some("ion".parse().unwrap()), ..Settings::default() };
+        assert!(err(aud_alone).contains("need a key"));
+        let good = Settings {
+            jwt_key_file: Some(secret),
+            jwt_audience: Some("ion, ion-staging".parse().unwrap()),
+            ..Settings::default()
+        };
+        let c = Config::load(None, &good).unwrap();
+        assert_eq!(c.jwt_audience, ["ion", "ion-staging"]);
+        assert!(c.token_verifier().unwrap().verifies());
+        assert!(!Config::defaults().token_verifier().unwrap().verifies());
+        assert!(!format!("{:?}", c.describe()).contains("s3cret-for-hmac"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Shell {
             default_capacity: 0,
             session_ttl: setup.session_ttl,
             max_sessions: setup.max_sessions,
-            jwt_key: None,
+            tokens: Arc::new(islb_server::tokens::Verifier::unverified()),
         };
         let (outbox, out) = MemoryOutbox::new();
         let clock = TokioClock::starting_at(Timestamp::from_ms(1_700_000_000_000));
@@ -307,5 +307,11 @@ pub(crate) fn nats_replica(client: &async_nats::Client, store: Arc<dyn Store>, e
 }
 
 fn placement_config(session_ttl: Duration) -> PlacementConfig {
-    PlacementConfig { dc: "dc1".into(), default_capacity: 0, session_ttl, max_sessions: 1_000_000, jwt_key: None }
+    PlacementConfig {
+        dc: "dc1".into(),
+        default_capacity: 0,
+        session_ttl,
+        max_sessions: 1_000_000,
+        tokens: Arc::new(islb_server::tokens::Verifier::unverified()),
+    }
 }
