@@ -13,3 +13,19 @@ apt_install() {
 nats_bin() {
   command -v nats-server || echo /usr/sbin/nats-server
 }
+
+# promtool (checks the alert rules in deploy/prometheus) into target/tools: Debian ships it
+# only inside the prometheus package, whose server we do not want installed or started, so
+# the one binary is taken out of the package. Nothing happens when promtool is on PATH.
+fetch_promtool() {
+  command -v promtool >/dev/null && return 0
+  [ -x target/tools/promtool ] && return 0
+  local sudo="" tmp
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  tmp="$(mktemp -d)"
+  echo "scripts/$(basename "$0"): fetching promtool (Debian's prometheus package, not installed)"
+  ( cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 || { $sudo apt-get update -qq && apt-get download prometheus >/dev/null; }; } ) &&
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x" && mkdir -p target/tools && cp "$tmp/x/usr/bin/promtool" target/tools/ ||
+    echo "scripts/$(basename "$0"): promtool unavailable; the alert rule checks will be skipped" >&2
+  rm -rf "$tmp"
+}

@@ -91,6 +91,14 @@ pub(crate) enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `islb completions bash > /etc/bash_completion.d/islb`).
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `islb man > /usr/local/share/man/man1/islb.1`).
+    Man,
 }
 
 /// `islb config ...`

@@ -61,6 +61,34 @@ fn main() -> ExitCode {
         Some(Command::Streams { admin, sid }) => run_client(admin_cli::streams(&admin, &sid)),
         Some(Command::Status { admin }) => run_client(admin_cli::status(&admin)),
         Some(Command::Rpc(cmd)) => run_client(rpc(cmd)),
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "islb", &mut script);
+            print_out(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_out(&page),
+                Err(e) => {
+                    eprintln!("islb: rendering the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("islb: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

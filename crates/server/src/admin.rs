@@ -220,6 +220,9 @@ async fn readyz(State(c): Ctl) -> Response {
 }
 
 async fn metrics(State(c): Ctl) -> Response {
+    // Readiness at each scrape, so islb_ready is current without anyone probing /readyz.
+    let ready = c.problems().await.is_empty();
+    metrics::gauge!("islb_ready").set(if ready { 1.0 } else { 0.0 });
     let s = c.status();
     metrics::gauge!("islb_nodes").set(s.nodes_per_service.values().sum::<usize>() as f64);
     for (service, n) in s.nodes_per_service {

@@ -4,6 +4,7 @@
 mod foundation;
 mod harness;
 mod nats;
+mod packaging;
 mod placement;
 mod registry;
 mod rpc;
