@@ -2,7 +2,7 @@
 //! decoded value does not survive our own encode/decode round trip.
 //!
 //! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gob_decode -- -max_total_time=60`
-//! (seed corpus: `cp ../../shared/vectors/gob/*.gob corpus/gob_decode/`).
+//! (seed corpus: `cp ../interop/vectors/gob/*.gob corpus/gob_decode/`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 package main
 
-// Connection options shared by every command that talks to NATS.
+// Connection options common to every command that talks to NATS.
 
 import (
 	"flag"

@@ -111,3 +111,6 @@ func watchSubject(service string) string {
 	}
 	return "node.discovery." + service + ".>"
 }
+
+// gobEncoder is a fresh encoder on w.
+func gobEncoder(w *bytes.Buffer) *gob.Encoder { return gob.NewEncoder(w) }

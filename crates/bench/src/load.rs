@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use islb_gob::{Message as _, Node, Request, Rpc, Value};
 
-/// A node of the shape `ionpeer bench-update` registers: ion's SFU registration with one
+/// A node of the shape `gopeer bench-update` registers: ion's SFU registration with one
 /// RPC param and three ExtraInfo values (a string, a float, an int64).
 pub(crate) fn node(i: usize) -> Node {
     let mut n = Node {

@@ -2,7 +2,7 @@
 //! same run (these machines are shared and noisy: only ratios within one run mean much).
 //!
 //! - `echo`: answers every request on `node.publish.>` with a canned
-//!   `Response{Success: true}`, as fast as async-nats allows. `ionpeer bench-update`
+//!   `Response{Success: true}`, as fast as async-nats allows. `gopeer bench-update`
 //!   against it is the raw NATS request/reply baseline, with the same Go client, subjects
 //!   and reply size as against islb.
 //! - `load`: registers N nodes (as ion's save) with C concurrent requesters.

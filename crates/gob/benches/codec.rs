@@ -1,8 +1,8 @@
-//! Encode and decode cost of one discovery `Request`, the same value `ionpeer bench-codec`
+//! Encode and decode cost of one discovery `Request`, the same value `gopeer bench-codec`
 //! times with Go's encoding/gob (fresh encoder and decoder per message, as ion does), and
 //! of the richest golden vector (every ExtraInfo type).
 //!
-//! Run: `cargo bench -p islb-gob --bench codec`; `scripts/bench` runs it beside `ionpeer
+//! Run: `cargo bench -p islb-gob --bench codec`; `scripts/bench` runs it beside `gopeer
 //! bench-codec` (Go's figures, same run) and records both in docs/BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use islb_gob::{Message, Node, Request, Rpc, Value};
 
-/// The Request of `ionpeer bench-codec` (shared/ionpeer/main.go, benchCodec).
+/// The Request of `gopeer bench-codec` (interop/gopeer).
 fn go_bench_request() -> Request {
     let mut extra = islb_gob::ValueMap::new();
     extra.insert("str".to_owned(), Value::String("x".into()));
@@ -43,7 +43,7 @@ fn codec(c: &mut Criterion) {
     g.finish();
 
     let typed =
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/gob/request_save_typed.gob"))
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "//../../interop/vectors/gob/request_save_typed.gob"))
             .expect("golden vector request_save_typed.gob");
     let typed_req = Request::from_gob(&typed).unwrap();
     let mut g = c.benchmark_group("request_save_typed");

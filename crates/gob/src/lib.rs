@@ -43,7 +43,9 @@
 //! # Hostile input
 //!
 //! Decoding never panics and never allocates more than the payload could hold: every
-//! length and count is checked against the bytes left in its message first. Nesting is
+//! length is checked against the bytes left in its message, every element count against
+//! the bytes left in the payload (a map's or slice's elements may continue in the next
+//! message, see above). Nesting is
 //! bounded and the payload size is limited ([`Limits`]). Errors say what was wrong and at
 //! which byte ([`Error`]).
 //!

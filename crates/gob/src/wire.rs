@@ -113,20 +113,28 @@ impl<'a> Reader<'a> {
         Ok(f64::from_bits(self.uint()?.swap_bytes()))
     }
 
-    /// A length-prefixed byte string.
+    /// A length-prefixed byte string (never split across messages).
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8]> {
-        let n = self.count(1)?;
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    /// An element count, checked against the bytes left (each element takes at least
-    /// `min_size` bytes), so a hostile count never causes a large allocation.
-    pub(crate) fn count(&mut self, min_size: usize) -> Result<usize> {
         let start = self.pos;
         let len = self.uint()?;
         let left = self.left();
+        if len > left as u64 {
+            return Err(Error::new(start, ErrorKind::LengthTooLarge { len, left }));
+        }
+        let s = &self.data[self.pos..self.pos + len as usize];
+        self.pos += len as usize;
+        Ok(s)
+    }
+
+    /// An element count, checked against the bytes left in the payload (each element
+    /// takes at least `min_size` bytes), so a hostile count never causes a large
+    /// allocation. The payload, not the message: the elements of a map or slice may go on
+    /// in the next message when one of them is an `interface{}` whose type Go defines
+    /// there (the definition ends the message mid-value).
+    pub(crate) fn count(&mut self, min_size: usize) -> Result<usize> {
+        let start = self.pos;
+        let len = self.uint()?;
+        let left = self.data.len() - self.pos;
         if len.saturating_mul(min_size as u64) > left as u64 {
             return Err(Error::new(start, ErrorKind::LengthTooLarge { len, left }));
         }

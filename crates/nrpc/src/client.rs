@@ -1,6 +1,6 @@
 //! The nrpc client: calls gRPC methods of a node over NATS, as nats-grpc's Go client
 //! does, with the rules that make it work against Go servers too
-//! (shared/protocol/nrpc.md section 11): a fresh inbox per call, subscribed first; `call`
+//! (docs/RPC.md sections 7 and 9): a fresh inbox per call, subscribed first; `call`
 //! then `data` back to back; no `end{}` after a unary request (a Go v0.1.12 server would
 //! read it before the data); at most one `end` per call; a `503` no-responders status on
 //! the inbox is `UNAVAILABLE` at once; deadlines enforced here (nothing travels on the

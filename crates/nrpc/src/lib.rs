@@ -1,6 +1,6 @@
 //! nats-grpc ("nrpc"): gRPC calls carried over NATS, wire-compatible with
 //! `cloudwebrtc/nats-grpc` (v0.1.12, v1.0.0 and main), the transport ion's nodes serve
-//! gRPC on. shared/protocol/nrpc.md is the contract.
+//! gRPC on. docs/RPC.md is the contract.
 //!
 //! - [`frame`] and [`subject`]: the envelopes (`nrpc.Request`/`nrpc.Response`, from
 //!   `islb-proto`) and subject rules; pure.

@@ -3,7 +3,7 @@
 //! newer tools try first). Both have the same messages on the wire, so one implementation
 //! answers both.
 //!
-//! As shared/protocol/nrpc.md section 8 requires: one answer per request on a stream that
+//! As docs/RPC.md section 6 describes: one answer per request on a stream that
 //! stays open; service names sorted, the reflection services included; files returned
 //! dependency-closed (the requested file, then imports not yet sent on this stream), with
 //! the file names used in `import` statements; lookup failures answered in-band with

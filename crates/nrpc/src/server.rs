@@ -3,7 +3,7 @@
 //! Per service one queue subscription `nrpc.<nid>.<Service>.>` (queue group = the service
 //! name). Frames of one call share the request's reply inbox, which keys the call; they are
 //! handled strictly in arrival order (one loop per service hands each call's messages to
-//! its handler through a channel). The rules (shared/protocol/nrpc.md sections 3 and 11):
+//! its handler through a channel). The rules (docs/RPC.md sections 4 and 8):
 //!
 //! - route by subject, never by `Call.method`;
 //! - `call` opens the call (unknown method: `end{Unimplemented}`); the handler reads the

@@ -4,7 +4,7 @@
 //!   `PostISLBEvent` and `WatchISLBEvent` (ion v1.9's stream registry: ion's Redis key shape
 //!   `<dc>/<nid>/<sid>/<uid>` with its JSON value and 24 h TTL, events forwarded to the
 //!   watchers of the session on every replica through `islb.stream-event.<sid>`);
-//! - `islb.Admin`: the operator API the `islb` command line uses (docs/ADMIN.md);
+//! - `islb.Admin`: the operator API the `islb` command line uses (docs/RPC.md, section 11);
 //! - server reflection, v1alpha (ion's) and v1.
 
 use std::sync::Arc;

@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn unverified_tokens_give_their_sid_claim() {
-        // The token ionpeer's signal-sim sends: alg none, no signature.
+        // The token gopeer's signal-sim sends: alg none, no signature.
         let v = Verifier::unverified();
         assert!(!v.verifies());
         let t = raw(r#"{"alg":"none","typ":"JWT"}"#, r#"{"sid":"room-7","uid":"u1","services":["rtc"]}"#, None);

@@ -11,8 +11,8 @@
 //! - [`RedisServer`]: `redis-server` on a port found by binding `127.0.0.1:0` (retried if
 //!   another process takes the port first); can be stopped, restarted on the same port,
 //!   and paused with SIGSTOP to play a store that hangs.
-//! - [`ionpeer`]: the Go reference peer built by `../shared/ionpeer/build.sh`.
-//! - [`Proc`]: any child process (islb itself, ionpeer watch...) whose output goes to a log
+//! - [`gopeer`]: the project's Go interop peer built by `interop/gopeer/build.sh`.
+//! - [`Proc`]: any child process (islb itself, gopeer watch...) whose output goes to a log
 //!   file, killed on drop, with helpers to wait for a log line and to stop it with a signal.
 //!
 //! This crate is synchronous and std-only, so it fits plain and tokio tests alike.
@@ -680,14 +680,13 @@ fn percent_encode(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
-/// The path of the Go reference peer, `target/ionpeer`, or the `IONPEER` environment
+/// The path of the project's Go interop peer, `target/gopeer`, or the `GOPEER` environment
 /// variable. Fails with the build command when it is missing.
-pub fn ionpeer() -> PathBuf {
-    let path =
-        std::env::var_os("IONPEER").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/ionpeer"));
+pub fn gopeer() -> PathBuf {
+    let path = std::env::var_os("GOPEER").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/gopeer"));
     if !path.is_file() {
         panic!(
-            "ionpeer is missing at {}; build it with `bash ../shared/ionpeer/build.sh target/ionpeer` \
+            "gopeer is missing at {}; build it with `bash interop/gopeer/build.sh` \
              from the workspace root (scripts/test does this)",
             path.display()
         );
@@ -695,36 +694,36 @@ pub fn ionpeer() -> PathBuf {
     path
 }
 
-/// Runs `ionpeer ARGS` to completion, feeding `stdin`, and returns its output.
-pub fn ionpeer_run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut cmd = Command::new(ionpeer());
+/// Runs `gopeer ARGS` to completion, feeding `stdin`, and returns its output.
+pub fn gopeer_run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(gopeer());
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().expect("spawning ionpeer");
-    let mut input = child.stdin.take().expect("ionpeer stdin");
+    let mut child = cmd.spawn().expect("spawning gopeer");
+    let mut input = child.stdin.take().expect("gopeer stdin");
     let data = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let out = child.wait_with_output().expect("waiting for ionpeer");
+    let out = child.wait_with_output().expect("waiting for gopeer");
     let _ = feeder.join();
     out
 }
 
-/// Starts `ionpeer watch` (Go's view of node events, one JSON line each) for `service`
+/// Starts `gopeer watch` (Go's view of node events, one JSON line each) for `service`
 /// (`"*"` for all) and returns once it is subscribed: probe messages are published until
 /// the watcher prints one, so no event sent after this returns can be missed. The probes
 /// print as lines without an `Action`.
 pub fn go_watcher(nats: &NatsServer, service: &str) -> Proc {
-    let mut cmd = Command::new(ionpeer());
+    let mut cmd = Command::new(gopeer());
     cmd.args(["watch", "-url", &nats.url(), "-service", service]);
-    let mut watcher = Proc::spawn("ionpeer-watch", cmd);
+    let mut watcher = Proc::spawn("gopeer-watch", cmd);
     let svc = if service == "*" { "probe" } else { service };
     let subject = format!("node.discovery.{svc}.islb-test-probe");
     let end = Instant::now() + START_TIMEOUT;
     while !watcher.output().contains(&subject) {
-        assert!(watcher.is_running(), "ionpeer watch exited before subscribing:\n{}", watcher.output());
-        assert!(Instant::now() < end, "ionpeer watch did not subscribe within {START_TIMEOUT:?}");
+        assert!(watcher.is_running(), "gopeer watch exited before subscribing:\n{}", watcher.output());
+        assert!(Instant::now() < end, "gopeer watch did not subscribe within {START_TIMEOUT:?}");
         nats.publish(&subject, b"probe");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,4 +1,4 @@
-//! Codec tests against Go's own bytes: the golden vectors, ionpeer both ways, property
+//! Codec tests against Go's own bytes: the golden vectors, gopeer both ways, property
 //! tests and hostile input.
 
 mod golden;

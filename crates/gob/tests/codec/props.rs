@@ -8,13 +8,13 @@ use proptest::prelude::*;
 use crate::golden::{go_decode, go_encode};
 use crate::typed;
 
-/// Which values a strategy may produce: Go's typed-JSON encoder (ionpeer encode -typed)
+/// Which values a strategy may produce: Go's typed-JSON encoder (gopeer encode -typed)
 /// reads fewer types than gob carries.
 #[derive(Clone, Copy)]
 enum Scope {
     /// Everything Go's JSON can show (no complex numbers, no NaN or infinities).
     GoJson,
-    /// What `ionpeer encode -typed` can build.
+    /// What `gopeer encode -typed` can build.
     IonpeerEncode,
 }
 

@@ -1,5 +1,5 @@
-//! Our values as ionpeer's "typed JSON": Go's JSON, with every `interface{}` value written
-//! as `{"$type": "<Go type>", "$value": ...}` (see shared/ionpeer/typed.go).
+//! Our values as gopeer's "typed JSON": Go's JSON, with every `interface{}` value written
+//! as `{"$type": "<Go type>", "$value": ...}` (interop/README.md).
 
 use islb_gob::{GetResponse, Kind, Node, Request, Response, Rpc, Value, ValueMap};
 use serde_json::{Map, Value as Json, json};
@@ -46,7 +46,7 @@ pub(crate) fn typed(v: &Value) -> Json {
 }
 
 /// The `$value` part: scalars as Go's JSON writes them, nested interfaces typed again.
-/// Go decodes an empty slice as a nil slice, which its JSON writes as `null` (ionpeer
+/// Go decodes an empty slice as a nil slice, which its JSON writes as `null` (gopeer
 /// rebuilds `[]interface {}` as a fresh, empty one: `[]`); an empty map stays `{}`.
 fn plain(v: &Value) -> Json {
     match v {

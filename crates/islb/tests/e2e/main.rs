@@ -1,4 +1,4 @@
-//! End-to-end tests: the real `islb` binary, a real nats-server per test, ionpeer (Go's
+//! End-to-end tests: the real `islb` binary, a real nats-server per test, gopeer (Go's
 //! own gob and nats.go) as the peer.
 
 mod foundation;

@@ -215,3 +215,33 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         assert!(out.status.success() && text.contains("SUCCESS"), "promtool {args:?}:\n{text}");
     }
 }
+
+/// Nothing in the repository reaches outside it: no path into a sibling directory (a
+/// clone stands alone).
+#[test]
+fn no_file_of_the_repository_refers_outside_it() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() {
+                if !matches!(name.to_str(), Some("target" | ".git" | "corpus" | "artifacts")) {
+                    walk(&p, out);
+                }
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let root = workspace_root();
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    assert!(files.len() > 100, "{} files", files.len());
+    let outside = ["../", "shared/"].concat();
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(&outside)))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(offenders.is_empty(), "these files refer to {outside}: {offenders:?}");
+}

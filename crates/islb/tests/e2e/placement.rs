@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use islb_gob::Value;
-use islb_testkit::{NatsServer, RedisServer, ionpeer_run};
+use islb_testkit::{NatsServer, RedisServer, gopeer_run};
 
 use crate::harness::{Islb, KeepAlive, Peer, eventually, follow, ion_node, islb_cli, lookup, replicas, run_islb, sfus};
 
@@ -35,7 +35,7 @@ async fn ions_signal_logic_keeps_every_room_on_one_sfu_with_sid_headers_and_jwts
         if jwt {
             args.push("-jwt");
         }
-        let out = ionpeer_run(&args, b"");
+        let out = gopeer_run(&args, b"");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "signal-sim (jwt: {jwt}):\n{text}");
         assert!(text.contains("400 answered by the registry") && text.contains("0 of 20 rooms split"), "{text}");

@@ -1,4 +1,4 @@
-//! The registry as unchanged Go nodes use it: ionpeer's conformance checks, what a Go
+//! The registry as unchanged Go nodes use it: gopeer's conformance checks, what a Go
 //! watcher sees, hostile input, restarts, placed services and the operator CLI.
 
 use std::process::Command;
@@ -10,7 +10,7 @@ use islb_testkit::{NatsServer, Proc, go_watcher, workspace_root};
 use crate::harness::{ISLB, Islb, KeepAlive, Peer, conform, eventually, ion_node, islb_cli, watched_events};
 
 #[test]
-fn ionpeer_conform_passes_at_the_default_expiry() {
+fn gopeer_conform_passes_at_the_default_expiry() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &[]);
     let text = conform(&nats, Some("5s"));
@@ -18,7 +18,7 @@ fn ionpeer_conform_passes_at_the_default_expiry() {
 }
 
 #[test]
-fn ionpeer_conform_passes_at_a_short_expiry() {
+fn gopeer_conform_passes_at_a_short_expiry() {
     let nats = NatsServer::start();
     let _islb = Islb::start(&nats, &["--expire", "2s"]);
     conform(&nats, Some("2s"));
@@ -70,7 +70,7 @@ async fn a_go_watcher_sees_exactly_what_the_contract_says() {
 /// Hostile messages, built from Go's own bytes and by hand.
 fn hostile_battery() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    let dir = workspace_root().join("../shared/vectors/gob");
+    let dir = workspace_root().join("interop/vectors/gob");
     let mut vectors: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

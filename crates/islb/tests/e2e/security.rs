@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use islb_testkit::{NatsServer, ionpeer_run, secret};
+use islb_testkit::{NatsServer, gopeer_run, secret};
 
 use crate::harness::{Islb, Peer, ion_node, run_islb};
 
@@ -16,12 +16,12 @@ fn cli_lists(args: &[&str], nid: &str) {
     assert!(stdout.contains(nid), "islb nodes {args:?} does not list {nid}:\n{stdout}");
 }
 
-/// ionpeer (Go's nats.go, which reads credentials in the URL) passes its conformance
-/// battery through islb at `url`.
-fn go_node_served(url: &str) {
-    let out = ionpeer_run(&["conform", "-url", url], b"");
+/// gopeer (Go's nats.go, which reads credentials in the URL; `args` add an nkey, a creds
+/// file or TLS files) passes its conformance battery through islb at `url`.
+fn go_node_served(url: &str, args: &[&str]) {
+    let out = gopeer_run(&[&["conform", "-url", url], args].concat(), b"");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("15 passed, 0 failed"), "ionpeer conform:\n{text}");
+    assert!(out.status.success() && crate::harness::all_passed(&text), "gopeer conform:\n{text}");
 }
 
 /// A Rust node with `opts` registers and is listed.
@@ -41,7 +41,7 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> String {
 /// nodes give them.
 fn served_with_credentials_in_the_url(url: &str) {
     let islb = Islb::start_url(url, &[]);
-    go_node_served(url);
+    go_node_served(url, &[]);
     cli_lists(&["--nats-url", url], &islb.nid);
 }
 
@@ -57,6 +57,7 @@ async fn user_and_password_in_the_url_or_as_options() {
     // As options, the password from a file.
     let pw_file = secret_file(dir.path(), "pw", &pw);
     let islb = Islb::start_url(&nats.url(), &["--nats-user", "ion", "--nats-password-file", &pw_file]);
+    go_node_served(&with_creds, &[]);
     cli_lists(&["--nats-url", &nats.url(), "--nats-user", "ion", "--nats-password", "pw-s3cret"], &islb.nid);
     // The node islb registers for itself carries the URL without the credentials.
     let out = run_islb(&["nodes", "--json", "--nats-url", &with_creds], &[]);
@@ -92,6 +93,7 @@ async fn a_token_in_the_url_or_from_a_file() {
     served_with_credentials_in_the_url(&with_token);
     let token = secret_file(dir.path(), "token", "t0ken-s3cret");
     let islb = Islb::start_url(&nats.url(), &["--nats-token-file", &token]);
+    go_node_served(&with_token, &[]);
     cli_lists(&["--nats-url", &nats.url(), "--nats-token", "t0ken-s3cret"], &islb.nid);
     node_served(&nats.url(), async_nats::ConnectOptions::with_token("t0ken-s3cret".into())).await;
 }
@@ -106,6 +108,7 @@ async fn an_nkey_user() {
     let seed_file = secret_file(dir.path(), "user.nk", &seed);
     let islb = Islb::start_url(&nats.url(), &["--nats-nkey", &seed_file]);
     cli_lists(&["--nats-url", &nats.url(), "--nats-nkey", &seed_file], &islb.nid);
+    go_node_served(&nats.url(), &["-nkey", &seed_file]);
     node_served(&nats.url(), async_nats::ConnectOptions::with_nkey(seed.clone())).await;
 }
 
@@ -117,6 +120,7 @@ async fn tls_with_a_private_ca_and_mutual_tls() {
     let ca = nats.file("ca.crt").display().to_string();
     let islb = Islb::start_url(&url, &["--nats-tls-ca", &ca]);
     cli_lists(&["--nats-url", &url, "--nats-tls-ca", &ca], &islb.nid);
+    go_node_served(&url, &["-tlsca", &ca]);
     node_served(&url, async_nats::ConnectOptions::new().add_root_certificates(ca.clone().into())).await;
     drop(islb);
     // Clients must present a certificate: without one islb cannot connect.
@@ -127,6 +131,7 @@ async fn tls_with_a_private_ca_and_mutual_tls() {
     let tls = ["--nats-tls-ca", &ca, "--nats-tls-cert", &cert, "--nats-tls-key", &key];
     let islb = Islb::start_url(&url, &tls);
     cli_lists(&[&["--nats-url", &url][..], &tls].concat(), &islb.nid);
+    go_node_served(&url, &["-tlsca", &ca, "-tlscert", &cert, "-tlskey", &key]);
     let opts = async_nats::ConnectOptions::new()
         .add_root_certificates(ca.clone().into())
         .add_client_certificate(cert.clone().into(), key.clone().into());
@@ -161,7 +166,7 @@ async fn islb_and_the_cli_work_under_exactly_these_permissions() {
     let at = |who: &str| format!("nats://{who}@127.0.0.1:{}", nats.port());
     let islb = Islb::start_url(&at("islb:islb-pw"), &["--nid", nid]);
     // ion's nodes (Go) register, keep alive, look up and watch through islb.
-    go_node_served(&at("node:node-pw"));
+    go_node_served(&at("node:node-pw"), &[]);
     // The operator lists, asks islb.Admin, and watches.
     cli_lists(&["--nats-url", &at("ops:ops-pw")], nid);
     let out = run_islb(&["status", "--nats-url", &at("ops:ops-pw"), "--islb", nid], &[]);
@@ -296,6 +301,7 @@ async fn operator_mode_with_a_creds_file() {
     assert!(!out.status.success(), "operator mode refuses anonymous clients");
     let islb = Islb::start_url(&nats.url(), &["--nats-creds", &creds_file]);
     cli_lists(&["--nats-url", &nats.url(), "--nats-creds", &creds_file], &islb.nid);
+    go_node_served(&nats.url(), &["-creds", &creds_file]);
     let node = async_nats::ConnectOptions::with_credentials(&creds).unwrap();
     node_served(&nats.url(), node).await;
 }

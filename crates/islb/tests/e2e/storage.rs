@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use islb_gob::{Message as _, Request};
-use islb_testkit::{NatsServer, Proc, RedisServer, ionpeer};
+use islb_testkit::{NatsServer, Proc, RedisServer, gopeer};
 
 use crate::harness::{Islb, KeepAlive, Peer, conform, eventually, follow, ion_node, lookup, replicas, sfus};
 
@@ -215,7 +215,7 @@ async fn redis_down_at_start_is_served_through_and_gets_what_was_accepted() {
 }
 
 #[test]
-fn ionpeer_conform_passes_against_three_replicas_on_one_redis() {
+fn gopeer_conform_passes_against_three_replicas_on_one_redis() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     // A short expiry keeps the conformance run short (the default is tested in registry.rs).
@@ -325,9 +325,9 @@ async fn a_silent_node_is_deleted_once_cluster_wide() {
 }
 
 fn bench_update(nats: &NatsServer, secs: u32) -> Proc {
-    let mut cmd = Command::new(ionpeer());
+    let mut cmd = Command::new(gopeer());
     cmd.args(["bench-update", "-url", &nats.url(), "-n", "200", "-c", "4", "-d", &format!("{secs}s")]);
-    Proc::spawn("ionpeer-bench-update", cmd)
+    Proc::spawn("gopeer-bench-update", cmd)
 }
 
 fn bench_errors(p: &Proc) -> (u64, u64) {

@@ -1,4 +1,4 @@
-//! The interop rules of shared/protocol/nrpc.md section 13, each checked by sending raw
+//! The interop rules of docs/RPC.md section 7, each checked by sending raw
 //! frames as Go's client sends them (or as a misbehaving peer would) to our server.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Every golden frame in shared/vectors/nrpc decodes to the message its README describes,
+//! Every golden frame in interop/vectors/nrpc decodes to the message its README describes,
 //! and our encoding of that message is byte-identical.
 
 use islb_proto::google::rpc::Status as RpcStatus;
@@ -7,7 +7,7 @@ use islb_proto::nrpc::{self, request, response};
 use prost::Message;
 
 fn vector(name: &str) -> Vec<u8> {
-    let path = islb_testkit::workspace_root().join(format!("../shared/vectors/nrpc/{name}.hex"));
+    let path = islb_testkit::workspace_root().join(format!("interop/vectors/nrpc/{name}.hex"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     crate::interop::unhex(text.trim()).to_vec()
 }
@@ -121,4 +121,32 @@ fn our_frame_builders_write_what_go_writes() {
         hex(&frame::response_end(&Err(Status::unimplemented("Unimplemented")))),
         hex(&vector("response_end_unimplemented"))
     );
+}
+
+/// The frames in the repository are byte for byte what the Go peer (protowire, Go's own
+/// protobuf wire encoding) generates today.
+#[test]
+fn the_golden_frames_are_what_the_go_peer_generates_now() {
+    let fresh = tempfile::tempdir().unwrap();
+    let out = islb_testkit::gopeer_run(&["nrpc-vectors", fresh.path().to_str().unwrap()], b"");
+    assert!(out.status.success(), "gopeer nrpc-vectors: {}", String::from_utf8_lossy(&out.stderr));
+    let committed = islb_testkit::workspace_root().join("interop/vectors/nrpc");
+    let hex_files = |dir: &std::path::Path| {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".hex"))
+            .collect();
+        n.sort();
+        n
+    };
+    let names = hex_files(&committed);
+    assert!(names.len() >= 19, "{names:?}");
+    assert_eq!(hex_files(fresh.path()), names, "regenerate with: target/gopeer nrpc-vectors interop/vectors/nrpc");
+    for name in names {
+        let old = std::fs::read_to_string(committed.join(&name)).unwrap();
+        let new = std::fs::read_to_string(fresh.path().join(&name)).unwrap();
+        assert_eq!(new, old, "{name} drifted");
+    }
 }
