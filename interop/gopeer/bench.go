@@ -169,21 +169,26 @@ func (r loadResult) reportFirstError(bench string) {
 	}
 }
 
-// runLoad runs one request at a time on each of c goroutines for d and times the ones
-// that succeed.
-func runLoad(c int, d time.Duration, one func() error) loadResult {
+// runLoad runs one request at a time on each of c requesters for d, each on a NATS
+// connection of its own (as separate ion nodes are), and times the ones that succeed.
+func runLoad(conn *connFlags, name string, c int, d time.Duration, one func(nc *nats.Conn) error) loadResult {
+	conns := make([]*nats.Conn, c)
+	for g := range conns {
+		conns[g] = conn.mustConnect(fmt.Sprintf("%s %d", name, g))
+		defer conns[g].Close()
+	}
 	res := loadResult{lat: &latencies{}, firstErr: &firstError{}}
 	start := time.Now()
 	end := start.Add(d)
 	var wg sync.WaitGroup
 	for g := 0; g < c; g++ {
 		wg.Add(1)
-		go func() {
+		go func(nc *nats.Conn) {
 			defer wg.Done()
 			mine := make([]time.Duration, 0, 4096)
 			for time.Now().Before(end) {
 				t0 := time.Now()
-				err := one()
+				err := one(nc)
 				took := time.Since(t0)
 				atomic.AddInt64(&res.requests, 1)
 				if err != nil {
@@ -194,7 +199,7 @@ func runLoad(c int, d time.Duration, one func() error) loadResult {
 				mine = append(mine, took)
 			}
 			res.lat.add(mine)
-		}()
+		}(conns[g])
 	}
 	wg.Wait()
 	res.elapsed = time.Since(start)
@@ -221,7 +226,7 @@ func runBenchUpdate(args []string) int {
 	register(nc, nodes, *b.c, "bench-update")
 
 	var next uint64
-	res := runLoad(*b.c, *b.d, func() error {
+	res := runLoad(b.conn, "gopeer bench-update", *b.c, *b.d, func(nc *nats.Conn) error {
 		n := nodes[int(atomic.AddUint64(&next, 1)-1)%len(nodes)]
 		// Encoded per request with a fresh encoder, as ion's KeepAlive does.
 		msg, err := nc.Request(nodeSubject(n), mustGob(Request{Action: ActionUpdate, Node: n}), benchTimeout)
@@ -288,7 +293,7 @@ func runBenchGet(args []string) int {
 		return nil
 	}
 
-	res := runLoad(*b.c, *b.d, func() error {
+	res := runLoad(b.conn, "gopeer bench-get", *b.c, *b.d, func(nc *nats.Conn) error {
 		msg, err := nc.Request(getSubject(service), query, benchTimeout)
 		if err != nil {
 			return err
