@@ -165,7 +165,10 @@ pub struct StoreOpenError {
 
 /// Opens the configured store; a Redis server that cannot be reached yet is not an error:
 /// the store comes with that error, and islb starts without it (see `start`).
-async fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<islb_store::StoreError>), StoreOpenError> {
+async fn open_store(
+    cfg: &Config,
+    client: &async_nats::Client,
+) -> Result<(Arc<dyn Store>, Option<islb_store::StoreError>), StoreOpenError> {
     let fail = |source| StoreOpenError { spec: cfg.store.to_string(), source };
     Ok(match &cfg.store {
         StoreSpec::Memory => (Arc::new(MemoryStore::new()), None),
@@ -180,6 +183,16 @@ async fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Option<islb_store::
             };
             let (store, unreachable) = islb_store_redis::RedisStore::connect_or_later(&redis).await.map_err(fail)?;
             (Arc::new(store), unreachable)
+        }
+        StoreSpec::JetStream => {
+            let js = islb_store_jetstream::JetStreamConfig {
+                prefix: cfg.store_prefix.clone(),
+                replicas: cfg.store_replicas,
+                timeout: cfg.store_timeout.max(Duration::from_secs(1)),
+            };
+            let store =
+                islb_store_jetstream::JetStreamStore::open(client.clone(), js).await.map_err(|e| fail(e.into()))?;
+            (Arc::new(store), None)
         }
     })
 }
@@ -259,7 +272,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         info!(audience = ?cfg.jwt_audience, issuer = ?cfg.jwt_issuer, "session JWTs are verified");
     }
     let (client, link) = nats::connect(&cfg, &format!("islb {}", cfg.nid)).await?;
-    let (store, unreachable) = open_store(&cfg).await?;
+    let (store, unreachable) = open_store(&cfg, &client).await?;
     info!(store = %cfg.store, kind = store.kind(), "store open");
     let registry = Registry::new(RegistryConfig {
         expire_ms: u64::try_from(cfg.expire.as_millis()).unwrap_or(u64::MAX),

@@ -162,6 +162,54 @@ impl NatsServer {
         server
     }
 
+    /// Starts a server with JetStream enabled (its store in the server's directory, so it
+    /// survives [`NatsServer::restart`]).
+    pub fn start_jetstream() -> Self {
+        Self::start_with_config("jetstream { store_dir: \"{dir}/js\" }\n")
+    }
+
+    /// Starts `n` JetStream servers routed to each other (a JetStream cluster on loopback:
+    /// route ports chosen beforehand, as JetStream's clustering requires every member to
+    /// know the others from the start; fixed server names `n1`, `n2`...), and waits until
+    /// the routes are up and the cluster has elected its metadata leader. A member stopped
+    /// and restarted comes back with its name, ports and store, and rejoins.
+    pub fn jetstream_cluster(n: usize) -> Vec<Self> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<String> = ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let servers: Vec<NatsServer> = (0..n)
+            .map(|i| {
+                let dir = tempfile::Builder::new().prefix("islb-nats-js-").tempdir().expect("temp dir");
+                let conf = format!(
+                    "server_name: n{}\njetstream {{ store_dir: \"{{dir}}/js\" }}\ncluster {{\n  name: islb-js\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    i + 1,
+                    ports[i],
+                    routes.join(", ")
+                );
+                Self::with_config_in(dir, &conf)
+            })
+            .collect();
+        for s in &servers {
+            s.wait_for_routes(n - 1);
+        }
+        let elected = || {
+            servers
+                .iter()
+                .any(|s| {
+                    fs::read_to_string(s.log_path())
+                        .unwrap_or_default()
+                        .contains("JetStream cluster new metadata leader")
+                })
+                .then_some(())
+        };
+        if poll(Duration::from_secs(30), Duration::from_millis(50), elected).is_none() {
+            panic!(
+                "the JetStream cluster elected no metadata leader within 30s; first log:\n{}",
+                fs::read_to_string(servers[0].log_path()).unwrap_or_default()
+            );
+        }
+        servers
+    }
+
     /// Starts a server that requires TLS, with a certificate for 127.0.0.1 from a private CA
     /// ([`make_certs`]: `ca.crt`, `client.crt` and `client.key` are in [`NatsServer::file`]);
     /// with `verify_clients`, clients must present a certificate from that CA too. `extra`

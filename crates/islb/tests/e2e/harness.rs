@@ -365,8 +365,39 @@ pub(crate) fn conform(nats: &NatsServer, expire: Option<&str>) -> String {
 /// `n` islb replicas on one Redis. Unless a test is about store outages (and sets its own
 /// `--store-timeout`), a Redis slowed by a loaded machine must not count as an outage.
 pub(crate) fn replicas(nats: &NatsServer, redis: &islb_testkit::RedisServer, n: usize, extra: &[&str]) -> Vec<Islb> {
-    let url = redis.url();
-    let mut args = vec!["--store", url.as_str()];
+    replicas_on(nats, &Shared::Redis(redis.url()), n, extra)
+}
+
+/// A store replicas share: a Redis (its URL), or JetStream on the test's own NATS (which
+/// must have it enabled: [`NatsServer::start_jetstream`]).
+pub(crate) enum Shared {
+    Redis(String),
+    JetStream,
+}
+
+impl Shared {
+    /// The NATS server and store of a shared-store test: Redis beside a plain server, or a
+    /// JetStream server alone. The Redis server, if any, lives as long as the result.
+    pub(crate) fn start(jetstream: bool) -> (NatsServer, Shared, Option<islb_testkit::RedisServer>) {
+        if jetstream {
+            (NatsServer::start_jetstream(), Shared::JetStream, None)
+        } else {
+            let redis = islb_testkit::RedisServer::start();
+            (NatsServer::start(), Shared::Redis(redis.url()), Some(redis))
+        }
+    }
+
+    fn spec(&self) -> &str {
+        match self {
+            Shared::Redis(url) => url,
+            Shared::JetStream => "jetstream",
+        }
+    }
+}
+
+/// `n` islb replicas on `shared` (see [`replicas`] for the store timeout).
+pub(crate) fn replicas_on(nats: &NatsServer, shared: &Shared, n: usize, extra: &[&str]) -> Vec<Islb> {
+    let mut args = vec!["--store", shared.spec()];
     if !extra.contains(&"--store-timeout") {
         args.extend_from_slice(&["--store-timeout", "5s"]);
     }

@@ -3,6 +3,7 @@
 
 mod foundation;
 mod harness;
+mod jetstream;
 mod nats;
 mod packaging;
 mod placement;

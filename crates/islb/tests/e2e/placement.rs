@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use islb_gob::Value;
-use islb_testkit::{NatsServer, RedisServer, gopeer_run};
+use islb_testkit::{NatsServer, gopeer_run};
 
-use crate::harness::{Islb, KeepAlive, Peer, eventually, follow, ion_node, islb_cli, lookup, replicas, run_islb, sfus};
+use crate::harness::{Islb, KeepAlive, Peer, eventually, follow, ion_node, islb_cli, lookup, run_islb, sfus};
 
 /// Session events (`islb.session.>`), as JSON.
 async fn session_events(nats: &NatsServer) -> (Arc<Mutex<Vec<serde_json::Value>>>, tokio::task::JoinHandle<()>) {
@@ -44,9 +44,17 @@ async fn ions_signal_logic_keeps_every_room_on_one_sfu_with_sid_headers_and_jwts
 
 #[tokio::test]
 async fn concurrent_lookups_on_three_replicas_agree_on_one_node_per_session_and_spread_evenly() {
-    let nats = NatsServer::start();
-    let redis = RedisServer::start();
-    let _cluster = replicas(&nats, &redis, 3, &[]);
+    concurrent_lookups_agree(false).await;
+}
+
+#[tokio::test]
+async fn concurrent_lookups_on_three_replicas_on_jetstream_agree_on_one_node_per_session() {
+    concurrent_lookups_agree(true).await;
+}
+
+async fn concurrent_lookups_agree(jetstream: bool) {
+    let (nats, shared, _redis) = crate::harness::Shared::start(jetstream);
+    let _cluster = crate::harness::replicas_on(&nats, &shared, 3, &[]);
     let _sfus = KeepAlive::start(&nats, &sfus(8), Duration::from_secs(1)).await;
     let peers: Vec<Peer> = futures::future::join_all((0..16).map(|_| Peer::connect(&nats))).await;
     let answers: Vec<(String, Vec<String>)> = futures::stream::iter((0..1000).map(|i| {

@@ -11,7 +11,9 @@ use futures::StreamExt;
 use islb_gob::{Message as _, Request};
 use islb_testkit::{NatsServer, Proc, RedisServer, gopeer};
 
-use crate::harness::{Islb, KeepAlive, Peer, conform, eventually, follow, ion_node, lookup, replicas, sfus};
+use crate::harness::{
+    Islb, KeepAlive, Peer, Shared, conform, eventually, follow, ion_node, lookup, replicas, replicas_on, sfus,
+};
 
 /// Counts delete events per NID on `node.discovery.<service>.>`.
 async fn count_deletes(
@@ -128,6 +130,12 @@ async fn a_restarted_islb_with_a_file_store_keeps_nodes_and_expires_the_dead() {
 }
 
 #[tokio::test]
+async fn a_restarted_islb_with_jetstream_keeps_nodes_and_expires_the_dead() {
+    let nats = NatsServer::start_jetstream();
+    restart_keeps_nodes_and_expires_the_dead(&nats, &["--store", "jetstream", "--store-timeout", "5s"]).await;
+}
+
+#[tokio::test]
 async fn a_restarted_islb_with_redis_keeps_nodes_and_expires_the_dead() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
@@ -214,20 +222,36 @@ async fn redis_down_at_start_is_served_through_and_gets_what_was_accepted() {
     assert!(deleted.is_empty(), "no room was announced gone: {deleted:?}");
 }
 
+fn conform_on_three_replicas(jetstream: bool) {
+    let (nats, shared, _redis) = Shared::start(jetstream);
+    // A short expiry keeps the conformance run short (the default is tested in registry.rs).
+    let _cluster = replicas_on(&nats, &shared, 3, &["--expire", "3s"]);
+    conform(&nats, Some("3s"));
+}
+
 #[test]
 fn gopeer_conform_passes_against_three_replicas_on_one_redis() {
-    let nats = NatsServer::start();
-    let redis = RedisServer::start();
-    // A short expiry keeps the conformance run short (the default is tested in registry.rs).
-    let _cluster = replicas(&nats, &redis, 3, &["--expire", "3s"]);
-    conform(&nats, Some("3s"));
+    conform_on_three_replicas(false);
+}
+
+#[test]
+fn gopeer_conform_passes_against_three_replicas_on_jetstream() {
+    conform_on_three_replicas(true);
 }
 
 #[tokio::test]
 async fn three_replicas_answer_each_request_once_and_agree_on_every_node() {
-    let nats = NatsServer::start();
-    let redis = RedisServer::start();
-    let cluster = replicas(&nats, &redis, 3, &["--expire", "60s"]); // no keep-alives here
+    answer_once_and_agree(false).await;
+}
+
+#[tokio::test]
+async fn three_replicas_on_jetstream_answer_each_request_once_and_agree_on_every_node() {
+    answer_once_and_agree(true).await;
+}
+
+async fn answer_once_and_agree(jetstream: bool) {
+    let (nats, shared, redis) = Shared::start(jetstream);
+    let cluster = replicas_on(&nats, &shared, 3, &["--expire", "60s"]); // no keep-alives here
     // Every request answered exactly once: count replies to one request.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let inbox = client.new_inbox();
@@ -289,6 +313,7 @@ async fn three_replicas_answer_each_request_once_and_agree_on_every_node() {
         let why = || format!("replica {}'s view: {:?}, want {expected:?}", islb.nid, seen());
         eventually(Duration::from_secs(10), Duration::from_millis(100), || seen() == expected, why).await;
     }
+    let Some(redis) = redis else { return };
     let stored: BTreeSet<String> = redis
         .command(&["HKEYS", "{islb}:nodes"])
         .lines()
@@ -301,9 +326,17 @@ async fn three_replicas_answer_each_request_once_and_agree_on_every_node() {
 
 #[tokio::test]
 async fn a_silent_node_is_deleted_once_cluster_wide() {
-    let nats = NatsServer::start();
-    let redis = RedisServer::start();
-    let _cluster = replicas(&nats, &redis, 3, &["--expire", "3s"]);
+    silent_node_deleted_once(false).await;
+}
+
+#[tokio::test]
+async fn a_silent_node_is_deleted_once_cluster_wide_on_jetstream() {
+    silent_node_deleted_once(true).await;
+}
+
+async fn silent_node_deleted_once(jetstream: bool) {
+    let (nats, shared, _redis) = Shared::start(jetstream);
+    let _cluster = replicas_on(&nats, &shared, 3, &["--expire", "3s"]);
     let (deletes, _task) = count_deletes(&nats, "signal").await;
     let peer = Peer::connect(&nats).await;
     let nodes: Vec<_> = (0..40).map(|i| ion_node("signal", &format!("sig-{i}"))).collect();
@@ -345,9 +378,17 @@ fn bench_errors(p: &Proc) -> (u64, u64) {
 
 #[tokio::test]
 async fn sigkill_of_a_replica_under_load_loses_no_node() {
-    let nats = NatsServer::start();
-    let redis = RedisServer::start();
-    let mut cluster = replicas(&nats, &redis, 3, &[]);
+    sigkill_under_load(false).await;
+}
+
+#[tokio::test]
+async fn sigkill_of_a_replica_on_jetstream_under_load_loses_no_node() {
+    sigkill_under_load(true).await;
+}
+
+async fn sigkill_under_load(jetstream: bool) {
+    let (nats, shared, _redis) = Shared::start(jetstream);
+    let mut cluster = replicas_on(&nats, &shared, 3, &[]);
     let mut load = bench_update(&nats, 8);
     let peer = Peer::connect(&nats).await;
     let end = Instant::now() + Duration::from_secs(10);

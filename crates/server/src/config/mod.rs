@@ -77,10 +77,13 @@ pub struct Settings {
     /// Node id of this islb (default: islb- and 6 random letters or digits)
     #[arg(long, env = "ISLB_NID", value_name = "NID")]
     pub nid: Option<String>,
-    /// Where state lives: memory, file:PATH, redis://... or rediss://...
+    /// Where state lives: memory, file:PATH, redis://..., rediss://... or jetstream (KV buckets on islb's NATS)
     #[arg(long, env = "ISLB_STORE", value_name = "STORE", default_value = "memory")]
     pub store: Option<StoreSpec>,
-    /// Key prefix in a shared store
+    /// Replicas of each JetStream bucket (store jetstream): 1 on a single server, 3 on a cluster
+    #[arg(long, env = "ISLB_STORE_REPLICAS", value_name = "N", default_value = "1")]
+    pub store_replicas: Option<usize>,
+    /// Key prefix in a shared store (Redis), or the JetStream buckets' name prefix
     #[arg(long, env = "ISLB_STORE_PREFIX", value_name = "PREFIX", default_value = "islb")]
     pub store_prefix: Option<String>,
     /// Bound on every store call; past it islb serves from memory
@@ -272,8 +275,10 @@ pub struct Config {
     pub nid: String,
     /// Where state is kept.
     pub store: StoreSpec,
-    /// Key prefix in a shared store (several clusters on one Redis).
+    /// Key prefix in a shared store (several clusters on one Redis), or JetStream bucket prefix.
     pub store_prefix: String,
+    /// Replicas of each JetStream bucket.
+    pub store_replicas: usize,
     /// Bound on every store call.
     #[serde(with = "values::duration")]
     pub store_timeout: Duration,
@@ -414,6 +419,19 @@ impl Config {
         self.nats_access().check()?;
         self.admin_token()?;
         self.token_verifier()?;
+        if self.store == StoreSpec::JetStream {
+            if self.store_prefix.is_empty()
+                || !self.store_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(
+                    "store-prefix",
+                    format!("{:?} cannot name a JetStream bucket (letters, digits, '-' and '_')", self.store_prefix),
+                );
+            }
+            if !(1..=5).contains(&self.store_replicas) {
+                return bad("store-replicas", format!("{} is not 1 to 5 (JetStream's limit)", self.store_replicas));
+            }
+        }
         if self.store_tls_cert.is_some() != self.store_tls_key.is_some() {
             return bad("store-tls-cert", "store-tls-cert and store-tls-key go together".into());
         }
@@ -827,6 +845,23 @@ db = 0
         for secret in ["hunter2", "topsecret", "urlpass", "tokensecret"] {
             assert!(!described.contains(secret), "{secret} shown: {described}");
         }
+    }
+
+    #[test]
+    fn the_jetstream_store_needs_a_bucket_prefix_and_a_replica_count_jetstream_takes() {
+        let js = |prefix: &str, replicas: usize| Settings {
+            store: Some("jetstream".parse().unwrap()),
+            store_prefix: Some(prefix.into()),
+            store_replicas: Some(replicas),
+            ..Settings::default()
+        };
+        let c = Config::load(None, &js("islb", 3)).unwrap();
+        assert_eq!((c.store, c.store_replicas), (StoreSpec::JetStream, 3));
+        let err = Config::load(None, &js("a.b", 1)).unwrap_err().to_string();
+        assert!(err.starts_with("store-prefix: \"a.b\" cannot name a JetStream bucket"), "{err}");
+        let err = Config::load(None, &js("islb", 7)).unwrap_err().to_string();
+        assert!(err.starts_with("store-replicas: 7 is not 1 to 5"), "{err}");
+        assert!("jetstreams".parse::<StoreSpec>().unwrap_err().contains("or jetstream"));
     }
 
     #[test]

@@ -17,13 +17,17 @@ pub enum StoreSpec {
     File(PathBuf),
     /// A Redis server (`redis://` or `rediss://` URL), shared by replicas.
     Redis(String),
+    /// JetStream key-value buckets on islb's own NATS servers, shared by replicas.
+    JetStream,
 }
 
 impl StoreSpec {
-    /// Parses `memory`, `file:PATH`, `redis://...` or `rediss://...`.
+    /// Parses `memory`, `file:PATH`, `redis://...`, `rediss://...` or `jetstream`.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s == "memory" {
             Ok(StoreSpec::Memory)
+        } else if s == "jetstream" {
+            Ok(StoreSpec::JetStream)
         } else if let Some(path) = s.strip_prefix("file:") {
             if path.is_empty() {
                 return Err("file: needs a path, e.g. file:/var/lib/islb/state.redb".into());
@@ -32,7 +36,7 @@ impl StoreSpec {
         } else if s.starts_with("redis://") || s.starts_with("rediss://") {
             Ok(StoreSpec::Redis(s.to_owned()))
         } else {
-            Err(format!("unknown store {s:?} (expected memory, file:PATH, redis://... or rediss://...)"))
+            Err(format!("unknown store {s:?} (expected memory, file:PATH, redis://..., rediss://... or jetstream)"))
         }
     }
 
@@ -42,6 +46,7 @@ impl StoreSpec {
             StoreSpec::Memory => "memory".into(),
             StoreSpec::File(p) => format!("file:{}", p.display()),
             StoreSpec::Redis(url) => url.clone(),
+            StoreSpec::JetStream => "jetstream".into(),
         }
     }
 }
