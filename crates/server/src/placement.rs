@@ -197,6 +197,15 @@ impl Placement {
                 return reply::nodes(&[]);
             }
         };
+        // A session this replica's view has on a live node is answered from the view, with
+        // no store round trip (the view follows the store's feed); the store is read and
+        // written only to place one.
+        if let Some(sid) = &sid
+            && let Some(node) = self.placed_here(&lookup.service, sid, &prefer_dc)
+        {
+            metrics::counter!("islb_placements_total", "outcome" => "existing").increment(1);
+            return reply::nodes(&[node]);
+        }
         self.catch_up().await;
         match sid {
             Some(sid) => reply::nodes(self.place(&lookup.service, &sid, &prefer_dc).await.as_slice()),
@@ -204,6 +213,30 @@ impl Placement {
             None if lookup.operator_listing() => reply::nodes(&self.ranked(&lookup.service, &prefer_dc)),
             None => reply::nodes(&self.place_unnamed(&lookup.service, &prefer_dc)),
         }
+    }
+
+    /// The session's node when this replica's view has it placed on a live node that is
+    /// not drained past its deadline; none when it must be (re)placed.
+    fn placed_here(&self, service: &str, sid: &str, prefer_dc: &str) -> Option<Arc<Node>> {
+        let now = self.shared.now();
+        self.shared.with(|s| {
+            let ask = Ask {
+                service,
+                sid,
+                prefer_dc,
+                default_capacity: self.config.default_capacity,
+                now,
+                random: random(),
+                unconfirmed: None,
+            };
+            match s.replica.decide(&ask) {
+                Decision::Existing(session, node) => {
+                    s.replica.note_session_use(session.sid.clone(), now);
+                    Some(node)
+                }
+                _ => None,
+            }
+        })
     }
 
     /// The sid a lookup names (none if it names none), or the label of why it was refused.

@@ -6,6 +6,7 @@
 //! - Such a claim must still end in one `delete` event: no other replica announces it, and
 //!   the node's watchers would otherwise keep a dead node.
 //! - Concurrent lookups share one read of the change feed instead of queueing one each.
+//! - A lookup of a session the replica's view has placed costs no store call at all.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use islb_store::{MemoryStore, Store};
 use islb_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Faulty, nats_replica as replica};
+use crate::support::{Faulty, nats_replica as replica, placing_replica};
 
 fn redis_store(redis: &islb_testkit::RedisServer) -> islb_store_redis::RedisConfig {
     islb_store_redis::RedisConfig {
@@ -115,4 +116,43 @@ async fn concurrent_lookups_share_a_read_of_the_change_feed_and_all_see_the_late
     }
     let reads = b_store.feed_reads.load(Ordering::SeqCst);
     assert!(reads < 10, "20 concurrent lookups read the feed {reads} times");
+}
+
+/// Once replica B's view has a session placed (B placed it, or learnt it from the feed),
+/// B answers its lookups from the view: no change-feed read, no claim. A session B does
+/// not know still reads the feed (and claims), so it lands where A put it.
+#[tokio::test]
+async fn a_placed_session_is_answered_from_the_view_without_a_store_round_trip() {
+    let nats = NatsServer::start();
+    let redis = islb_testkit::RedisServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let connect = || async { islb_store_redis::RedisStore::connect(&redis_store(&redis)).await.unwrap() };
+    let a = placing_replica(&client, Faulty::new(connect().await), 60_000, &["rtc"]);
+    let b_store = Faulty::new(connect().await);
+    let b = placing_replica(&client, b_store.clone(), 60_000, &["rtc"]);
+    for i in 0..3 {
+        let node = Node { dc: "dc1".into(), service: "rtc".into(), nid: format!("sfu-{i}"), ..Node::default() };
+        a.process(&Request { action: "save".into(), node, ..Request::default() }.to_gob()).await;
+    }
+    let lookup = |sid: &str| {
+        let mut get = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
+        get.params.insert("sid".into(), islb_gob::Value::String(sid.into()));
+        get.to_gob()
+    };
+    let answer = |reply: Option<bytes::Bytes>| -> Vec<String> {
+        islb_gob::GetResponse::from_gob(&reply.expect("a reply")).unwrap().nodes.into_iter().map(|n| n.nid).collect()
+    };
+    // Placed through A; B learns it from the feed on its first lookup.
+    let placed = answer(a.process(&lookup("room-1")).await.1);
+    assert_eq!(placed.len(), 1);
+    assert_eq!(answer(b.process(&lookup("room-1")).await.1), placed);
+    let reads = b_store.feed_reads.load(Ordering::SeqCst);
+    assert!(reads >= 1, "an unknown session reads the feed");
+    for _ in 0..20 {
+        assert_eq!(answer(b.process(&lookup("room-1")).await.1), placed);
+    }
+    assert_eq!(b_store.feed_reads.load(Ordering::SeqCst), reads, "placed lookups read nothing from the store");
+    // A session B has never seen: the feed again.
+    assert_eq!(answer(b.process(&lookup("room-2")).await.1).len(), 1);
+    assert!(b_store.feed_reads.load(Ordering::SeqCst) > reads);
 }

@@ -294,7 +294,18 @@ impl<S: Store> Store for Faulty<S> {
 /// A registry replica on `store` that talks on NATS through `client`, on the wall clock
 /// (no background loops started).
 pub(crate) fn nats_replica(client: &async_nats::Client, store: Arc<dyn Store>, expire_ms: u64) -> Arc<Discovery> {
-    let registry = Registry::new(RegistryConfig { expire_ms, placed: Default::default() });
+    placing_replica(client, store, expire_ms, &[])
+}
+
+/// [`nats_replica`] placing sessions on the nodes of `placed`.
+pub(crate) fn placing_replica(
+    client: &async_nats::Client,
+    store: Arc<dyn Store>,
+    expire_ms: u64,
+    placed: &[&str],
+) -> Arc<Discovery> {
+    let placed = placed.iter().map(|s| (*s).to_owned()).collect();
+    let registry = Registry::new(RegistryConfig { expire_ms, placed });
     Arc::new(Discovery::new(
         Arc::new(client.clone()),
         registry,
