@@ -1,10 +1,11 @@
 //! `islb-bench`: helpers for `scripts/bench`, which measures islb beside raw NATS in the
 //! same run (these machines are shared and noisy: only ratios within one run mean much).
 //!
-//! - `echo`: answers every request on `node.publish.>` with a canned
-//!   `Response{Success: true}`, as fast as async-nats allows. `gopeer bench-update`
-//!   against it is the raw NATS request/reply baseline, with the same Go client, subjects
-//!   and reply size as against islb.
+//! - `echo`: answers every request on `node.publish.>` with a canned reply, as fast as
+//!   async-nats allows: `Response{Success: true}`, or for a `get` a `GetResponse` of one
+//!   node (what islb answers a lookup). `gopeer bench-update` and `islb-bench lookups`
+//!   against it are the raw NATS request/reply baselines, with the same clients, subjects
+//!   and reply sizes as against islb.
 //! - `load`: registers N nodes (as ion's save) with C concurrent requesters.
 //! - `rss`: prints a process's resident memory.
 //! - `soak`: a long run under node churn and fresh-session lookups, sampling islb's
@@ -152,10 +153,14 @@ async fn echo(url: &str) -> anyhow::Result<()> {
     let mut sub = client.queue_subscribe("node.publish.>", "islb".into()).await?;
     islb_nrpc::barrier(&client, Duration::from_secs(10)).await?; // "ready" means listening
     let ok: bytes::Bytes = Response { success: true, reason: String::new() }.to_gob().into();
+    // A lookup's fair limit: the answer islb gives it, one node.
+    let one_node: bytes::Bytes = islb_gob::GetResponse { nodes: vec![node(0)] }.to_gob().into();
     eprintln!("echo responder ready on {url}");
     while let Some(msg) = sub.next().await {
         if let Some(reply) = msg.reply {
-            client.publish(reply, ok.clone()).await?;
+            // Decoded as islb decodes it, to tell a get from a write.
+            let get = Request::from_gob(&msg.payload).is_ok_and(|r| r.action == "get");
+            client.publish(reply, if get { one_node.clone() } else { ok.clone() }).await?;
         }
     }
     Ok(())
