@@ -28,6 +28,17 @@ async fn count_events(nats: &NatsServer, service: &str) -> (Events, tokio::task:
     (counts, task)
 }
 
+/// A client as ion's signal has one: it waits 15 s for an answer.
+async fn ion_client(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|_| Duration::from_millis(100))
+        .request_timeout(Some(Duration::from_secs(15)))
+        .connect(url)
+        .await
+        .expect("NATS connection")
+}
+
 /// A lookup as ion's signal makes it, with ion's 15 s client timeout: the nodes, or why not.
 async fn lookup_within_15s(client: &async_nats::Client, sid: &str) -> Result<Vec<String>, String> {
     let mut req = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
@@ -49,12 +60,14 @@ async fn lookup_within_15s(client: &async_nats::Client, sid: &str) -> Result<Vec
 async fn a_jetstream_cluster_loses_a_server_mid_run_and_nothing_is_lost() {
     let mut cluster = NatsServer::jetstream_cluster(3);
     // Each replica first connected to a different server; the buckets on all three.
-    let args = ["--store", "jetstream", "--store-replicas", "3", "--store-timeout", "5s", "--expire", "5s"];
+    // The default store timeout is 1 s; 2 s leaves room for a loaded machine while an
+    // election is under way, and keeps every lookup well within ion's 15 s.
+    let args = ["--store", "jetstream", "--store-replicas", "3", "--store-timeout", "2s", "--expire", "5s"];
     let replicas: Vec<Islb> = cluster.iter().map(|s| Islb::start(s, &args)).collect();
     let (events, _task) = count_events(&cluster[0], "signal").await;
     let signals: Vec<_> = (0..6).map(|i| ion_node("signal", &format!("sig-{i}"))).collect();
     let _nodes = KeepAlive::start(&cluster[0], &[sfus(4), signals].concat(), Duration::from_secs(1)).await;
-    let joiners = [connect(&cluster[0].url()).await, connect(&cluster[1].url()).await];
+    let joiners = [ion_client(&cluster[0].url()).await, ion_client(&cluster[1].url()).await];
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Rooms joined all along, through two servers; server 3 is killed at 3 s and comes
