@@ -10,12 +10,19 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when NATS is connected, the store answers, every supervised task runs and islb is not shutting down; 503 with the reasons otherwise |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /v1/status` | JSON: nid, dc, version, uptime, node count, store and NATS state |
-//! | `GET /v1/nodes[?service=S]` | JSON: every registered node (placed services included) with its deadline |
-//! | `GET /v1/sessions[?node=NID]` | JSON: session placements (of one node), and drain marks |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of `/v1`, generated from the handlers ([`openapi`]) |
+//! | `GET /v1/status` | nid, dc, version, uptime, nodes per service, store and NATS state, readiness |
+//! | `GET /v1/nodes[?service=S][&dc=D][&limit=N][&after=ID]` | registered nodes in id order, a page at a time (`next`), with their sessions and drain state |
+//! | `GET /v1/nodes/{id}` | one node and the sessions placed on it |
+//! | `GET /v1/sessions[?node=NID][&sid=SID]` | session placements, and drain marks |
+//! | `GET /v1/sessions/{sid}` | where a session is, and why |
+//! | `GET /v1/sessions/{sid}/streams` | ion's stream records of the session |
+//! | `GET /v1/drains` | drain marks and the sessions each drained node still has |
 //! | `POST /v1/drain?node=NID[&deadline=30m]` | no new sessions on the node; its sessions move after the deadline |
 //! | `POST /v1/undrain?node=NID` | lifts the drain |
 //! | `POST /v1/release?sid=SID` | releases a session (its next lookup places it afresh) |
+//!
+//! Errors are RFC 9457 problem details (`application/problem+json`).
 //!
 //! `NID` may be a bare NID (when one node has it) or `DC.NID`.
 //!
@@ -104,6 +111,8 @@ pub trait Control: Send + Sync + 'static {
     async fn undrain(&self, node: &NodeKey) -> Result<bool, String>;
     /// Releases a session; it, if it was placed.
     async fn release(&self, sid: &str) -> Option<Session>;
+    /// ion's stream records of a session: (`<dc>/<nid>/<sid>/<uid>`, its JSON).
+    async fn streams(&self, sid: &str) -> Result<Vec<(String, String)>, String>;
 }
 
 /// Who may use the `/v1` API.
@@ -189,15 +198,49 @@ async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response
     }
 }
 
+/// The `/v1` API's OpenAPI document (generated from the handlers below, never by hand).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "islb admin API",
+        description = "The registry, placements, drains and stream records of an islb replica."
+    ),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+/// The `/v1` routes and their OpenAPI document.
+fn v1() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(nodes))
+        .routes(routes!(node))
+        .routes(routes!(sessions))
+        .routes(routes!(session))
+        .routes(routes!(streams))
+        .routes(routes!(drains))
+        .routes(routes!(drain))
+        .routes(routes!(undrain))
+        .routes(routes!(release))
+        .split_for_parts()
+}
+
+/// The `/v1` API's OpenAPI document, as `GET /v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    v1().1
+}
+
 /// The admin router over `control`, its `/v1` API behind `guard`.
 pub fn router(control: Arc<dyn Control>, guard_by: Guard) -> Router {
-    let v1 = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/sessions", get(sessions))
-        .route("/v1/drain", axum::routing::post(drain))
-        .route("/v1/undrain", axum::routing::post(undrain))
-        .route("/v1/release", axum::routing::post(release))
+    let (api, doc) = v1();
+    let doc = Arc::new(doc.to_json().expect("the OpenAPI document serialises"));
+    let v1 = api
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(guard_by, guard));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -236,64 +279,369 @@ async fn metrics(State(c): Ctl) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], c.render_metrics()).into_response()
 }
 
-async fn status(State(c): Ctl) -> Json<serde_json::Value> {
-    let problems = c.problems().await;
-    let s = c.status();
-    Json(json!({
-        "nid": s.nid,
-        "dc": s.dc,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": s.uptime_seconds as u64,
-        "nodes": s.nodes_per_service.values().sum::<usize>(),
-        "watched_nodes": s.watched_nodes,
-        "store": s.store,
-        "store_healthy": s.store_healthy,
-        "nats": s.nats,
-        "ready": problems.is_empty(),
-        "not_ready_because": problems,
-    }))
+/// An error, as RFC 9457 problem details (`application/problem+json`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`about:blank`: the status says it).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status's phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
 }
 
-#[derive(Deserialize)]
-struct NodesQuery {
-    service: Option<String>,
-}
-
-async fn nodes(State(c): Ctl, Query(q): Query<NodesQuery>) -> Json<serde_json::Value> {
-    let mut list = c.nodes(q.service.as_deref());
-    list.sort_by(|a, b| a.id.cmp(&b.id));
-    let out: Vec<_> = list
-        .iter()
-        .map(|n| json!({ "id": &*n.id, "node": &*n.node, "expires": n.expires.to_string(), "placed": n.placed }))
-        .collect();
-    Json(json!({ "nodes": out }))
-}
-
-#[derive(Deserialize)]
-struct NodeQuery {
-    node: Option<String>,
-    deadline: Option<String>,
+/// A problem-details response.
+fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    let body = Problem {
+        kind: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("error").into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+    };
+    let json = serde_json::to_vec(&body).expect("a problem serialises");
+    (status, [(header::CONTENT_TYPE, "application/problem+json")], json).into_response()
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg.into() }))).into_response()
+    problem(StatusCode::BAD_REQUEST, msg)
 }
 
-fn session_json(s: &Session) -> serde_json::Value {
-    json!({ "sid": &*s.sid, "node": &*s.node, "version": s.version, "used": s.used.to_string() })
+/// This islb and the cluster as it sees it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct StatusBody {
+    nid: String,
+    dc: String,
+    version: String,
+    uptime_seconds: u64,
+    /// Registered nodes, every service.
+    nodes: usize,
+    /// Registered nodes per service.
+    services: BTreeMap<String, usize>,
+    watched_nodes: usize,
+    /// The store's kind (memory, file, redis, jetstream).
+    store: String,
+    store_healthy: bool,
+    /// Writes held while the store is out of reach.
+    held_writes: usize,
+    nats: String,
+    ready: bool,
+    not_ready_because: Vec<String>,
 }
 
-async fn sessions(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
+/// This islb's state.
+#[utoipa::path(get, path = "/v1/status", tag = "cluster", responses((status = 200, body = StatusBody)))]
+async fn status(State(c): Ctl) -> Json<StatusBody> {
+    let problems = c.problems().await;
+    let s = c.status();
+    Json(StatusBody {
+        nid: s.nid,
+        dc: s.dc,
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: s.uptime_seconds as u64,
+        nodes: s.nodes_per_service.values().sum(),
+        services: s.nodes_per_service,
+        watched_nodes: s.watched_nodes,
+        store: s.store.into(),
+        store_healthy: s.store_healthy,
+        held_writes: s.held_writes,
+        nats: s.nats,
+        ready: problems.is_empty(),
+        not_ready_because: problems,
+    })
+}
+
+/// A registered node.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct NodeItem {
+    /// `DC.NID`.
+    id: String,
+    /// The node as it registered (ion's discovery Node: DC, Service, NID, RPC, ExtraInfo).
+    #[schema(value_type = Object)]
+    node: serde_json::Value,
+    /// When it expires unless kept alive (RFC 3339).
+    expires: String,
+    /// Whether its service is placed per session.
+    placed: bool,
+    /// Sessions placed on it.
+    sessions: usize,
+    /// Whether it is draining.
+    draining: bool,
+}
+
+/// A page of nodes.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct NodesPage {
+    nodes: Vec<NodeItem>,
+    /// The nodes that match, every page.
+    total: usize,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Which nodes, and which page.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct NodesQuery {
+    /// Only this service.
+    service: Option<String>,
+    /// Only this data centre.
+    dc: Option<String>,
+    /// Nodes per page (default 1000, at most 10000).
+    limit: Option<usize>,
+    /// Start after this node id (the `next` of the previous page).
+    after: Option<String>,
+}
+
+fn node_item(n: &NodeView, sessions: &BTreeMap<String, usize>, drained: &[NodeKey]) -> NodeItem {
+    NodeItem {
+        id: n.id.to_string(),
+        node: serde_json::to_value(&*n.node).unwrap_or_default(),
+        expires: n.expires.to_string(),
+        placed: n.placed,
+        sessions: sessions.get(&*n.id).copied().unwrap_or(0),
+        draining: drained.contains(&n.id),
+    }
+}
+
+/// Sessions per node.
+fn session_counts(c: &dyn Control) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for s in c.sessions(None) {
+        *out.entry(s.node.to_string()).or_default() += 1;
+    }
+    out
+}
+
+/// Registered nodes, by id, a page at a time.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodesQuery),
+    responses((status = 200, body = NodesPage), (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn nodes(State(c): Ctl, Query(q): Query<NodesQuery>) -> Response {
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return bad_request("limit must be 1 to 10000");
+    }
+    let mut list = c.nodes(q.service.as_deref());
+    list.retain(|n| q.dc.as_deref().is_none_or(|dc| n.node.dc == dc));
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    let total = list.len();
+    let start = q.after.as_deref().map_or(0, |after| list.partition_point(|n| &*n.id <= after));
+    let page = &list[start..(start + limit).min(list.len())];
+    let next = (start + page.len() < list.len()).then(|| page.last().map(|n| n.id.to_string())).flatten();
+    let (sessions, drained) = (session_counts(&*c), c.drains().into_iter().map(|(n, _)| n).collect::<Vec<_>>());
+    let nodes = page.iter().map(|n| node_item(n, &sessions, &drained)).collect();
+    Json(NodesPage { nodes, total, next }).into_response()
+}
+
+/// A node and the sessions placed on it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct NodeDetail {
+    #[serde(flatten)]
+    node: NodeItem,
+    /// Its drain's deadline (RFC 3339), when it drains with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_deadline: Option<String>,
+    placements: Vec<SessionItem>,
+}
+
+/// One node (`DC.NID`, or a NID one node has), with its sessions.
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "DC.NID, or a NID")),
+    responses((status = 200, body = NodeDetail), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn node(State(c): Ctl, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    let Ok(key) = c.resolve_node(&id) else { return problem(StatusCode::NOT_FOUND, format!("no node {id:?}")) };
+    let Some(view) = c.nodes(None).into_iter().find(|n| n.id == key) else {
+        return problem(StatusCode::NOT_FOUND, format!("no node {id:?}"));
+    };
+    let drains = c.drains();
+    let drained: Vec<NodeKey> = drains.iter().map(|(n, _)| n.clone()).collect();
+    let drain_deadline = drains.iter().find(|(n, _)| *n == key).and_then(|(_, d)| d.map(|d| d.to_string()));
+    let placements: Vec<SessionItem> = c.sessions(Some(&key)).iter().map(SessionItem::from).collect();
+    let mut counts = BTreeMap::new();
+    counts.insert(key.to_string(), placements.len());
+    Json(NodeDetail { node: node_item(&view, &counts, &drained), drain_deadline, placements }).into_response()
+}
+
+/// A session's placement.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct SessionItem {
+    sid: String,
+    /// `DC.NID` of its node.
+    node: String,
+    /// The placement's fencing version (one more at each move).
+    version: u64,
+    /// Its last lookup (RFC 3339).
+    used: String,
+}
+
+impl From<&Session> for SessionItem {
+    fn from(s: &Session) -> Self {
+        SessionItem { sid: s.sid.to_string(), node: s.node.to_string(), version: s.version, used: s.used.to_string() }
+    }
+}
+
+/// A drain mark and how far it has gone.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct DrainItem {
+    /// `DC.NID`.
+    node: String,
+    /// When its sessions move (RFC 3339); none: they stay until they end.
+    deadline: Option<String>,
+    /// Sessions still on it.
+    sessions: usize,
+}
+
+/// Sessions, and drain marks.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct SessionsBody {
+    sessions: Vec<SessionItem>,
+    drains: Vec<DrainItem>,
+}
+
+/// Which sessions.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SessionsQuery {
+    /// Only the sessions on this node (`DC.NID` or NID).
+    node: Option<String>,
+    /// Only this session.
+    sid: Option<String>,
+}
+
+fn drain_items(c: &dyn Control) -> Vec<DrainItem> {
+    let counts = session_counts(c);
+    c.drains()
+        .into_iter()
+        .map(|(n, d)| DrainItem {
+            sessions: counts.get(&*n).copied().unwrap_or(0),
+            node: n.to_string(),
+            deadline: d.map(|d| d.to_string()),
+        })
+        .collect()
+}
+
+/// Session placements (of one node, or one sid), and the drain marks.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionsQuery),
+    responses((status = 200, body = SessionsBody), (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn sessions(State(c): Ctl, Query(q): Query<SessionsQuery>) -> Response {
     let node = match q.node.as_deref().map(|n| c.resolve_node(n)).transpose() {
         Ok(n) => n,
         Err(e) => return bad_request(e),
     };
-    let list: Vec<_> = c.sessions(node.as_deref()).iter().map(session_json).collect();
-    let drains: Vec<_> =
-        c.drains().into_iter().map(|(n, d)| json!({ "node": &*n, "deadline": d.map(|d| d.to_string()) })).collect();
-    Json(json!({ "sessions": list, "drains": drains })).into_response()
+    let list = c
+        .sessions(node.as_deref())
+        .iter()
+        .filter(|s| q.sid.as_deref().is_none_or(|sid| *s.sid == *sid))
+        .map(SessionItem::from)
+        .collect();
+    Json(SessionsBody { sessions: list, drains: drain_items(&*c) }).into_response()
 }
 
+/// Where a session is, and why.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct SessionDetail {
+    #[serde(flatten)]
+    session: SessionItem,
+    /// Its node, as registered (absent if it left and the session waits to move).
+    #[schema(value_type = Object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_info: Option<serde_json::Value>,
+    /// Why it is there: placed by a lookup, and kept while its node lives, is not drained
+    /// past its deadline, and the session is looked up within `session-ttl`.
+    why: String,
+}
+
+/// One session: its node and why.
+#[utoipa::path(get, path = "/v1/sessions/{sid}", tag = "sessions", params(("sid" = String, Path, description = "The session id")),
+    responses((status = 200, body = SessionDetail), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn session(State(c): Ctl, axum::extract::Path(sid): axum::extract::Path<String>) -> Response {
+    let Some(s) = c.sessions(None).into_iter().find(|s| *s.sid == *sid) else {
+        return problem(StatusCode::NOT_FOUND, format!("no session {sid:?}"));
+    };
+    let node = c.nodes(None).into_iter().find(|n| n.id == s.node);
+    let drain = c.drains().into_iter().find(|(n, _)| *n == s.node);
+    let why = match (&node, drain) {
+        (None, _) => "its node left; the next lookup moves it".to_owned(),
+        (Some(_), Some((_, Some(d)))) => {
+            format!("placed by a lookup (version {}); its node drains, the session moves at {d}", s.version)
+        }
+        (Some(_), Some((_, None))) => {
+            format!("placed by a lookup (version {}); its node drains, the session stays until it ends", s.version)
+        }
+        (Some(_), None) => format!("placed by a lookup (version {}), on a live node", s.version),
+    };
+    let node_info = node.map(|n| serde_json::to_value(&*n.node).unwrap_or_default());
+    Json(SessionDetail { session: SessionItem::from(&s), node_info, why }).into_response()
+}
+
+/// A stream a peer publishes in a session (ion's stream registry).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct StreamItem {
+    /// `<dc>/<nid>/<sid>/<uid>`.
+    key: String,
+    /// ion's record (the JSON list of the peer's streams).
+    #[schema(value_type = Object)]
+    streams: serde_json::Value,
+}
+
+/// The stream records of a session.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct StreamsBody {
+    sid: String,
+    streams: Vec<StreamItem>,
+}
+
+/// Where the streams of a session are published.
+#[utoipa::path(get, path = "/v1/sessions/{sid}/streams", tag = "sessions", params(("sid" = String, Path, description = "The session id")),
+    responses((status = 200, body = StreamsBody), (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn streams(State(c): Ctl, axum::extract::Path(sid): axum::extract::Path<String>) -> Response {
+    match c.streams(&sid).await {
+        Ok(records) => {
+            let streams = records
+                .into_iter()
+                .map(|(key, json)| StreamItem {
+                    key,
+                    streams: serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json)),
+                })
+                .collect();
+            Json(StreamsBody { sid, streams }).into_response()
+        }
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// Drain marks and how far each drain has gone.
+#[utoipa::path(get, path = "/v1/drains", tag = "drains", responses((status = 200, body = Vec<DrainItem>)))]
+async fn drains(State(c): Ctl) -> Json<Vec<DrainItem>> {
+    Json(drain_items(&*c))
+}
+
+/// Which node, and when its sessions move.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct NodeQuery {
+    /// The node (`DC.NID` or NID).
+    node: Option<String>,
+    /// Move its sessions after this long (e.g. `30m`); default: never.
+    deadline: Option<String>,
+}
+
+/// What a drain did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct DrainResult {
+    node: String,
+    draining: bool,
+    deadline: Option<String>,
+    /// Sessions on the node now.
+    sessions: usize,
+}
+
+/// Drains a node: no new sessions; its sessions move after the deadline.
+#[utoipa::path(post, path = "/v1/drain", tag = "drains", params(NodeQuery),
+    responses((status = 200, body = DrainResult), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn drain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
     let Some(name) = q.node else { return bad_request("node= is required") };
     let node = match c.resolve_node(&name) {
@@ -305,13 +653,29 @@ async fn drain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
         Err(e) => return bad_request(e),
     };
     match c.drain(&node, deadline).await {
-        Ok(sessions) => Json(json!({ "node": &*node, "draining": true, "deadline": deadline.map(|d| d.to_string()),
-            "sessions": sessions }))
+        Ok(sessions) => Json(DrainResult {
+            node: node.to_string(),
+            draining: true,
+            deadline: deadline.map(|d| d.to_string()),
+            sessions,
+        })
         .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
+/// What an undrain did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct UndrainResult {
+    node: String,
+    draining: bool,
+    was_draining: bool,
+}
+
+/// Lifts a drain.
+#[utoipa::path(post, path = "/v1/undrain", tag = "drains", params(NodeQuery),
+    responses((status = 200, body = UndrainResult), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn undrain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
     let Some(name) = q.node else { return bad_request("node= is required") };
     let node = match c.resolve_node(&name) {
@@ -319,20 +683,32 @@ async fn undrain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
         Err(e) => return bad_request(e),
     };
     match c.undrain(&node).await {
-        Ok(was) => Json(json!({ "node": &*node, "draining": false, "was_draining": was })).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+        Ok(was) => Json(UndrainResult { node: node.to_string(), draining: false, was_draining: was }).into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
-#[derive(Deserialize)]
+/// Which session.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SidQuery {
+    /// The session id.
     sid: String,
 }
 
+/// What a release did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct ReleaseResult {
+    released: SessionItem,
+}
+
+/// Releases a session: its next lookup places it afresh.
+#[utoipa::path(post, path = "/v1/release", tag = "sessions", params(SidQuery),
+    responses((status = 200, body = ReleaseResult), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn release(State(c): Ctl, Query(q): Query<SidQuery>) -> Response {
     match c.release(&q.sid).await {
-        Some(released) => Json(json!({ "released": session_json(&released) })).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no session {:?}", q.sid) }))).into_response(),
+        Some(released) => Json(ReleaseResult { released: SessionItem::from(&released) }).into_response(),
+        None => problem(StatusCode::NOT_FOUND, format!("no session {:?}", q.sid)),
     }
 }
 

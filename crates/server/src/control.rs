@@ -129,4 +129,13 @@ impl Control for Live {
     async fn release(&self, sid: &str) -> Option<Session> {
         self.discovery.placement().release_session(sid).await
     }
+
+    async fn streams(&self, sid: &str) -> Result<Vec<(String, String)>, String> {
+        let store = self.discovery.store();
+        match tokio::time::timeout(Duration::from_secs(5), store.streams_of(sid)).await {
+            Ok(Ok(records)) => Ok(records.into_iter().map(|(k, json)| (k.redis_key(), json)).collect()),
+            Ok(Err(e)) => Err(format!("store {}: {}", store.kind(), Chain(&e))),
+            Err(_) => Err(format!("store {}: no answer within 5s", store.kind())),
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! - `instrumented_store`: lost expiry claims and shared change-feed reads, with real
 //!   servers.
 
+mod api;
 mod clock_batching;
 mod clock_expiry;
 mod clock_recovery;
