@@ -21,6 +21,7 @@
 //! | `POST /v1/drain?node=NID[&deadline=30m]` | no new sessions on the node; its sessions move after the deadline |
 //! | `POST /v1/undrain?node=NID` | lifts the drain |
 //! | `POST /v1/release?sid=SID` | releases a session (its next lookup places it afresh) |
+//! | `GET /v1/events` | Server-Sent Events: `node` (up, change, down), `session` (moved, released), `drains` (progress, every 2 s) |
 //!
 //! Errors are RFC 9457 problem details (`application/problem+json`).
 //!
@@ -113,6 +114,9 @@ pub trait Control: Send + Sync + 'static {
     async fn release(&self, sid: &str) -> Option<Session>;
     /// ion's stream records of a session: (`<dc>/<nid>/<sid>/<uid>`, its JSON).
     async fn streams(&self, sid: &str) -> Result<Vec<(String, String)>, String>;
+    /// The cluster's events as they happen, as (kind, JSON): `node` (a node event:
+    /// action and node) and `session` (a session moved or released).
+    async fn event_feed(&self) -> Result<futures::stream::BoxStream<'static, (String, serde_json::Value)>, String>;
 }
 
 /// Who may use the `/v1` API.
@@ -224,6 +228,7 @@ fn v1() -> (Router<Arc<dyn Control>>, utoipa::openapi::OpenApi) {
         .routes(routes!(drain))
         .routes(routes!(undrain))
         .routes(routes!(release))
+        .routes(routes!(events))
         .split_for_parts()
 }
 
@@ -686,6 +691,37 @@ async fn undrain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
         Ok(was) => Json(UndrainResult { node: node.to_string(), draining: false, was_draining: was }).into_response(),
         Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// How often `/v1/events` reports the drains' progress.
+const DRAIN_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The cluster live, as Server-Sent Events: `node` (up, change, down: `{action, node}`),
+/// `session` (moved or released: `{sid, from, to, reason}`), and every 2 s `drains`
+/// (each drained node and the sessions it still holds).
+#[utoipa::path(get, path = "/v1/events", tag = "cluster",
+    responses((status = 200, description = "An event stream (text/event-stream) that does not end", content_type = "text/event-stream", body = String),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn events(State(c): Ctl) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let feed = match c.event_feed().await {
+        Ok(feed) => feed,
+        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let ticks = tokio_stream_interval(DRAIN_REPORT_EVERY);
+    let drains = ticks.map(move |()| ("drains".to_owned(), serde_json::to_value(drain_items(&*c)).unwrap_or_default()));
+    let stream = futures::stream::select(feed, drains)
+        .map(|(kind, data)| Ok::<_, std::convert::Infallible>(Event::default().event(kind).data(data.to_string())));
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A tick every `period`, the first at once.
+fn tokio_stream_interval(period: std::time::Duration) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(tokio::time::interval(period), |mut tick| async move {
+        tick.tick().await;
+        Some(((), tick))
+    })
 }
 
 /// Which session.

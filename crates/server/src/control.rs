@@ -130,6 +130,23 @@ impl Control for Live {
         self.discovery.placement().release_session(sid).await
     }
 
+    async fn event_feed(&self) -> Result<futures::stream::BoxStream<'static, (String, serde_json::Value)>, String> {
+        use futures::StreamExt;
+        use islb_gob::Message as _;
+        let subscribe = |subject: &'static str| async move {
+            self.client.subscribe(subject).await.map_err(|e| format!("subscribing to {subject}: {e}"))
+        };
+        let nodes = subscribe("node.discovery.*.>").await?.filter_map(|m| async move {
+            let r = islb_gob::Request::from_gob(&m.payload).ok()?;
+            let node = serde_json::to_value(&r.node).ok()?;
+            Some(("node".to_owned(), serde_json::json!({ "action": r.action, "node": node })))
+        });
+        let sessions = subscribe("islb.session.>").await?.filter_map(|m| async move {
+            Some(("session".to_owned(), serde_json::from_slice::<serde_json::Value>(&m.payload).ok()?))
+        });
+        Ok(futures::stream::select(nodes, sessions).boxed())
+    }
+
     async fn streams(&self, sid: &str) -> Result<Vec<(String, String)>, String> {
         let store = self.discovery.store();
         match tokio::time::timeout(Duration::from_secs(5), store.streams_of(sid)).await {

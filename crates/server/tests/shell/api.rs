@@ -38,6 +38,11 @@ async fn call(app: &axum::Router, method: &str, path: &str) -> (StatusCode, Stri
 
 /// A replica with `n` SFUs registered and a session placed, and its admin router.
 async fn api_with(n: usize) -> (NatsServer, axum::Router) {
+    let (nats, app, _) = api_and_replica(n).await;
+    (nats, app)
+}
+
+async fn api_and_replica(n: usize) -> (NatsServer, axum::Router, Arc<islb_server::discovery::Discovery>) {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let discovery = placing_replica(&client, Arc::new(MemoryStore::new()), 60_000, &["rtc"]);
@@ -50,7 +55,7 @@ async fn api_with(n: usize) -> (NatsServer, axum::Router) {
     discovery.process(&get.to_gob()).await;
     let app = router(
         Arc::new(Live {
-            discovery,
+            discovery: discovery.clone(),
             client,
             shutting_down: Arc::new(AtomicBool::new(false)),
             health: Health::default(),
@@ -62,7 +67,7 @@ async fn api_with(n: usize) -> (NatsServer, axum::Router) {
         }),
         Guard::default(),
     );
-    (nats, app)
+    (nats, app, discovery)
 }
 
 #[tokio::test]
@@ -92,6 +97,7 @@ async fn every_documented_route_is_served_and_every_route_is_documented() {
         "POST /v1/drain",
         "POST /v1/undrain",
         "POST /v1/release",
+        "GET /v1/events",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -105,6 +111,13 @@ async fn every_documented_route_is_served_and_every_route_is_documented() {
             "POST" => format!("{path}?node=sfu-00002"),
             _ => path,
         };
+        if path == "/v1/events" {
+            // A stream that does not end: its head only.
+            let res = app.clone().oneshot(HttpRequest::get(&path).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(res.headers()["content-type"], "text/event-stream");
+            continue;
+        }
         let (status, ctype, body) = call(&app, method, &path).await;
         assert_eq!(status, StatusCode::OK, "{method} {path}: {body}");
         assert!(ctype.starts_with("application/json"), "{method} {path}: {ctype}");
@@ -179,4 +192,34 @@ async fn nodes_page_by_id_and_filter_by_service_and_dc() {
         .sum::<u64>();
     assert_eq!(placed_here, 1, "room-1's node counts it");
     assert!(one["next"].is_string());
+}
+
+/// `/v1/events` carries node events as they happen (from NATS: every replica's), session
+/// moves, and the drains' progress.
+#[tokio::test]
+async fn the_event_stream_carries_node_events_session_moves_and_drains() {
+    use futures::StreamExt;
+    let (_nats, app, discovery) = api_and_replica(2).await;
+    let res = app.clone().oneshot(HttpRequest::get("/v1/events").body(Body::empty()).unwrap()).await.unwrap();
+    let mut body = res.into_body().into_data_stream();
+    let mut text = String::new();
+    let mut read_until = async |needle: &str, text: &mut String| {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !text.contains(needle) {
+            let chunk =
+                tokio::time::timeout_at(end, body.next()).await.unwrap_or_else(|_| panic!("no {needle:?} in:\n{text}"));
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream goes on").unwrap()));
+        }
+    };
+    // The drains' progress comes at once.
+    read_until("event: drains", &mut text).await;
+    // A node comes up; then room-1 is released through the API, as an operator would.
+    let save = Request { action: "save".into(), node: node("signal", "sig-9"), ..Request::default() };
+    discovery.process(&save.to_gob()).await;
+    read_until("\"NID\":\"sig-9\"", &mut text).await;
+    assert!(text.contains("event: node") && text.contains("\"action\":\"save\""), "{text}");
+    let (status, _, _) = call(&app, "POST", "/v1/release?sid=room-1").await;
+    assert_eq!(status, StatusCode::OK);
+    read_until("event: session", &mut text).await;
+    read_until("\"reason\":\"released\"", &mut text).await;
 }
