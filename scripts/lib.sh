@@ -29,3 +29,18 @@ fetch_promtool() {
     echo "scripts/$(basename "$0"): promtool unavailable; the alert rule checks will be skipped" >&2
   rm -rf "$tmp"
 }
+
+# schemathesis (PyPI; checks the /v1 API against its OpenAPI document) in a virtualenv in
+# target/tools/venv. Needs python3 with venv (Debian: python3-venv), installed when missing.
+fetch_schemathesis() {
+  [ -x target/tools/venv/bin/schemathesis ] && return 0
+  echo "scripts/$(basename "$0"): installing schemathesis (pip, into target/tools/venv)"
+  mkdir -p target/tools
+  if ! python3 -m venv target/tools/venv >/dev/null 2>&1; then
+    rm -rf target/tools/venv
+    apt_install python3 python3-venv
+    python3 -m venv target/tools/venv
+  fi
+  target/tools/venv/bin/pip install -q --disable-pip-version-check schemathesis ||
+    echo "scripts/$(basename "$0"): schemathesis unavailable; the API fuzz test will be skipped" >&2
+}

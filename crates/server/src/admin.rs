@@ -298,6 +298,17 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// A query string, read as `Query` reads it, whose errors are problem details.
+struct Q<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(q)| Q(q)).map_err(|e| bad_request(e.body_text()))
+    }
+}
+
 /// A problem-details response.
 fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     let body = Problem {
@@ -396,6 +407,7 @@ struct NodesQuery {
     /// Only this data centre.
     dc: Option<String>,
     /// Nodes per page (default 1000, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
     /// Start after this node id (the `next` of the previous page).
     after: Option<String>,
@@ -424,7 +436,7 @@ fn session_counts(c: &dyn Control) -> BTreeMap<String, usize> {
 /// Registered nodes, by id, a page at a time.
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodesQuery),
     responses((status = 200, body = NodesPage), (status = 400, body = Problem, content_type = "application/problem+json")))]
-async fn nodes(State(c): Ctl, Query(q): Query<NodesQuery>) -> Response {
+async fn nodes(State(c): Ctl, Q(q): Q<NodesQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000);
     if limit == 0 || limit > 10_000 {
         return bad_request("limit must be 1 to 10000");
@@ -510,6 +522,7 @@ struct SessionsBody {
 #[into_params(parameter_in = Query)]
 struct SessionsQuery {
     /// Only the sessions on this node (`DC.NID` or NID).
+    #[param(min_length = 1)]
     node: Option<String>,
     /// Only this session.
     sid: Option<String>,
@@ -529,11 +542,12 @@ fn drain_items(c: &dyn Control) -> Vec<DrainItem> {
 
 /// Session placements (of one node, or one sid), and the drain marks.
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(SessionsQuery),
-    responses((status = 200, body = SessionsBody), (status = 400, body = Problem, content_type = "application/problem+json")))]
-async fn sessions(State(c): Ctl, Query(q): Query<SessionsQuery>) -> Response {
+    responses((status = 200, body = SessionsBody), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn sessions(State(c): Ctl, Q(q): Q<SessionsQuery>) -> Response {
     let node = match q.node.as_deref().map(|n| c.resolve_node(n)).transpose() {
         Ok(n) => n,
-        Err(e) => return bad_request(e),
+        Err(e) => return problem(StatusCode::NOT_FOUND, e),
     };
     let list = c
         .sessions(node.as_deref())
@@ -628,8 +642,11 @@ async fn drains(State(c): Ctl) -> Json<Vec<DrainItem>> {
 #[into_params(parameter_in = Query)]
 struct NodeQuery {
     /// The node (`DC.NID` or NID).
+    #[param(required = true, min_length = 1)]
     node: Option<String>,
-    /// Move its sessions after this long (e.g. `30m`); default: never.
+    /// Move its sessions after this long (a number and `ms`, `s`, `m`, `h` or `d`: `30m`);
+    /// default: never.
+    #[param(pattern = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$")]
     deadline: Option<String>,
 }
 
@@ -646,12 +663,13 @@ struct DrainResult {
 /// Drains a node: no new sessions; its sessions move after the deadline.
 #[utoipa::path(post, path = "/v1/drain", tag = "drains", params(NodeQuery),
     responses((status = 200, body = DrainResult), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
-async fn drain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
-    let Some(name) = q.node else { return bad_request("node= is required") };
+async fn drain(State(c): Ctl, Q(q): Q<NodeQuery>) -> Response {
+    let Some(name) = q.node.filter(|n| !n.is_empty()) else { return bad_request("node= is required") };
     let node = match c.resolve_node(&name) {
         Ok(n) => n,
-        Err(e) => return bad_request(e),
+        Err(e) => return problem(StatusCode::NOT_FOUND, e),
     };
     let deadline = match q.deadline.as_deref().map(crate::config::parse_duration).transpose() {
         Ok(d) => d.map(|d| c.now().plus(d)),
@@ -680,12 +698,13 @@ struct UndrainResult {
 /// Lifts a drain.
 #[utoipa::path(post, path = "/v1/undrain", tag = "drains", params(NodeQuery),
     responses((status = 200, body = UndrainResult), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
-async fn undrain(State(c): Ctl, Query(q): Query<NodeQuery>) -> Response {
-    let Some(name) = q.node else { return bad_request("node= is required") };
+async fn undrain(State(c): Ctl, Q(q): Q<NodeQuery>) -> Response {
+    let Some(name) = q.node.filter(|n| !n.is_empty()) else { return bad_request("node= is required") };
     let node = match c.resolve_node(&name) {
         Ok(n) => n,
-        Err(e) => return bad_request(e),
+        Err(e) => return problem(StatusCode::NOT_FOUND, e),
     };
     match c.undrain(&node).await {
         Ok(was) => Json(UndrainResult { node: node.to_string(), draining: false, was_draining: was }).into_response(),
@@ -700,7 +719,7 @@ const DRAIN_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2
 /// `session` (moved or released: `{sid, from, to, reason}`), and every 2 s `drains`
 /// (each drained node and the sessions it still holds).
 #[utoipa::path(get, path = "/v1/events", tag = "cluster",
-    responses((status = 200, description = "An event stream (text/event-stream) that does not end", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "An event stream (text/event-stream) that does not end", content_type = "text/event-stream", body = serde_json::Value),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn events(State(c): Ctl) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
@@ -729,7 +748,8 @@ fn tokio_stream_interval(period: std::time::Duration) -> impl futures::Stream<It
 #[into_params(parameter_in = Query)]
 struct SidQuery {
     /// The session id.
-    sid: String,
+    #[param(required = true, min_length = 1)]
+    sid: Option<String>,
 }
 
 /// What a release did.
@@ -740,11 +760,13 @@ struct ReleaseResult {
 
 /// Releases a session: its next lookup places it afresh.
 #[utoipa::path(post, path = "/v1/release", tag = "sessions", params(SidQuery),
-    responses((status = 200, body = ReleaseResult), (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn release(State(c): Ctl, Query(q): Query<SidQuery>) -> Response {
-    match c.release(&q.sid).await {
+    responses((status = 200, body = ReleaseResult), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn release(State(c): Ctl, Q(q): Q<SidQuery>) -> Response {
+    let Some(sid) = q.sid.filter(|s| !s.is_empty()) else { return bad_request("sid= is required") };
+    match c.release(&sid).await {
         Some(released) => Json(ReleaseResult { released: SessionItem::from(&released) }).into_response(),
-        None => problem(StatusCode::NOT_FOUND, format!("no session {:?}", q.sid)),
+        None => problem(StatusCode::NOT_FOUND, format!("no session {sid:?}")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `islb` binary, a real nats-server per test, gopeer (Go's
 //! own gob and nats.go) as the peer.
 
+mod api;
 mod foundation;
 mod harness;
 mod jetstream;
