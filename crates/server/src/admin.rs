@@ -251,6 +251,7 @@ pub fn router(control: Arc<dyn Control>, guard_by: Guard) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::console::routes())
         .merge(v1)
         .with_state(control)
 }

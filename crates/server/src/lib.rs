@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod discovery;
 pub mod nats;

@@ -2,6 +2,7 @@
 //! own gob and nats.go) as the peer.
 
 mod api;
+mod console;
 mod foundation;
 mod harness;
 mod jetstream;
