@@ -651,6 +651,12 @@ struct NodeQuery {
     deadline: Option<String>,
 }
 
+/// The node a change names: 400 without one, 404 for one islb does not know.
+fn node_param(c: &dyn Control, name: Option<String>) -> Result<NodeKey, Box<Response>> {
+    let Some(name) = name.filter(|n| !n.is_empty()) else { return Err(Box::new(bad_request("node= is required"))) };
+    c.resolve_node(&name).map_err(|e| Box::new(problem(StatusCode::NOT_FOUND, e)))
+}
+
 /// What a drain did.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct DrainResult {
@@ -667,10 +673,9 @@ struct DrainResult {
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn drain(State(c): Ctl, Q(q): Q<NodeQuery>) -> Response {
-    let Some(name) = q.node.filter(|n| !n.is_empty()) else { return bad_request("node= is required") };
-    let node = match c.resolve_node(&name) {
+    let node = match node_param(&*c, q.node) {
         Ok(n) => n,
-        Err(e) => return problem(StatusCode::NOT_FOUND, e),
+        Err(problem) => return *problem,
     };
     let deadline = match q.deadline.as_deref().map(crate::config::parse_duration).transpose() {
         Ok(d) => d.map(|d| c.now().plus(d)),
@@ -702,10 +707,9 @@ struct UndrainResult {
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 async fn undrain(State(c): Ctl, Q(q): Q<NodeQuery>) -> Response {
-    let Some(name) = q.node.filter(|n| !n.is_empty()) else { return bad_request("node= is required") };
-    let node = match c.resolve_node(&name) {
+    let node = match node_param(&*c, q.node) {
         Ok(n) => n,
-        Err(e) => return problem(StatusCode::NOT_FOUND, e),
+        Err(problem) => return *problem,
     };
     match c.undrain(&node).await {
         Ok(was) => Json(UndrainResult { node: node.to_string(), draining: false, was_draining: was }).into_response(),

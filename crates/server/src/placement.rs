@@ -215,20 +215,25 @@ impl Placement {
         }
     }
 
+    /// The question a lookup of `sid` asks the core at `now` (no store-free fallback).
+    fn ask<'a>(&self, service: &'a str, sid: &'a str, prefer_dc: &'a str, now: Timestamp) -> Ask<'a> {
+        Ask {
+            service,
+            sid,
+            prefer_dc,
+            default_capacity: self.config.default_capacity,
+            now,
+            random: random(),
+            unconfirmed: None,
+        }
+    }
+
     /// The session's node when this replica's view has it placed on a live node that is
     /// not drained past its deadline; none when it must be (re)placed.
     fn placed_here(&self, service: &str, sid: &str, prefer_dc: &str) -> Option<Arc<Node>> {
         let now = self.shared.now();
         self.shared.with(|s| {
-            let ask = Ask {
-                service,
-                sid,
-                prefer_dc,
-                default_capacity: self.config.default_capacity,
-                now,
-                random: random(),
-                unconfirmed: None,
-            };
+            let ask = self.ask(service, sid, prefer_dc, now);
             match s.replica.decide(&ask) {
                 Decision::Existing(session, node) => {
                     s.replica.note_session_use(session.sid.clone(), now);
@@ -353,15 +358,7 @@ impl Placement {
         for _attempt in 0..3 {
             let now = self.shared.now();
             let (decision, fallback) = self.shared.with(|s| {
-                let ask = Ask {
-                    service,
-                    sid,
-                    prefer_dc,
-                    default_capacity: self.config.default_capacity,
-                    now,
-                    random: random(),
-                    unconfirmed: None,
-                };
+                let ask = self.ask(service, sid, prefer_dc, now);
                 let decision = s.replica.decide(&ask);
                 if let Decision::Existing(session, _) = &decision {
                     s.replica.note_session_use(session.sid.clone(), now);
