@@ -33,7 +33,7 @@ pub(crate) fn vectors() -> Vec<(String, &'static str, Vec<u8>, Json)> {
         };
         let json_path =
             if kind == "response" { dir.join(format!("{name}.json")) } else { dir.join(format!("{name}.typed.json")) };
-        let json = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let json = typed::canon(serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap());
         out.push((name, kind, std::fs::read(&path).unwrap(), json));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -65,7 +65,7 @@ pub(crate) fn go_decode(kind: &str, bytes: &[u8]) -> Json {
     let args: &[&str] = if kind == "response" { &["decode", kind] } else { &["decode", "-typed", kind] };
     let out = gopeer_run(args, bytes);
     assert!(out.status.success(), "Go could not decode our {kind}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("gopeer prints JSON")
+    typed::canon(serde_json::from_slice(&out.stdout).expect("gopeer prints JSON"))
 }
 
 /// Go's encoding of the typed JSON `json` as `kind`.

@@ -62,7 +62,8 @@ fn plain(v: &Value) -> Json {
         Value::Uint8(u) => json!(u),
         Value::Uint16(u) => json!(u),
         Value::Uint32(u) => json!(u),
-        Value::Float32(f) => go_float(format!("{f}"), format!("{f:e}"), f64::from(f.abs())),
+        // The float32's exact value (see `canon`).
+        Value::Float32(f) => json!(f64::from(*f)),
         Value::Float64(f) => go_float(format!("{f}"), format!("{f:e}"), f.abs()),
         Value::Complex64(..) | Value::Complex128(..) => {
             panic!("Go's JSON cannot write complex numbers")
@@ -109,4 +110,26 @@ fn base64_matches_go() {
     assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     assert_eq!(base64(b"fo"), "Zm8=");
     assert_eq!(base64(b"f"), "Zg==");
+}
+
+/// `json` with every float32 `$value` written as the exact value of the float32 it names.
+/// Go and Rust both write the shortest text that reads back as the same float32, but when
+/// two texts are equally short and equally near (2100175.2 and 2100175.3 both name
+/// 2100175.25f32) they may choose differently; the float32 is what must agree.
+pub(crate) fn canon(json: Json) -> Json {
+    match json {
+        Json::Object(m) => {
+            let float32 = m.get("$type").and_then(Json::as_str) == Some("float32");
+            Json::Object(
+                m.into_iter()
+                    .map(|(k, v)| match (&v, float32 && k == "$value") {
+                        (Json::Number(n), true) => (k, json!(f64::from(n.as_f64().unwrap_or(f64::NAN) as f32))),
+                        _ => (k, canon(v)),
+                    })
+                    .collect(),
+            )
+        }
+        Json::Array(items) => Json::Array(items.into_iter().map(canon).collect()),
+        other => other,
+    }
 }

@@ -32,8 +32,12 @@ async fn schemathesis_finds_nothing_against_the_openapi_document() {
     let peer = Peer::connect(&nats).await;
     assert_eq!(lookup(&peer, "room-1").await.len(), 1, "a session to look at");
     let base = format!("http://{}", islb.http);
+    // schemathesis keeps a cache in its working directory: a temporary one.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(st)
+            .current_dir(cwd)
             .args(["run", &format!("{base}/v1/openapi.json"), "--url", &base, "--checks", "all"])
             .args(["--max-examples", "25", "--seed", "1", "--no-color"])
             .env("SCHEMATHESIS_HOOKS", "")
