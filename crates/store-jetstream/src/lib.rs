@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use islb_core::{NodeKey, Session, Timestamp, Verdict};
 use islb_gob::{Message as _, Node};
+use islb_runtime::Chain;
 use islb_store::{Change, Changes, Claim, Cursor, SessionClaim, Snapshot, Store, StoreError, StreamKey};
 
 /// How often a compare-and-set that lost a race is tried again before giving up.
@@ -201,30 +202,18 @@ async fn ensure_bucket(
     js.get_key_value(name).await.map_err(|e| bucket_error(Box::new(e)))
 }
 
-/// An error with its sources, as one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// Whether an error says the bucket's stream is gone.
-fn bucket_gone(e: &(dyn std::error::Error + 'static)) -> bool {
-    let text = chain(e);
+/// Whether an error (with its sources, as one line) says the bucket's stream is gone.
+fn bucket_gone(text: &str) -> bool {
     text.contains("no stream found") || text.contains("stream not found") || text.contains("10059")
 }
 
 /// A lower error as a store error: a bucket that is gone is [`StoreError::Reset`].
 fn fail(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    if bucket_gone(&e) {
+    let text = Chain(&e).to_string();
+    if bucket_gone(&text) {
         return StoreError::Reset;
     }
-    if chain(&e).contains("timed out") {
+    if text.contains("timed out") {
         return StoreError::unavailable(format!("{what} (timed out)"), e);
     }
     StoreError::unavailable(what.to_owned(), e)
@@ -249,7 +238,7 @@ async fn entry(b: &kv::Store, k: &str, what: &str) -> Result<Option<kv::Entry>, 
         // A 2.9 server does not answer a direct get on a stream that is gone: ask whether
         // the bucket is still there.
         Err(e) if e.kind() == kv::EntryErrorKind::TimedOut => match b.stream.get_info().await {
-            Err(info) if bucket_gone(&info) => Err(StoreError::Reset),
+            Err(info) if bucket_gone(&Chain(&info).to_string()) => Err(StoreError::Reset),
             _ => Err(fail(what, e)),
         },
         Err(e) => Err(fail(what, e)),
@@ -274,19 +263,19 @@ async fn cas(b: &kv::Store, k: &str, value: Bytes, revision: Option<u64>, what: 
     }
 }
 
-/// Raises the millisecond value at `k` to at least `to` (never lowers it). With
-/// `only_existing`, a missing key stays missing: `Ok(false)`.
-async fn raise(b: &kv::Store, k: &str, to: u64, only_existing: bool, what: &str) -> Result<bool, StoreError> {
+/// Raises the millisecond value at `k` to at least `to` (never lowers it) and returns the
+/// value it holds then. With `only_existing`, a missing key stays missing: `Ok(None)`.
+async fn raise(b: &kv::Store, k: &str, to: u64, only_existing: bool, what: &str) -> Result<Option<u64>, StoreError> {
     for _ in 0..RETRIES {
         let cur = entry(b, k, what).await?;
         if cur.is_none() && only_existing {
-            return Ok(false);
+            return Ok(None);
         }
-        if cur.as_ref().is_some_and(|e| ms(&e.value).is_some_and(|v| v >= to)) {
-            return Ok(true);
+        if let Some(held) = cur.as_ref().and_then(|e| ms(&e.value)).filter(|v| *v >= to) {
+            return Ok(Some(held));
         }
         if cas(b, k, Bytes::from(to.to_string()), cur.map(|e| e.revision), what).await? {
-            return Ok(true);
+            return Ok(Some(to));
         }
     }
     Err(StoreError::refused(format!("{what}: too many concurrent writers")))
@@ -410,15 +399,14 @@ impl Store for JetStreamStore {
         let dk = key(&nk);
         let what = "put_node";
         // The deadline first: a node is known (to touches) once its deadline is there.
-        raise(&b.deadlines, &dk, deadline.as_ms(), false, what).await?;
+        let stored = raise(&b.deadlines, &dk, deadline.as_ms(), false, what).await?.unwrap_or(deadline.as_ms());
+        let written = Timestamp::from_ms(stored);
         for _ in 0..RETRIES {
             let cur = entry(&b.state, &k, what).await?;
             let old = cur.as_ref().map(|e| read_node(&e.value)).transpose()?;
             if old.as_ref().is_some_and(|(n, _)| **n == *node) {
                 return Ok(Verdict::Unchanged);
             }
-            let stored = entry(&b.deadlines, &dk, what).await?.and_then(|e| ms(&e.value)).unwrap_or(0);
-            let written = Timestamp::from_ms(stored.max(deadline.as_ms()));
             if cas(&b.state, &k, node_value(&node, written), cur.map(|e| e.revision), what).await? {
                 return Ok(if old.is_some() { Verdict::Changed } else { Verdict::Created });
             }
@@ -435,7 +423,7 @@ impl Store for JetStreamStore {
         .await;
         let mut unknown = Vec::new();
         for ((k, _), known) in touches.iter().zip(results) {
-            if !known? {
+            if known?.is_none() {
                 unknown.push(k.clone());
             }
         }
@@ -526,8 +514,7 @@ impl Store for JetStreamStore {
                     drain?.and_then(|e| ms(&e.value)).is_some_and(|d| d > 0 && Timestamp::from_ms(d) <= now);
                 if alive?.is_some() && !drained_past {
                     let uk = key(sid);
-                    raise(&b.used, &uk, now.as_ms(), false, what).await?;
-                    let used = entry(&b.used, &uk, what).await?.and_then(|e| ms(&e.value)).unwrap_or(0);
+                    let used = raise(&b.used, &uk, now.as_ms(), false, what).await?.unwrap_or(now.as_ms());
                     let mut s = s.clone();
                     s.used = s.used.max(Timestamp::from_ms(used));
                     return Ok(SessionClaim::Existing(s));
