@@ -66,7 +66,6 @@ pub struct TokenSources {
 }
 
 /// One verification key and the algorithms it verifies.
-#[derive(Clone)]
 struct Key {
     kid: Option<String>,
     key: DecodingKey,
@@ -162,7 +161,7 @@ impl Verifier {
 
     /// Whether tokens are verified (any key configured).
     pub fn verifies(&self) -> bool {
-        self.key_count() > 0 || self.jwks.is_some()
+        !self.fixed.is_empty() || self.jwks.is_some()
     }
 
     fn key_count(&self) -> usize {
@@ -200,17 +199,22 @@ impl Verifier {
 
     /// The claims of `token` once one key of its algorithm (and `kid`) verifies it.
     fn verified(&self, token: &str, alg: Algorithm, kid: Option<&str>, now: Timestamp) -> Result<Claims, TokenError> {
-        let mut keys = self.candidates(alg, kid);
-        if keys.is_empty() && kid.is_some() && self.reload_jwks(now) {
-            keys = self.candidates(alg, kid);
-        }
-        if keys.is_empty() {
-            let which = kid.map_or_else(String::new, |k| format!(" and kid {k:?}"));
-            return Err(TokenError::Refused(format!("no key for algorithm {alg:?}{which}")));
+        // A token with a `kid` is verified only by keys with that `kid` or none.
+        let fits =
+            |k: &&Key| k.algorithms.contains(&alg) && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid);
+        let mut jwks = self.jwks_keys();
+        if !self.fixed.iter().chain(jwks.iter()).any(|k| fits(&k)) {
+            if kid.is_some() && self.reload_jwks(now) {
+                jwks = self.jwks_keys();
+            }
+            if !self.fixed.iter().chain(jwks.iter()).any(|k| fits(&k)) {
+                let which = kid.map_or_else(String::new, |k| format!(" and kid {k:?}"));
+                return Err(TokenError::Refused(format!("no key for algorithm {alg:?}{which}")));
+            }
         }
         let mut validation = self.validation.clone();
         validation.algorithms = vec![alg];
-        for key in &keys {
+        for key in self.fixed.iter().chain(jwks.iter()).filter(fits) {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) if not_this_key(e.kind()) => {}
@@ -220,17 +224,9 @@ impl Verifier {
         Err(TokenError::Refused("bad signature".into()))
     }
 
-    /// The keys that may verify a token of `alg` and `kid`: a token with a `kid` only by
-    /// keys with that `kid` or none.
-    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<Key> {
-        let fits =
-            |k: &&Key| k.algorithms.contains(&alg) && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid);
-        let mut keys: Vec<Key> = self.fixed.iter().filter(fits).cloned().collect();
-        if let Some(jwks) = &self.jwks {
-            let jwks = jwks.read().unwrap_or_else(|e| e.into_inner());
-            keys.extend(jwks.keys.iter().filter(fits).cloned());
-        }
-        keys
+    /// The JWKS keys as last read (a shared list: nothing is copied).
+    fn jwks_keys(&self) -> Arc<Vec<Key>> {
+        self.jwks.as_ref().map_or_else(Arc::default, |j| j.read().unwrap_or_else(|e| e.into_inner()).keys.clone())
     }
 
     /// Reads the JWKS file again if it changed and was not checked in the last
