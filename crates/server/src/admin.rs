@@ -733,7 +733,7 @@ async fn events(State(c): Ctl) -> Response {
         Ok(feed) => feed,
         Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let ticks = tokio_stream_interval(DRAIN_REPORT_EVERY);
+    let ticks = ticks(DRAIN_REPORT_EVERY);
     let drains = ticks.map(move |()| ("drains".to_owned(), serde_json::to_value(drain_items(&*c)).unwrap_or_default()));
     let stream = futures::stream::select(feed, drains)
         .map(|(kind, data)| Ok::<_, std::convert::Infallible>(Event::default().event(kind).data(data.to_string())));
@@ -741,7 +741,7 @@ async fn events(State(c): Ctl) -> Response {
 }
 
 /// A tick every `period`, the first at once.
-fn tokio_stream_interval(period: std::time::Duration) -> impl futures::Stream<Item = ()> {
+fn ticks(period: std::time::Duration) -> impl futures::Stream<Item = ()> {
     futures::stream::unfold(tokio::time::interval(period), |mut tick| async move {
         tick.tick().await;
         Some(((), tick))
