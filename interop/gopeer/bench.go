@@ -210,20 +210,29 @@ func runLoad(conn *connFlags, name string, c int, d time.Duration, one func(nc *
 // request lost with a killed replica does not stall a requester for ion's 15 s.
 const benchTimeout = 5 * time.Second
 
-func runBenchUpdate(args []string) int {
-	fs := newFlags("bench-update", "")
+// setupBench parses a bench's flags, connects, and registers its nodes, of `service`
+// (empty: a service of their own, named like their NIDs' prefix).
+func setupBench(name string, args []string, service string) (benchFlags, *nats.Conn, []Node) {
+	fs := newFlags(name, "")
 	b := addBenchFlags(fs, addConnFlags(fs))
 	fs.Parse(args)
 	b.validate()
-	nc := b.conn.mustConnect("gopeer bench-update")
-	defer nc.Close()
-
+	nc := b.conn.mustConnect("gopeer " + name)
 	prefix := "bench-" + strings.ToLower(randomString(4))
+	if service == "" {
+		service = prefix
+	}
 	nodes := make([]Node, *b.n)
 	for i := range nodes {
-		nodes[i] = benchNode("rtc", prefix, i)
+		nodes[i] = benchNode(service, prefix, i)
 	}
-	register(nc, nodes, *b.c, "bench-update")
+	register(nc, nodes, *b.c, name)
+	return b, nc, nodes
+}
+
+func runBenchUpdate(args []string) int {
+	b, nc, nodes := setupBench("bench-update", args, "rtc")
+	defer nc.Close()
 
 	var next uint64
 	res := runLoad(b.conn, "gopeer bench-update", *b.c, *b.d, func(nc *nats.Conn) error {
@@ -249,20 +258,10 @@ func runBenchUpdate(args []string) int {
 }
 
 func runBenchGet(args []string) int {
-	fs := newFlags("bench-get", "")
-	b := addBenchFlags(fs, addConnFlags(fs))
-	fs.Parse(args)
-	b.validate()
-	nc := b.conn.mustConnect("gopeer bench-get")
-	defer nc.Close()
-
 	// A service of its own, so the answer is exactly these nodes ("rtc" is placed).
-	service := "bench-" + strings.ToLower(randomString(4))
-	nodes := make([]Node, *b.n)
-	for i := range nodes {
-		nodes[i] = benchNode(service, service, i)
-	}
-	register(nc, nodes, *b.c, "bench-get")
+	b, nc, nodes := setupBench("bench-get", args, "")
+	defer nc.Close()
+	service := nodes[0].Service
 	defer b.cleanup(nc, nodes)
 	query := mustGob(Request{Action: ActionGet, Service: service})
 
