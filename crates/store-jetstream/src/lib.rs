@@ -504,23 +504,46 @@ impl Store for JetStreamStore {
         let b = self.b().await;
         let sk = session_key_of(sid);
         let what = "claim_session";
+        let candidate_key = node_key_of(candidate);
+        // The common case, a session no one placed yet: write it and check the candidate
+        // in one round trip; a candidate found gone undoes the write.
+        let placed = Session { sid: sid.into(), node: candidate.clone(), version: 1, used: now };
+        let (created, alive) =
+            futures::join!(b.state.create(&sk, session_value(&placed)), entry(&b.state, &candidate_key, what));
+        // An error here (placed already, or an error the careful path below reads and
+        // names: a lost bucket is a reset) goes on to that path.
+        if let Ok(revision) = created {
+            if alive?.is_some() {
+                return Ok(SessionClaim::Placed(placed));
+            }
+            match b.state.delete_expect_revision(&sk, Some(revision)).await {
+                // Moved since, by someone who found the candidate gone as well.
+                Err(e) if !is_wrong_revision(&e) => return Err(fail(what, e)),
+                _ => return Ok(SessionClaim::CandidateGone),
+            }
+        }
         for _ in 0..RETRIES {
             let cur = entry(&b.state, &sk, what).await?;
             let old = cur.as_ref().map(|e| read_session(sid, &e.value)).transpose()?;
             if let Some(s) = &old {
-                let (nk, dk) = (node_key_of(&s.node), drain_key_of(&s.node));
-                let (alive, drain) = futures::join!(entry(&b.state, &nk, what), entry(&b.state, &dk, what));
+                let (nk, dk, uk) = (node_key_of(&s.node), drain_key_of(&s.node), key(sid));
+                // The use is raised before the node is known alive: harmless if it is not,
+                // as the session moves and is used now.
+                let (alive, drain, used) = futures::join!(
+                    entry(&b.state, &nk, what),
+                    entry(&b.state, &dk, what),
+                    raise(&b.used, &uk, now.as_ms(), false, what)
+                );
                 let drained_past =
                     drain?.and_then(|e| ms(&e.value)).is_some_and(|d| d > 0 && Timestamp::from_ms(d) <= now);
                 if alive?.is_some() && !drained_past {
-                    let uk = key(sid);
-                    let used = raise(&b.used, &uk, now.as_ms(), false, what).await?.unwrap_or(now.as_ms());
+                    let used = used?.unwrap_or(now.as_ms());
                     let mut s = s.clone();
                     s.used = s.used.max(Timestamp::from_ms(used));
                     return Ok(SessionClaim::Existing(s));
                 }
             }
-            if entry(&b.state, &node_key_of(candidate), what).await?.is_none() {
+            if entry(&b.state, &candidate_key, what).await?.is_none() {
                 return Ok(SessionClaim::CandidateGone);
             }
             let placed = Session {
