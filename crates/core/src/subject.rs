@@ -31,6 +31,12 @@ pub fn session_subject(sid: &str) -> String {
     format!("islb.session.{}", session_token(sid))
 }
 
+/// `islb.placed.<token>`: a session placed for the first time (for live views such as
+/// the console's; no node needs it).
+pub fn placed_subject(sid: &str) -> String {
+    format!("islb.placed.{}", session_token(sid))
+}
+
 /// `islb.stream-event.<token>`: a session's stream events, between replicas.
 pub fn stream_event_subject(sid: &str) -> String {
     format!("islb.stream-event.{}", session_token(sid))

@@ -21,7 +21,7 @@
 //! | `POST /v1/drain?node=NID[&deadline=30m]` | no new sessions on the node; its sessions move after the deadline |
 //! | `POST /v1/undrain?node=NID` | lifts the drain |
 //! | `POST /v1/release?sid=SID` | releases a session (its next lookup places it afresh) |
-//! | `GET /v1/events` | Server-Sent Events: `node` (up, change, down), `session` (moved, released), `drains` (progress, every 2 s) |
+//! | `GET /v1/events` | Server-Sent Events: `node` (up, change, down), `session` (placed, moved, released), `drains` (progress, every 2 s) |
 //!
 //! Errors are RFC 9457 problem details (`application/problem+json`).
 //!
@@ -115,7 +115,7 @@ pub trait Control: Send + Sync + 'static {
     /// ion's stream records of a session: (`<dc>/<nid>/<sid>/<uid>`, its JSON).
     async fn streams(&self, sid: &str) -> Result<Vec<(String, String)>, String>;
     /// The cluster's events as they happen, as (kind, JSON): `node` (a node event:
-    /// action and node) and `session` (a session moved or released).
+    /// action and node) and `session` (a session placed, moved or released).
     async fn event_feed(&self) -> Result<futures::stream::BoxStream<'static, (String, serde_json::Value)>, String>;
 }
 
@@ -721,8 +721,9 @@ async fn undrain(State(c): Ctl, Q(q): Q<NodeQuery>) -> Response {
 const DRAIN_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The cluster live, as Server-Sent Events: `node` (up, change, down: `{action, node}`),
-/// `session` (moved or released: `{sid, from, to, reason}`), and every 2 s `drains`
-/// (each drained node and the sessions it still holds).
+/// `session` (placed, moved or released: `{sid, from, to, reason}`; `reason` is `placed`
+/// for a placement), and every 2 s `drains` (each drained node and the sessions it still
+/// holds).
 #[utoipa::path(get, path = "/v1/events", tag = "cluster",
     responses((status = 200, description = "An event stream (text/event-stream) that does not end", content_type = "text/event-stream", body = serde_json::Value),
         (status = 503, body = Problem, content_type = "application/problem+json")))]

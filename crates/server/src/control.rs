@@ -141,7 +141,10 @@ impl Control for Live {
             let node = serde_json::to_value(&r.node).ok()?;
             Some(("node".to_owned(), serde_json::json!({ "action": r.action, "node": node })))
         });
-        let sessions = subscribe("islb.session.>").await?.filter_map(|m| async move {
+        // Moves and releases, and placements: one kind of event, told apart by `reason`.
+        let moves = subscribe("islb.session.>").await?;
+        let placements = subscribe("islb.placed.>").await?;
+        let sessions = futures::stream::select(moves, placements).filter_map(|m| async move {
             Some(("session".to_owned(), serde_json::from_slice::<serde_json::Value>(&m.payload).ok()?))
         });
         Ok(futures::stream::select(nodes, sessions).boxed())

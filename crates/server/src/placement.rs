@@ -17,7 +17,7 @@ use bytes::Bytes;
 use islb_core::placement::Candidate;
 use islb_core::session_key::{SessionKey, session_key};
 use islb_core::sessions::{Ask, Decision};
-use islb_core::{Event, Lookup, NodeKey, Session, Sessions, Settled, Timestamp, placement};
+use islb_core::{Event, Lookup, NodeKey, Session, SessionClaim, Sessions, Settled, Timestamp, placement};
 use islb_gob::Node;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -43,7 +43,8 @@ pub struct PlacementConfig {
     pub tokens: Arc<Verifier>,
 }
 
-/// Why a session moved (the `reason` of an `islb.session.<sid>` event).
+/// Why a session moved (the `reason` of an `islb.session.<sid>` event), or `placed` (only
+/// on `islb.placed.<sid>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MoveReason {
@@ -59,9 +60,12 @@ pub enum MoveReason {
     Evicted,
     /// Its node left and no other node had room.
     NoCapacity,
+    /// Placed for the first time (`from` is `null`); never on `islb.session.<sid>`.
+    Placed,
 }
 
-/// The JSON published on `islb.session.<sid>` when a session moves or is released.
+/// The JSON published on `islb.session.<sid>` when a session moves or is released, and on
+/// `islb.placed.<sid>` when it is placed.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionEvent {
     /// The session.
@@ -86,7 +90,7 @@ fn nid_of(key: &str) -> String {
     key.split_once('.').map_or(key, |(_, nid)| nid).to_owned()
 }
 
-pub use islb_core::subject::session_subject;
+pub use islb_core::subject::{placed_subject, session_subject};
 
 fn random() -> u64 {
     rand::random()
@@ -413,6 +417,10 @@ impl Placement {
             None => self.shared.with(|s| s.replica.claim_held(sid, key.clone(), from.clone(), now)),
         };
         drop(in_flight);
+        let placed = match &claim {
+            SessionClaim::Placed(session) => Some(session.version),
+            _ => None,
+        };
         match self.shared.with(|s| s.replica.settle_claim(node, claim, now)) {
             // This view lists a node the store has lost, or lacks the one it
             // chose: catch up and choose again.
@@ -422,6 +430,20 @@ impl Placement {
             }
             Settled::On { node, outcome, moved } => {
                 metrics::counter!("islb_placements_total", "outcome" => outcome).increment(1);
+                if let Some(version) = placed {
+                    let event = SessionEvent {
+                        sid: sid.to_owned(),
+                        from: None,
+                        to: Some(node.nid.clone()),
+                        from_key: None,
+                        to_key: Some(key.to_string()),
+                        reason: MoveReason::Placed,
+                        version,
+                        time: now.to_string(),
+                    };
+                    let payload = serde_json::to_vec(&event).expect("serialisable");
+                    self.shared.send(placed_subject(sid).into(), payload.into()).await;
+                }
                 if let Some((session, from, drained)) = moved {
                     self.publish_session_event(SessionEvent {
                         sid: sid.to_owned(),

@@ -4,7 +4,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use islb_gob::{GetResponse, Message as _, Node, Request, Response, Rpc, Value};
 use islb_testkit::{NatsServer, Proc};
@@ -101,6 +102,40 @@ pub(crate) fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &st
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     // Chunked bodies: good enough to search in; strip chunk size lines when present.
     (status, dechunk(&body))
+}
+
+/// `/v1/events` read as it comes, on a thread of its own.
+pub(crate) struct EventStream {
+    text: Arc<Mutex<String>>,
+}
+
+impl EventStream {
+    pub(crate) fn open(addr: SocketAddr) -> EventStream {
+        let mut s = TcpStream::connect(addr).expect("admin HTTP reachable");
+        write!(s, "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        let text = Arc::new(Mutex::new(String::new()));
+        let into = text.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        EventStream { text }
+    }
+
+    /// Everything read once `needle` is in it (within 10 s).
+    pub(crate) async fn until(&self, needle: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text.lock().unwrap().clone();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < end, "no {needle:?} in /v1/events:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn dechunk(body: &str) -> String {

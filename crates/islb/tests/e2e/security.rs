@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use islb_gob::Value;
 use islb_testkit::{NatsServer, gopeer_run, secret};
 
 use crate::harness::{Islb, Peer, ion_node, run_islb};
@@ -165,8 +166,19 @@ async fn islb_and_the_cli_work_under_exactly_these_permissions() {
     let nats = NatsServer::start_with_config(&conf);
     let at = |who: &str| format!("nats://{who}@127.0.0.1:{}", nats.port());
     let islb = Islb::start_url(&at("islb:islb-pw"), &["--nid", nid]);
+    // The console's live feed is open throughout.
+    let events = crate::harness::EventStream::open(islb.http);
+    events.until("event: drains").await;
     // ion's nodes (Go) register, keep alive, look up and watch through islb.
     go_node_served(&at("node:node-pw"), &[]);
+    // A room is placed, and the feed says so.
+    let node = async_nats::ConnectOptions::with_user_and_password("node".into(), "node-pw".into());
+    let node = Peer { client: node.connect(nats.url()).await.unwrap() };
+    assert!(node.send("save", &ion_node("rtc", "perm-sfu")).await.success);
+    let placed = node.get("rtc", &[("sid", Value::String("perm-room".into()))]).await;
+    assert_eq!(placed.iter().map(|n| n.nid.as_str()).collect::<Vec<_>>(), ["perm-sfu"]);
+    let feed = events.until("\"sid\":\"perm-room\"").await;
+    assert!(feed.contains("\"reason\":\"placed\"") && feed.contains("\"to\":\"perm-sfu\""), "{feed}");
     // The operator lists, asks islb.Admin, and watches.
     cli_lists(&["--nats-url", &at("ops:ops-pw")], nid);
     let out = run_islb(&["status", "--nats-url", &at("ops:ops-pw"), "--islb", nid], &[]);

@@ -195,7 +195,7 @@ async fn nodes_page_by_id_and_filter_by_service_and_dc() {
 }
 
 /// `/v1/events` carries node events as they happen (from NATS: every replica's), session
-/// moves, and the drains' progress.
+/// placements, moves and releases, and the drains' progress.
 #[tokio::test]
 async fn the_event_stream_carries_node_events_session_moves_and_drains() {
     use futures::StreamExt;
@@ -218,8 +218,22 @@ async fn the_event_stream_carries_node_events_session_moves_and_drains() {
     discovery.process(&save.to_gob()).await;
     read_until("\"NID\":\"sig-9\"", &mut text).await;
     assert!(text.contains("event: node") && text.contains("\"action\":\"save\""), "{text}");
+    // A room is placed by a lookup.
+    let mut get = Request { action: "get".into(), service: "rtc".into(), ..Request::default() };
+    get.params.insert("sid".into(), islb_gob::Value::String("room-2".into()));
+    discovery.process(&get.to_gob()).await;
+    read_until("\"sid\":\"room-2\"", &mut text).await;
+    let placed = text.lines().rev().find(|l| l.contains("\"sid\":\"room-2\"")).unwrap();
+    let placed: serde_json::Value = serde_json::from_str(placed.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(placed["reason"], "placed", "{placed}");
+    assert_eq!(placed["from"], serde_json::Value::Null);
+    assert!(placed["to"].as_str().is_some_and(|n| n.starts_with("sfu-")), "{placed}");
+    assert_eq!(placed["version"], 1);
+    // Looked up again: placed already, no second event.
+    discovery.process(&get.to_gob()).await;
     let (status, _, _) = call(&app, "POST", "/v1/release?sid=room-1").await;
     assert_eq!(status, StatusCode::OK);
     read_until("event: session", &mut text).await;
     read_until("\"reason\":\"released\"", &mut text).await;
+    assert_eq!(text.matches("\"sid\":\"room-2\"").count(), 1, "one placement, one event:\n{text}");
 }
