@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use islb_testkit::{NatsServer, Proc, free_port, gopeer, workspace_root};
 
-use crate::harness::{Islb, Peer, lookup};
+use crate::harness::{Islb, Peer, ion_node, lookup};
 
 /// A binary from PATH.
 fn tool(name: &str) -> Option<std::path::PathBuf> {
@@ -41,7 +41,7 @@ async fn within(
 }
 
 async fn rows(c: &Client, prefix: &str) -> usize {
-    c.find_all(Locator::Css(&format!("tr[data-node^=\"dc1.{prefix}\"]"))).await.map_or(0, |v| v.len())
+    rows_matching(c, &format!("tr[data-node^=\"dc1.{prefix}\"]")).await
 }
 
 async fn text_of(c: &Client, css: &str) -> String {
@@ -51,14 +51,56 @@ async fn text_of(c: &Client, css: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn the_console_lists_nodes_live_drains_from_its_button_and_finds_a_room() {
+/// Headless chromium under chromedriver, at a 1280x800 window; `None` (the test says it
+/// is skipped) where neither is installed.
+async fn browser() -> Option<(Client, Proc)> {
     let (Some(chromium), Some(driver)) = (tool("chromium"), tool("chromedriver")) else {
         eprintln!(
             "SKIPPED: chromium and chromedriver are not installed (Debian: chromium chromium-driver; scripts/test installs them)"
         );
-        return;
+        return None;
     };
+    let port = free_port();
+    let mut cmd = Command::new(driver);
+    cmd.arg(format!("--port={port}"));
+    let driver = Proc::spawn("chromedriver", cmd);
+    let caps = serde_json::json!({ "goog:chromeOptions": {
+        "binary": chromium,
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,800"],
+    }});
+    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+    builder.capabilities(caps.as_object().unwrap().clone());
+    for _ in 0..50 {
+        match builder.connect(&format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => return Some((c, driver)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("chromedriver does not answer");
+}
+
+/// `result` of a test run in `c`, with the page saved to `target/console-failure.png`
+/// when it failed; the browser is closed.
+async fn finish<T>(c: Client, result: Result<T, String>) -> T {
+    if result.is_err()
+        && let Ok(png) = c.screenshot().await
+    {
+        let path = workspace_root().join("target/console-failure.png");
+        let _ = std::fs::write(&path, png);
+        eprintln!("screenshot: {}", path.display());
+    }
+    let _ = c.close().await;
+    result.unwrap_or_else(|why| panic!("{why}"))
+}
+
+async fn click(c: &Client, css: &str) -> Result<(), String> {
+    let e = c.find(Locator::Css(css)).await.map_err(|e| format!("{css}: {e}"))?;
+    e.click().await.map_err(|e| format!("{css}: {e}"))
+}
+
+#[tokio::test]
+async fn the_console_lists_nodes_live_drains_from_its_button_and_finds_a_room() {
+    let Some((c, _driver)) = browser().await else { return };
     let nats = NatsServer::start();
     let islb = Islb::start(&nats, &["--expire", "1s", "--keepalive-interval", "300ms"]);
     let _sfus = keepalive(&nats, "rtc", "sfu", 3);
@@ -69,28 +111,6 @@ async fn the_console_lists_nodes_live_drains_from_its_button_and_finds_a_room() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let room_node = lookup(&peer, "room-1").await.remove(0);
-
-    let port = free_port();
-    let mut cmd = Command::new(driver);
-    cmd.arg(format!("--port={port}"));
-    let _driver = Proc::spawn("chromedriver", cmd);
-    let caps = serde_json::json!({ "goog:chromeOptions": {
-        "binary": chromium,
-        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,800"],
-    }});
-    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-    builder.capabilities(caps.as_object().unwrap().clone());
-    let mut client = None;
-    for _ in 0..50 {
-        match builder.connect(&format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let c = client.expect("chromedriver answers");
 
     let result = async {
         c.goto(&format!("http://{}/", islb.http)).await.map_err(|e| e.to_string())?;
@@ -107,14 +127,15 @@ async fn the_console_lists_nodes_live_drains_from_its_button_and_finds_a_room() 
         // ...and leaves: gone within 2 s of islb announcing it (expire 1 s after it stops).
         drop(joiner);
         within(&c, Duration::from_secs(3), "a leaving node dropped", async |c| rows(c, "joiner").await == 0).await?;
+        // A room placed now: in the feed, and counted in place (no reload).
+        let on = lookup(&peer, "room-2").await.remove(0);
+        within(&c, Duration::from_secs(3), "the placement in the feed and the counts", async |c| {
+            text_of(c, "#events").await.contains(&format!("session room-2 placed on {on}"))
+                && text_of(c, "#groups").await.contains("dc1 · rtc — 3 nodes, 2 sessions")
+        })
+        .await?;
         // Drain from the button.
-        let label = format!("Drain dc1.{room_node}");
-        c.find(Locator::Css(&format!("button[aria-label=\"{label}\"]")))
-            .await
-            .map_err(|e| format!("{label}: {e}"))?
-            .click()
-            .await
-            .map_err(|e| e.to_string())?;
+        click(&c, &format!("button[aria-label=\"Drain dc1.{room_node}\"]")).await?;
         let row = format!("tr[data-node=\"dc1.{room_node}\"] td.draining");
         within(&c, Duration::from_secs(3), "the drained node shown draining", async |c| {
             text_of(c, &row).await == "draining"
@@ -131,12 +152,7 @@ async fn the_console_lists_nodes_live_drains_from_its_button_and_finds_a_room() 
             .send_keys("room-1")
             .await
             .map_err(|e| e.to_string())?;
-        c.find(Locator::Css("#find button"))
-            .await
-            .map_err(|e| e.to_string())?
-            .click()
-            .await
-            .map_err(|e| e.to_string())?;
+        click(&c, "#find button").await?;
         within(&c, Duration::from_secs(3), "the room found", async |c| text_of(c, "#found").await.contains(&room_node))
             .await?;
         // The live feed showed the departure (an SFU's arrival is no event: ion's signal
@@ -164,14 +180,97 @@ async fn the_console_lists_nodes_live_drains_from_its_button_and_finds_a_room() 
         Ok::<Duration, String>(join)
     }
     .await;
-    if result.is_err()
-        && let Ok(png) = c.screenshot().await
-    {
-        let path = workspace_root().join("target/console-failure.png");
-        let _ = std::fs::write(&path, png);
-        eprintln!("screenshot: {}", path.display());
-    }
-    let _ = c.close().await;
-    let join = result.unwrap_or_else(|why| panic!("{why}"));
+    let join = finish(c, result).await;
     eprintln!("a joining node was listed {join:?} after it registered");
+}
+
+/// With 10,000 nodes (two DCs of SFUs and signals, and islb) the console lists every group with its
+/// totals but draws 200 rows of each, finds one node by the filter, expands a group on
+/// request, and follows placements without fetching the list again.
+#[tokio::test]
+async fn the_console_stays_usable_with_ten_thousand_nodes() {
+    use futures::StreamExt;
+    let Some((c, _driver)) = browser().await else { return };
+    let nats = NatsServer::start();
+    let islb = Islb::start(&nats, &["--expire", "10m"]);
+    let peer = Peer::connect(&nats).await;
+    let nodes: Vec<_> = (0..10_000)
+        .map(|i| {
+            let mut n = ion_node(if i % 5 == 0 { "signal" } else { "rtc" }, &format!("n{i:05}"));
+            n.dc = if i % 2 == 0 { "dc1" } else { "dc2" }.into();
+            n
+        })
+        .collect();
+    futures::stream::iter(&nodes)
+        .for_each_concurrent(64, |n| async { assert!(peer.send("save", n).await.success, "{}", n.nid) })
+        .await;
+
+    let result = async {
+        let start = Instant::now();
+        c.goto(&format!("http://{}/", islb.http)).await.map_err(|e| e.to_string())?;
+        let loaded = within(&c, Duration::from_secs(30), "10,000 nodes listed", async |c| {
+            text_of(c, "#count").await == "(10001 of 10001)"
+        })
+        .await?;
+        let groups = text_of(&c, "#groups").await;
+        for heading in ["dc1 · rtc — 4000 nodes", "dc1 · signal — 1000 nodes", "dc2 · rtc — 4000 nodes"] {
+            if !groups.contains(heading) {
+                return Err(format!("no {heading:?} in the groups"));
+            }
+        }
+        // islb itself, and 200 rows of each group of 1,000 or more.
+        let drawn = rows_matching(&c, "tr[data-node]").await;
+        if drawn != 1 + 4 * 200 {
+            return Err(format!("{drawn} rows drawn, not islb's and 200 for each of the 4 large groups"));
+        }
+        // How long one full drawing of the listing takes in the page.
+        let draw = c
+            .execute("const t = performance.now(); render(); return performance.now() - t;", vec![])
+            .await
+            .map_err(|e| e.to_string())?;
+        // The filter finds one node among 10,000.
+        let typed = Instant::now();
+        c.find(Locator::Id("filter")).await.map_err(|e| e.to_string())?.send_keys("n01234").await.map_err(|e| e.to_string())?;
+        let filtered = within(&c, Duration::from_secs(5), "one node left by the filter", async |c| {
+            text_of(c, "#count").await == "(1 of 10001)" && rows_matching(c, "tr[data-node]").await == 1
+        })
+        .await
+        .map(|_| typed.elapsed())?;
+        c.find(Locator::Id("filter")).await.map_err(|e| e.to_string())?.clear().await.map_err(|e| e.to_string())?;
+        // A placement counts in place, with no second fetch of 10,000 nodes.
+        let fetched = |c: &Client| {
+            let c = c.clone();
+            async move {
+                c.execute("performance.setResourceTimingBufferSize(100000); return performance.getEntriesByType('resource').filter((e) => e.name.includes('/v1/nodes')).length", vec![])
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let before = fetched(&c).await?;
+        let on = lookup(&peer, "big-room").await.remove(0);
+        within(&c, Duration::from_secs(3), "the placement counted", async |c| {
+            text_of(c, "#groups").await.contains("rtc — 4000 nodes, 1 sessions")
+                && text_of(c, "#events").await.contains(&format!("placed on {on}"))
+        })
+        .await?;
+        if fetched(&c).await? != before {
+            return Err("a placement fetched the node list again".into());
+        }
+        // "Show all" draws a whole group (the first: dc1's SFUs).
+        click(&c, "#groups > button").await?;
+        within(&c, Duration::from_secs(10), "a group shown whole", async |c| {
+            rows_matching(c, "tr[data-node]").await == 1 + 4000 + 3 * 200
+        })
+        .await?;
+        Ok::<_, String>((start.elapsed(), loaded, draw, filtered))
+    }
+    .await;
+    let (total, loaded, draw, filtered) = finish(c, result).await;
+    eprintln!(
+        "10,000 nodes: listed {loaded:?} after the page was asked for ({total:?} in all), one drawing {draw} ms, filtered to one in {filtered:?}"
+    );
+}
+
+async fn rows_matching(c: &Client, css: &str) -> usize {
+    c.find_all(Locator::Css(css)).await.map_or(0, |v| v.len())
 }

@@ -6,6 +6,7 @@ let token = sessionStorage.getItem("islb-token") || "";
 const PER_GROUP = 200;
 const expanded = new Set();
 let nodes = [];
+let byId = new Map();
 
 function headers() {
   return token ? { Authorization: "Bearer " + token } : {};
@@ -40,7 +41,16 @@ async function loadNodes() {
     after = page.next;
   }
   nodes = all;
+  byId = new Map(all.map((n) => [n.id, n]));
   render();
+}
+
+// Draws the listing again shortly, at most once a second (placements update counts in
+// place; a full reload would fetch every node).
+let redraw = null;
+function redrawSoon() {
+  if (redraw) return;
+  redraw = setTimeout(() => { redraw = null; render(); }, 1000);
 }
 
 function num(v) {
@@ -118,16 +128,34 @@ function render() {
   }
 }
 
+// The feed keeps the latest 200 lines; lines that come faster than the screen redraws
+// (a busy cluster places rooms by the thousand) are added once a frame.
+const FEED_LINES = 200;
+let unshown = [];
+let drawing = false;
 function note(text) {
-  const list = $("events");
-  list.prepend(el("li", {}, new Date().toLocaleTimeString() + " " + text));
-  while (list.children.length > 200) list.lastChild.remove();
+  unshown.push(new Date().toLocaleTimeString() + " " + text);
+  if (unshown.length > 2 * FEED_LINES) unshown = unshown.slice(-FEED_LINES);
+  if (drawing) return;
+  drawing = true;
+  requestAnimationFrame(() => {
+    drawing = false;
+    const list = $("events");
+    const lines = unshown.slice(-FEED_LINES);
+    unshown = [];
+    list.prepend(...lines.reverse().map((t) => el("li", {}, t)));
+    while (list.children.length > FEED_LINES) list.lastChild.remove();
+  });
 }
 
+// Reloads the listing shortly, at most once per 300 ms however many events ask for it.
 let reload = null;
 function soon() {
-  clearTimeout(reload);
-  reload = setTimeout(() => loadNodes().catch((e) => note("listing failed: " + e.message)), 300);
+  if (reload) return;
+  reload = setTimeout(() => {
+    reload = null;
+    loadNodes().catch((e) => note("listing failed: " + e.message));
+  }, 300);
 }
 
 // Server-Sent Events read with fetch, so the admin token can go in a header.
@@ -156,8 +184,14 @@ async function follow() {
             if (e.action !== "update") note(e.action + " " + e.node.DC + "." + e.node.NID + " (" + e.node.Service + ")");
             if (e.action !== "update") soon();
           } else if (kind === "session") {
-            note("session " + e.sid + " " + (e.to ? "moved to " + e.to : "released") + " (" + e.reason + ")");
-            soon();
+            if (e.reason === "placed") {
+              note("session " + e.sid + " placed on " + e.to);
+              const n = byId.get(e.to_key);
+              if (n) { n.sessions += 1; redrawSoon(); }
+            } else {
+              note("session " + e.sid + " " + (e.to ? "moved to " + e.to : "released") + " (" + e.reason + ")");
+              soon();
+            }
           } else if (kind === "drains") {
             for (const d of e) {
               const n = nodes.find((n) => n.id === d.node);
