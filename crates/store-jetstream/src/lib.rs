@@ -122,6 +122,16 @@ impl JetStreamStore {
         if cfg.prefix.is_empty() || !cfg.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(OpenError::BadPrefix(cfg.prefix));
         }
+        let version = client.server_info().version;
+        if cfg.replicas > 1 && cas_may_race(&version) {
+            tracing::warn!(
+                server = %version,
+                replicas = cfg.replicas,
+                "this nats-server lets two compare-and-sets of one key both succeed on a replicated bucket \
+                 (nats-io/nats-server#4320, fixed in 2.9.21): a race may split a room or repeat a delete; \
+                 use store-replicas 1 or a newer nats-server"
+            );
+        }
         let js = jetstream::ContextBuilder::new().timeout(cfg.timeout).build(client);
         let buckets = create_buckets(&js, &cfg).await?;
         Ok(JetStreamStore { js, cfg, buckets: tokio::sync::RwLock::new(buckets) })
@@ -129,6 +139,18 @@ impl JetStreamStore {
 
     async fn b(&self) -> Buckets {
         self.buckets.read().await.clone()
+    }
+}
+
+/// Whether nats-server `version` checks a write's expected revision only before
+/// proposing it to a replicated stream's Raft group, so that two racing writes can both
+/// pass (nats-io/nats-server#4320: 2.9.20 and earlier).
+pub fn cas_may_race(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor), Some(patch)) => (major, minor, patch) < (2, 9, 21),
+        // An unknown scheme: assume a current server.
+        _ => false,
     }
 }
 
@@ -748,6 +770,16 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_that_let_two_compare_and_sets_through_are_known() {
+        for racy in ["2.9.10", "v2.9.20", "2.8.4", "2.2.0"] {
+            assert!(cas_may_race(racy), "{racy}");
+        }
+        for fixed in ["2.9.21", "2.10.0", "v2.11.3", "2.10.22-RC.1", "3.0.0", "nightly"] {
+            assert!(!cas_may_race(fixed), "{fixed}");
+        }
+    }
 
     #[test]
     fn keys_are_one_to_one_and_valid_kv_keys() {
